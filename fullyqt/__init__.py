@@ -1,0 +1,8 @@
+"""fullyqt: a fairseq plugin (``--user-dir``) for fully quantized Transformers."""
+from . import serialization
+
+serialization.allow_fairseq_checkpoints()
+
+from . import models  # noqa: E402,F401  (registers fullyqt_transformer and its archs)
+
+__version__ = "0.1.0"

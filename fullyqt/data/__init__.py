@@ -1,0 +1,1 @@
+"""Data: built-in corpora and generated toy tasks."""

@@ -1,0 +1,110 @@
+"""Multi-head attention on one quantized path for training, encoding and incremental decoding.
+
+fairseq's ``MultiheadAttention.forward`` hands non-incremental calls to
+``F.multi_head_attention_forward``, which reads the projection weights directly and so skips
+any fake quantization placed in them.  This subclass keeps fairseq's parameters, incremental
+state layout and reordering, and replaces the forward with one explicit path:
+Q, K, V, the softmax numerator / denominator / output and the attention output are quantized.
+"""
+from typing import Dict, Optional
+
+import torch
+from fairseq.modules import MultiheadAttention
+from torch import Tensor
+
+from .config import QuantConfig
+from .linear import QuantLinear
+from .padding import PaddingContext, valid_mask
+
+
+class QuantMultiheadAttention(MultiheadAttention):
+    def __init__(self, embed_dim, num_heads, *, qcfg: QuantConfig, pad: Optional[PaddingContext],
+                 **kwargs):
+        for unsupported in ("add_bias_kv", "add_zero_attn"):
+            if kwargs.get(unsupported):
+                raise ValueError(f"fullyqt attention does not support {unsupported}")
+        super().__init__(embed_dim, num_heads, **kwargs)
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(self, name, QuantLinear.wrap(getattr(self, name), qcfg=qcfg))
+        self.q_quant = qcfg.act()
+        self.k_quant = qcfg.act()
+        self.v_quant = qcfg.act()
+        self.softmax_numerator_quant = qcfg.act(unsigned=True)
+        self.softmax_denominator_quant = qcfg.act()
+        self.softmax_output_quant = qcfg.act(unsigned=True)
+        self.attn_output_quant = qcfg.act()
+        self.pad = pad
+        self.time_major = True
+
+    def set_beam_size(self, beam_size):
+        """Keep one cached key/value row per hypothesis: no beam folding of the encoder keys."""
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """(time, batch, embed) -> (batch, heads, time, head_dim)."""
+        t, b, _ = x.shape
+        return x.reshape(t, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+    def forward(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor],
+                key_padding_mask: Optional[Tensor] = None,
+                incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+                need_weights: bool = True, static_kv: bool = False,
+                attn_mask: Optional[Tensor] = None, before_softmax: bool = False,
+                need_head_weights: bool = False):
+        need_weights = need_weights or need_head_weights
+        tgt_len, bsz, embed_dim = query.shape
+        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
+        if saved is not None and static_kv and "prev_key" in saved:
+            key = value = None  # encoder keys/values were projected at the first step
+
+        q_valid = valid_mask(self, query)
+        q = self._heads(self.q_quant(self.q_proj(query) * self.scaling, q_valid))
+        k = v = None
+        if key is not None:
+            value = key if value is None else value
+            kv_valid = (~key_padding_mask.bool()).t() if (
+                self.training and key_padding_mask is not None) else None
+            k = self._heads(self.k_quant(self.k_proj(key), kv_valid))
+            v = self._heads(self.v_quant(self.v_proj(value), kv_valid))
+
+        if saved is not None:
+            if "prev_key" in saved:
+                k = saved["prev_key"] if static_kv else torch.cat([saved["prev_key"], k], dim=2)
+                v = saved["prev_value"] if static_kv else torch.cat([saved["prev_value"], v], dim=2)
+            key_padding_mask = MultiheadAttention._append_prev_key_padding_mask(
+                key_padding_mask=key_padding_mask,
+                prev_key_padding_mask=saved.get("prev_key_padding_mask"),
+                batch_size=bsz, src_len=k.size(2), static_kv=static_kv)
+            saved["prev_key"], saved["prev_value"] = k, v
+            saved["prev_key_padding_mask"] = key_padding_mask
+            self._set_input_buffer(incremental_state, saved)
+        assert k is not None and v is not None
+
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
+        if attn_mask is not None:
+            scores = scores + attn_mask.to(scores.dtype)
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :], float("-inf"))
+        if before_softmax:
+            return scores, v
+
+        probs = self._quantized_softmax(scores, q_valid)
+        probs_dropped = self.dropout_module(probs)
+        out = torch.matmul(probs_dropped, v)  # (batch, heads, tgt, head_dim)
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim)
+        out = self.out_proj(self.attn_output_quant(out, q_valid))
+
+        weights = None
+        if need_weights:
+            weights = probs.transpose(1, 0) if need_head_weights else probs.mean(dim=1)
+        return out, weights
+
+    def _quantized_softmax(self, scores: Tensor, q_valid: Optional[Tensor]) -> Tensor:
+        """softmax = Q(Q(exp(s - max)) / Q(sum)); rows whose keys are all masked give zeros."""
+        row_max = scores.detach().amax(dim=-1, keepdim=True)
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        valid = None
+        if q_valid is not None:  # (tgt, batch) -> (batch, heads, tgt)
+            valid = q_valid.t()[:, None, :].expand(scores.shape[:3])
+        num = self.softmax_numerator_quant(torch.exp(scores - row_max), valid)
+        den = self.softmax_denominator_quant(num.sum(dim=-1, keepdim=True), valid)
+        return self.softmax_output_quant(num / den.clamp_min(1e-6), valid)

@@ -1,0 +1,122 @@
+"""Quantization options: command-line flags, validation, and the config object modules read."""
+import argparse
+from dataclasses import dataclass
+from typing import Optional
+
+from .quantizer import WEIGHT_BUCKETS, ActivationQuantizer, WeightQuantizer
+
+MIN_BITS, MAX_BITS = 2, 16
+
+
+class QuantOptionError(ValueError):
+    """A quantization option has a value outside what is allowed."""
+
+
+def _parse_bits(option, value):
+    try:
+        bits = int(str(value), 10)
+    except ValueError:
+        bits = None
+    if bits is None or not MIN_BITS <= bits <= MAX_BITS:
+        raise QuantOptionError(
+            f"{option}: got {value!r}; allowed: an integer from {MIN_BITS} to {MAX_BITS}")
+    return bits
+
+
+def _parse_start(option, value):
+    try:
+        n = int(str(value), 10)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise QuantOptionError(f"{option}: got {value!r}; allowed: an integer >= 0")
+    return n
+
+
+def _parse_momentum(option, value):
+    try:
+        m = float(value)
+    except ValueError:
+        m = -1.0
+    if not 0.0 <= m < 1.0:
+        raise QuantOptionError(f"{option}: got {value!r}; allowed: a number in [0, 1)")
+    return m
+
+
+def _parse_buckets(option, value):
+    if value not in WEIGHT_BUCKETS:
+        raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(WEIGHT_BUCKETS)}")
+    return value
+
+
+def _checked(parse):
+    """An argparse action that validates with ``parse`` and exits with one error line (no usage dump)."""
+
+    class CheckedAction(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            try:
+                setattr(namespace, self.dest, parse(option_string, values))
+            except QuantOptionError as e:
+                parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+    return CheckedAction
+
+
+def add_quant_args(parser):
+    g = parser.add_argument_group("fullyqt quantization")
+    g.add_argument("--quant-bits", action=_checked(_parse_bits), metavar="B",
+                   help="bits for every weight and activation (2..16, default 8)")
+    g.add_argument("--quant-weight-bits", action=_checked(_parse_bits), metavar="B",
+                   help="override --quant-bits for weights")
+    g.add_argument("--quant-act-bits", action=_checked(_parse_bits), metavar="B",
+                   help="override --quant-bits for activations")
+    g.add_argument("--quant-start-update", action=_checked(_parse_start), metavar="N",
+                   help="train in float until update N, then quantize; activation ranges start "
+                        "from the live statistics at that point (default 0)")
+    g.add_argument("--quant-ema-momentum", action=_checked(_parse_momentum), metavar="M",
+                   help="momentum of the running activation ranges (default 0.9)")
+    g.add_argument("--quant-weight-buckets", action=_checked(_parse_buckets),
+                   metavar="{row,tensor}", help="one weight range per output row or per tensor "
+                                                "(default row)")
+    g.add_argument("--no-quant", action="store_true",
+                   help="switch quantization off: the same architecture trains in float")
+
+
+def set_quant_defaults(args):
+    """Fill the quantization options an older or programmatic Namespace may lack."""
+    for name, default in (("quant_bits", 8), ("quant_weight_bits", None), ("quant_act_bits", None),
+                          ("quant_start_update", 0), ("quant_ema_momentum", 0.9),
+                          ("quant_weight_buckets", "row"), ("no_quant", False)):
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    weight_bits: Optional[int]  # None: no quantization
+    act_bits: Optional[int]
+    start_update: int = 0
+    momentum: float = 0.9
+    weight_buckets: str = "row"
+
+    @classmethod
+    def from_args(cls, args) -> "QuantConfig":
+        """Validated config from a fairseq Namespace (raises QuantOptionError on a bad value)."""
+        set_quant_defaults(args)
+        if args.no_quant:
+            return cls(None, None)
+        bits = _parse_bits("--quant-bits", args.quant_bits)
+        wbits = bits if args.quant_weight_bits is None else _parse_bits(
+            "--quant-weight-bits", args.quant_weight_bits)
+        abits = bits if args.quant_act_bits is None else _parse_bits(
+            "--quant-act-bits", args.quant_act_bits)
+        return cls(wbits, abits,
+                   _parse_start("--quant-start-update", args.quant_start_update),
+                   _parse_momentum("--quant-ema-momentum", args.quant_ema_momentum),
+                   _parse_buckets("--quant-weight-buckets", args.quant_weight_buckets))
+
+    def weight(self, buckets: Optional[str] = None):
+        return WeightQuantizer(self.weight_bits, buckets or self.weight_buckets, self.start_update)
+
+    def act(self, unsigned: bool = False):
+        return ActivationQuantizer(self.act_bits, self.momentum, unsigned, self.start_update)

@@ -1,0 +1,36 @@
+"""LayerNorm with its internals quantized: numerator, denominator, quotient, gain and output."""
+from typing import Optional
+
+from torch import nn
+
+from .config import QuantConfig
+from .padding import PaddingContext, valid_mask
+
+
+class QuantLayerNorm(nn.LayerNorm):
+    """y = Q(Q(Q(x - mean) / Q(sqrt(var + eps))) * Q(gain) + bias); the bias stays float.
+
+    The variance is taken from the quantized numerator, so the integer path and this one see the
+    same values.  Parameter names match ``nn.LayerNorm``.
+    """
+
+    def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
+                 time_major=True, eps=1e-5):
+        super().__init__(dim, eps=eps)
+        self.gain_quant = qcfg.weight()
+        self.numerator_quant = qcfg.act()
+        self.denominator_quant = qcfg.act()
+        self.quotient_quant = qcfg.act()
+        self.output_quant = qcfg.act()
+        self.pad = pad
+        self.time_major = time_major
+
+    def forward(self, x):
+        valid = valid_mask(self, x)
+        xf = x.float()
+        num = self.numerator_quant(xf - xf.mean(-1, keepdim=True), valid)
+        den = self.denominator_quant((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), valid)
+        quot = self.quotient_quant(num / den, valid)
+        out = quot * self.gain_quant(self.weight.float()) + self.bias.float()
+        return self.output_quant(out, valid).type_as(x)
+

@@ -1,0 +1,121 @@
+"""Quantizer modules: small children that hold their state in buffers.
+
+``WeightQuantizer`` takes its range from the tensor at every forward pass (one range per
+bucket); ``ActivationQuantizer`` keeps a running range (EMA) that training updates and eval
+freezes.  Both stay identity until ``set_num_updates`` reaches ``start_update`` (fairseq pushes
+the update counter to every submodule), and the ``active`` flag is saved with the checkpoint.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .fake_quant import fake_quantize
+
+WEIGHT_BUCKETS = ("row", "tensor")
+
+
+class Quantizer(nn.Module):
+    def __init__(self, bits: Optional[int], start_update: int = 0):
+        super().__init__()
+        self.bits = bits
+        self.start_update = start_update
+        self.register_buffer("active", torch.tensor(bits is not None and start_update == 0))
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits is not None and bool(self.active)
+
+    def set_num_updates(self, num_updates: int):
+        self.active.fill_(self.bits is not None and num_updates >= self.start_update)
+
+
+def bucket_range(w: torch.Tensor, buckets: str):
+    """(lo, hi) of ``w`` per bucket, shaped to broadcast against ``w``."""
+    w = w.detach()
+    if buckets == "tensor" or w.dim() < 2:
+        lo, hi = torch.aminmax(w)
+        return lo, hi
+    lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+    shape = (w.shape[0],) + (1,) * (w.dim() - 1)
+    return lo.view(shape), hi.view(shape)
+
+
+class WeightQuantizer(Quantizer):
+    """Fake-quantizes a weight on the min-max grid of each bucket (a row, or the whole tensor)."""
+
+    kind = "weight"
+
+    def __init__(self, bits: Optional[int], buckets: str = "row", start_update: int = 0):
+        super().__init__(bits, start_update)
+        if buckets not in WEIGHT_BUCKETS:
+            raise ValueError(f"weight buckets {buckets!r}: allowed {', '.join(WEIGHT_BUCKETS)}")
+        self.buckets = buckets
+        self._cache = None
+
+    def forward(self, w: torch.Tensor, range_of: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Quantized ``w``; ``range_of`` (defaults to ``w``) is the tensor whose buckets set the range."""
+        if not self.enabled:
+            return w
+        cacheable = not self.training and not torch.is_grad_enabled() and range_of is None
+        key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)
+        if cacheable and self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        lo, hi = bucket_range(w if range_of is None else range_of, self.buckets)
+        out = fake_quantize(w, lo, hi, self.bits)
+        self._cache = (key, out) if cacheable else None
+        return out
+
+    def extra_repr(self):
+        return f"bits={self.bits}, buckets={self.buckets}, start_update={self.start_update}"
+
+
+class ActivationQuantizer(Quantizer):
+    """Fake-quantizes an activation on a running (EMA) min-max range kept in buffers.
+
+    ``unsigned`` fixes the lower end at 0 for tensors that are non-negative by construction.
+    ``valid`` (a bool mask over the leading dims of x) excludes padding from range updates.
+    """
+
+    kind = "activation"
+
+    def __init__(self, bits: Optional[int], momentum: float = 0.9, unsigned: bool = False,
+                 start_update: int = 0):
+        super().__init__(bits, start_update)
+        self.momentum = momentum
+        self.unsigned = unsigned
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None):
+        """EMA update of (lo, hi) from the non-padding entries of x; the first update copies them."""
+        if valid is not None:
+            x = x[valid]
+        if x.numel() == 0:
+            return
+        lo, hi = torch.aminmax(x.detach().float())
+        if self.unsigned:
+            lo = torch.zeros_like(lo)
+        if not bool(self.initialized):
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+            self.initialized.fill_(True)
+        else:
+            m = self.momentum
+            self.lo.mul_(m).add_((1 - m) * lo)
+            self.hi.mul_(m).add_((1 - m) * hi)
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.training:
+            self.observe(x, valid)
+        if not bool(self.initialized):
+            return x
+        return fake_quantize(x, self.lo.to(x.dtype), self.hi.to(x.dtype), self.bits)
+
+    def extra_repr(self):
+        return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "
+                f"start_update={self.start_update}")
