@@ -23,5 +23,6 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int
     lo, hi = lo.detach(), hi.detach()
     xc = torch.clamp(x, lo, hi)
     s = step_size(lo, hi, bits)
-    xq = torch.round((xc - lo) / s) * s + lo
-    return xc + (xq - xc).detach()
+    xq = torch.round((xc.detach() - lo) / s) * s + lo
+    # xq + (xc - xc) keeps the value exactly on the grid and routes the gradient through clamp.
+    return xq + (xc - xc.detach())

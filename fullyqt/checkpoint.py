@@ -1,0 +1,60 @@
+"""Reading fairseq checkpoints with errors a user can act on."""
+import os
+import pickle
+import zipfile
+from typing import Optional
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """The file is missing, unreadable, or not the kind of checkpoint asked for."""
+
+
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint's top-level dict (tensors on CPU), or a CheckpointError."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive); "
+                              "is the file truncated or of another kind?")
+    try:
+        state = torch.load(path, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def model_args(state: dict):
+    """The argparse Namespace (or model config) the checkpoint was trained with."""
+    if state.get("args") is not None:
+        return state["args"]
+    cfg = state.get("cfg") or {}
+    model = cfg.get("model") if isinstance(cfg, dict) else getattr(cfg, "model", None)
+    if model is None:
+        raise CheckpointError("checkpoint holds no model configuration")
+    return model
+
+
+def arch_of(state: dict) -> str:
+    args = model_args(state)
+    return getattr(args, "arch", None) or getattr(args, "_name", None) or (
+        args.get("arch") or args.get("_name") if isinstance(args, dict) else None)
+
+
+def load_model(path: str, data: Optional[str] = None):
+    """Build the model of a checkpoint with its saved weights, in eval mode.
+
+    ``data`` overrides the data directory recorded in the checkpoint (the dictionaries are read
+    from there).
+    """
+    read_checkpoint(path)
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": data} if data else None
+    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
+        [path], arg_overrides=overrides)
+    return models[0].eval()

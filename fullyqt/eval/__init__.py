@@ -1,0 +1,1 @@
+"""Evaluation: honest BLEU (detokenized hypotheses against raw references)."""

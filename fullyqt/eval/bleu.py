@@ -1,0 +1,61 @@
+"""BLEU the way papers report it: sacrebleu on detokenized hypotheses against raw references.
+
+``fairseq-generate --scoring sacrebleu`` scores against references rebuilt from the binarized
+data (unknown words become <unk>, BPE is joined the model's way); this module reads the ``D-``
+(detokenized) lines of fairseq-generate's output instead and scores them against the raw text.
+
+    python -m fullyqt.eval.bleu GENERATE_OUTPUT REFERENCE_FILE
+"""
+import argparse
+import re
+import sys
+from typing import Iterable, List, Tuple
+
+import sacrebleu
+
+_HYP = re.compile(r"^D-(\d+)\t[^\t]*\t(.*)$")
+
+
+def hypotheses_from_generate(lines: Iterable[str]) -> List[str]:
+    """Detokenized hypotheses of a fairseq-generate log, in input order (one per sentence)."""
+    by_id = {}
+    for line in lines:
+        m = _HYP.match(line.rstrip("\n"))
+        if m:
+            by_id.setdefault(int(m.group(1)), m.group(2))
+    if not by_id:
+        raise ValueError("no 'D-' lines found: is this the output of fairseq-generate?")
+    missing = sorted(set(range(max(by_id) + 1)) - set(by_id))
+    if missing:
+        raise ValueError(f"hypotheses missing for sentence ids {missing[:10]}")
+    return [by_id[i] for i in range(len(by_id))]
+
+
+def corpus_bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
+    """(BLEU, sacrebleu signature); refuses mismatched lengths rather than scoring a prefix."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    metric = sacrebleu.metrics.BLEU()
+    score = metric.corpus_score(hypotheses, [references])
+    return score.score, str(metric.get_signature())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fullyqt.eval.bleu",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("generate_output", help="fairseq-generate's stdout saved to a file")
+    p.add_argument("reference", help="raw (untokenized) reference text, one sentence per line")
+    a = p.parse_args(argv)
+    try:
+        with open(a.generate_output, encoding="utf-8") as f:
+            hyps = hypotheses_from_generate(f)
+        with open(a.reference, encoding="utf-8") as f:
+            refs = [line.rstrip("\n") for line in f]
+        score, sig = corpus_bleu(hyps, refs)
+    except (OSError, ValueError) as e:
+        sys.exit(f"bleu: error: {e}")
+    print(f"BLEU = {score:.2f}  ({sig})")
+
+
+if __name__ == "__main__":
+    main()

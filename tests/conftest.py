@@ -1,0 +1,83 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fullyqt  # noqa: F401  (registers the model, allowlists checkpoint types)
+from fullyqt.data.synthetic import write_reversal_task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+USER_DIR = os.path.join(REPO, "fullyqt")
+
+# A model small enough to train the reversal task in well under a minute on 2 CPU cores.
+TINY = ["--arch", "fullyqt_transformer_tiny", "--encoder-embed-dim", "64",
+        "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
+        "--decoder-ffn-embed-dim", "128", "--encoder-layers", "2", "--decoder-layers", "2",
+        "--share-all-embeddings"]
+TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "3e-3",
+         "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "100", "--max-tokens", "2000",
+         "--dropout", "0.1", "--criterion", "label_smoothed_cross_entropy",
+         "--label-smoothing", "0.1", "--no-progress-bar", "--cpu", "--seed", "1",
+         "--no-epoch-checkpoints"]
+
+
+def cli(name, *args, check=True, **kw):
+    """Run a fairseq console script of this environment; returns the CompletedProcess."""
+    proc = subprocess.run([os.path.join(BIN, name), *map(str, args)], capture_output=True,
+                          text=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """Raw and binarized reversal data: returns (raw_dir, bin_dir)."""
+    root = tmp_path_factory.mktemp("toy")
+    raw, binarized = root / "raw", root / "bin"
+    write_reversal_task(str(raw))
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt",
+        "--trainpref", raw / "train", "--validpref", raw / "valid", "--testpref", raw / "test",
+        "--destdir", binarized, "--joined-dictionary", "--workers", "1")
+    return raw, binarized
+
+
+def train(data, save_dir, *extra, user_dir=True):
+    args = [data, "--save-dir", save_dir, *TRAIN, *extra]
+    if user_dir:
+        args += ["--user-dir", USER_DIR]
+    return cli("fairseq-train", *args)
+
+
+@pytest.fixture(scope="session")
+def trained_8bit(toy_data, tmp_path_factory):
+    """An 8-bit FullyQT model trained on the reversal task (about half a minute)."""
+    save = tmp_path_factory.mktemp("ckpt8")
+    train(toy_data[1], save, *TINY, "--quant-bits", "8", "--max-update", "300",
+          "--disable-validation")
+    return save / "checkpoint_last.pt"
+
+
+def build_model(data, *extra, arch_args=TINY):
+    """Build a model through fairseq's own parser and task, as fairseq-train does."""
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data), "--user-dir", USER_DIR, "--cpu", *arch_args, *map(str, extra)])
+    task = tasks.setup_task(args)
+    return task.build_model(args), task, args
+
+
+def sample_batch(task, split="valid", n=16):
+    task.load_dataset(split)
+    ds = task.dataset(split)
+    return ds.collater([ds[i] for i in range(n)])
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,93 @@
+"""Every matmul-like op of the model receives operands on the b-bit grid."""
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq.sequence_generator import SequenceGenerator
+from torch.overrides import TorchFunctionMode
+
+from fullyqt.quant.coverage import format_table, quantization_points
+from tests.conftest import build_model, sample_batch
+
+MATMUL_LIKE = {F.linear: (0, 1), torch.matmul: (0, 1), torch.bmm: (0, 1),
+               torch.Tensor.__matmul__: (0, 1), F.embedding: (1,), torch.einsum: None}
+
+
+class OperandRecorder(TorchFunctionMode):
+    """Records, for every matmul-like call, the most distinct values any operand row holds."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in MATMUL_LIKE:
+            positions = MATMUL_LIKE[func]
+            operands = args[1:] if positions is None else [args[i] for i in positions]
+            for op in operands:
+                if isinstance(op, torch.Tensor) and op.is_floating_point():
+                    rows = op.detach().reshape(-1, op.shape[-1])
+                    worst = max(len(torch.unique(r)) for r in rows)
+                    self.calls.append((func.__name__, tuple(op.shape), worst))
+        return func(*args, **kwargs)
+
+
+def calibrated(model, batch, steps=3):
+    """Train-mode forwards so that every running range has been observed, then eval."""
+    model.train()
+    for _ in range(steps):
+        model(**batch["net_input"])
+    return model.eval()
+
+
+def record(model, task, batch, bits):
+    rec = OperandRecorder()
+    with torch.no_grad(), rec:
+        model(**batch["net_input"])
+        gen = SequenceGenerator([model], task.target_dictionary, beam_size=2, max_len_b=12)
+        gen.generate([model], {"net_input": batch["net_input"]})
+    return rec.calls
+
+
+@pytest.mark.parametrize("extra", [[], ["--encoder-normalize-before", "--decoder-normalize-before"],
+                                   ["--quant-weight-buckets", "tensor"]])
+def test_every_matmul_operand_is_on_the_4bit_grid(toy_data, extra):
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "4", *extra)
+    batch = sample_batch(task)
+    calls = record(calibrated(model, batch), task, batch, 4)
+    kinds = {name for name, _, _ in calls}
+    assert {"linear", "matmul", "embedding"} <= kinds, kinds
+    offending = [c for c in calls if c[2] > 16]
+    assert not offending, offending[:5]
+
+
+def test_the_check_catches_an_unquantized_model(toy_data):
+    """The same check on a float model finds operands off the grid (so it can fail)."""
+    model, task, _ = build_model(toy_data[1], "--no-quant")
+    batch = sample_batch(task)
+    calls = record(calibrated(model, batch), task, batch, 4)
+    assert any(c[2] > 16 for c in calls)
+
+
+def test_coverage_listing_names_every_site(toy_data):
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "6")
+    calibrated(model, sample_batch(task), steps=1)
+    points = quantization_points(model)
+    names = {p.name for p in points}
+    layer = "encoder.layers.0."
+    for site in ["self_attn.q_proj.weight_quant", "self_attn.q_quant", "self_attn.k_quant",
+                 "self_attn.v_quant", "self_attn.softmax_numerator_quant",
+                 "self_attn.softmax_denominator_quant", "self_attn.softmax_output_quant",
+                 "self_attn.attn_output_quant", "fc1.weight_quant", "fc2.output_quant",
+                 "activation_fn.quant", "final_layer_norm.numerator_quant",
+                 "final_layer_norm.denominator_quant", "final_layer_norm.quotient_quant",
+                 "final_layer_norm.output_quant", "final_layer_norm.gain_quant"]:
+        assert layer + site in names
+    for site in ["encoder.embed_tokens.weight_quant", "encoder.embed_positions.weight_quant",
+                 "encoder.layernorm_embedding", "decoder.layernorm_embedding",
+                 "decoder.output_projection.weight_quant",
+                 "decoder.layers.1.encoder_attn.k_quant"]:
+        assert site in names
+    assert all(p.bits == 6 and p.active for p in points)
+    assert all(p.lo is not None and p.lo <= p.hi for p in points)
+    assert "activation" in format_table(points)

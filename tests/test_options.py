@@ -1,0 +1,51 @@
+"""Quantization options: validation through fairseq-train, and the float switch."""
+import argparse
+
+import pytest
+
+from fullyqt.quant.config import QuantConfig, QuantOptionError
+from tests.conftest import TINY, USER_DIR, build_model, cli
+
+
+@pytest.mark.parametrize("option,value,allowed", [
+    ("--quant-bits", "1", "integer from 2 to 16"),
+    ("--quant-bits", "17", "integer from 2 to 16"),
+    ("--quant-bits", "eight", "integer from 2 to 16"),
+    ("--quant-act-bits", "0", "integer from 2 to 16"),
+    ("--quant-start-update", "-1", "integer >= 0"),
+    ("--quant-ema-momentum", "1.5", "[0, 1)"),
+    ("--quant-weight-buckets", "column", "row, tensor"),
+])
+def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
+    proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,
+               "--save-dir", tmp_path, "--max-update", "1", "--cpu", check=False)
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert len(err) == 1, proc.stderr[-2000:]
+    assert option in err[0] and repr(value) in err[0] and allowed in err[0]
+    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_config_from_namespace_validates_too():
+    ns = argparse.Namespace(quant_bits=1)
+    with pytest.raises(QuantOptionError, match="--quant-bits: got 1"):
+        QuantConfig.from_args(ns)
+
+
+def test_overrides_and_float_switch(toy_data):
+    model, _, _ = build_model(toy_data[1], "--quant-bits", "6", "--quant-act-bits", "8",
+                              "--quant-weight-buckets", "tensor")
+    attn = model.encoder.layers[0].self_attn
+    assert attn.q_proj.weight_quant.bits == 6 and attn.q_proj.weight_quant.buckets == "tensor"
+    assert attn.q_quant.bits == 8
+    assert model.encoder.layers[0].fc2.output_quant.momentum == 0.9
+
+    float_model, _, _ = build_model(toy_data[1], "--no-quant")
+    from fullyqt.quant.coverage import quantization_points
+    assert not any(p.active for p in quantization_points(float_model))
+
+
+def test_unsupported_stock_options_are_refused(toy_data):
+    with pytest.raises(ValueError, match="encoder-learned-pos"):
+        build_model(toy_data[1], "--encoder-learned-pos")

@@ -1,0 +1,133 @@
+"""Quantizer numerics against an independent integer reference, gradients, EMA state."""
+import numpy as np
+import pytest
+import torch
+
+from fullyqt.quant.fake_quant import quantize_to_int
+from fullyqt.quant.quantizer import ActivationQuantizer, WeightQuantizer
+
+
+def int_reference(x: np.ndarray, bits: int, buckets: str):
+    """Quantize to integers and dequantize in float64 numpy, one (min, max) per bucket."""
+    x = x.astype(np.float64)
+    rows = x.reshape(x.shape[0], -1) if buckets == "row" else x.reshape(1, -1)
+    lo = rows.min(axis=1, keepdims=True)
+    hi = rows.max(axis=1, keepdims=True)
+    levels = 2**bits - 1
+    scale = np.maximum(hi - lo, 1e-8) / levels
+    q = np.clip(np.rint((rows - lo) / scale), 0, levels).astype(np.int64)
+    assert q.min() >= 0 and q.max() <= levels
+    return (q * scale + lo).reshape(x.shape), q.reshape(x.shape)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6, 8, 16])
+@pytest.mark.parametrize("buckets", ["row", "tensor"])
+def test_weight_quantizer_matches_integer_reference(bits, buckets):
+    w = torch.randn(12, 20, dtype=torch.float64) * torch.linspace(0.1, 3, 12)[:, None]
+    ref, q_ref = int_reference(w.numpy(), bits, buckets)
+    out = WeightQuantizer(bits, buckets)(w)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-9 * max(1, np.abs(ref).max()))
+    per_row = [len(np.unique(r)) for r in out.numpy()]
+    assert max(per_row) <= 2**bits
+    if buckets == "row":  # each row has its own grid: its min and max are represented exactly
+        np.testing.assert_allclose(out.min(1).values, w.min(1).values, atol=1e-12)
+        np.testing.assert_allclose(out.max(1).values, w.max(1).values, atol=1e-12)
+
+
+def test_integer_codes_and_round_half_to_even():
+    lo, hi = torch.tensor(0.0), torch.tensor(3.0)  # 2 bits: step 1
+    x = torch.tensor([-1.0, 0.5, 1.5, 2.5, 4.0])
+    assert quantize_to_int(x, lo, hi, 2).tolist() == [0, 0, 2, 2, 3]
+
+
+def test_gradient_is_one_inside_and_zero_outside_the_range():
+    q = ActivationQuantizer(4)
+    q.observe(torch.tensor([-1.0, 1.0]))
+    q.eval()
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.7, 1.0, 1.5], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [0, 1, 1, 1, 1, 1, 0]
+
+
+def test_weight_gradient_flows_straight_through():
+    w = torch.randn(4, 5, requires_grad=True)
+    (WeightQuantizer(4)(w) * torch.arange(20.0).view(4, 5)).sum().backward()
+    assert torch.equal(w.grad, torch.arange(20.0).view(4, 5))
+
+
+def test_ema_update_then_eval_freeze():
+    q = ActivationQuantizer(8, momentum=0.9)
+    q.train()
+    q(torch.tensor([-1.0, 2.0]))  # first observation copies the range
+    assert (float(q.lo), float(q.hi)) == (-1.0, 2.0)
+    q(torch.tensor([-3.0, 4.0]))
+    assert float(q.lo) == pytest.approx(0.9 * -1 + 0.1 * -3)
+    assert float(q.hi) == pytest.approx(0.9 * 2 + 0.1 * 4)
+    q.eval()
+    before = (float(q.lo), float(q.hi))
+    out = q(torch.tensor([-100.0, 100.0]))
+    assert (float(q.lo), float(q.hi)) == before
+    assert out.tolist() == pytest.approx(list(before))  # clipped to the frozen range
+
+
+def test_unsigned_quantizer_fixes_zero():
+    q = ActivationQuantizer(4, unsigned=True)
+    x = torch.relu(torch.randn(100))
+    out = q(x)
+    assert float(q.lo) == 0.0
+    assert (out[x == 0] == 0).all()
+    assert len(torch.unique(out)) <= 16
+
+
+def test_padding_is_ignored_when_ranges_are_updated():
+    q = ActivationQuantizer(8)
+    x = torch.tensor([[1.0, 2.0], [50.0, -50.0]])  # second row is padding
+    q(x, valid=torch.tensor([True, False]))
+    assert (float(q.lo), float(q.hi)) == (1.0, 2.0)
+    q(torch.full((2, 2), 7.0), valid=torch.tensor([False, False]))  # all padding: no update
+    assert (float(q.lo), float(q.hi)) == (1.0, 2.0)
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_constant_inputs_give_finite_outputs(bits):
+    for q in (ActivationQuantizer(bits), WeightQuantizer(bits, "row"),
+              WeightQuantizer(bits, "tensor")):
+        x = torch.full((3, 4), 0.25, requires_grad=True)
+        out = q(x)
+        assert torch.isfinite(out).all() and torch.allclose(out, x)
+        out.sum().backward()
+        assert torch.isfinite(x.grad).all()
+    zeros = ActivationQuantizer(bits)(torch.zeros(5))
+    assert torch.equal(zeros, torch.zeros(5))
+
+
+def test_state_dict_round_trip():
+    q = ActivationQuantizer(6, unsigned=False)
+    q(torch.randn(50))
+    q(torch.randn(50) * 3)
+    fresh = ActivationQuantizer(6)
+    fresh.load_state_dict(q.state_dict())
+    assert set(q.state_dict()) == {"active", "lo", "hi", "initialized"}
+    for k, v in q.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+    fresh.eval(), q.eval()
+    x = torch.randn(100) * 4
+    assert torch.equal(fresh(x), q(x))
+
+
+def test_start_update_keeps_float_until_reached():
+    q = ActivationQuantizer(2, start_update=10)
+    x = torch.randn(64)
+    assert torch.equal(q(x), x) and not bool(q.initialized)
+    q.set_num_updates(9)
+    assert torch.equal(q(x), x)
+    q.set_num_updates(10)
+    y = torch.randn(64) * 5
+    out = q(y)  # ranges start from the live statistics at this point
+    assert (float(q.lo), float(q.hi)) == (float(y.min()), float(y.max()))
+    assert len(torch.unique(out)) <= 4
+
+
+def test_bad_bucket_name_is_refused():
+    with pytest.raises(ValueError, match="'column'.*row, tensor"):
+        WeightQuantizer(8, "column")

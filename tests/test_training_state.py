@@ -1,0 +1,84 @@
+"""Resuming keeps the quantizer state; fine-tuning starts quantizers fresh from a float model."""
+import json
+
+import torch
+from fairseq import checkpoint_utils, options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.trainer import Trainer
+
+from fullyqt.quant.quantizer import Quantizer
+from tests.conftest import TINY, TRAIN, USER_DIR, train
+
+
+def make_trainer(data, save_dir, *extra):
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [str(data), "--user-dir", USER_DIR, "--save-dir",
+                                                str(save_dir), *TRAIN, *TINY, *extra])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
+    return trainer, model
+
+
+def quantizer_state(model):
+    names = {n for n, m in model.named_modules() if isinstance(m, Quantizer)}
+    return {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[0] in names}
+
+
+def losses(stdout):
+    out = {}
+    for line in stdout.splitlines():
+        if "train_inner" in line and '"num_updates"' in line:
+            rec = json.loads(line[line.index("{"):])
+            out[int(rec["num_updates"])] = float(rec["loss"])
+    return out
+
+
+def test_resume_restores_ranges_counter_and_loss(toy_data, tmp_path):
+    data = toy_data[1]
+    common = ("--quant-bits", "8", "--disable-validation", "--log-format", "json",
+              "--log-interval", "1")
+    first = train(data, tmp_path, *TINY, *common, "--max-update", "60")
+    saved = torch.load(tmp_path / "checkpoint_last.pt")
+    saved_q = {k: v for k, v in saved["model"].items() if k.endswith((".lo", ".hi"))}
+    assert len(saved_q) > 50
+
+    trainer, model = make_trainer(data, tmp_path, "--quant-bits", "8", "--max-update", "70")
+    assert trainer.get_num_updates() == 60
+    restored = quantizer_state(model)
+    for k, v in saved_q.items():
+        assert torch.equal(restored[k], v), k
+
+    second = train(data, tmp_path, *TINY, *common, "--max-update", "70")
+    before, after = losses(first.stdout), losses(second.stdout)
+    assert sorted(after) == list(range(61, 71)), sorted(after)
+    mean_before = sum(before[u] for u in range(51, 61)) / 10
+    mean_after = sum(after[u] for u in range(61, 71)) / 10
+    assert mean_after < mean_before * 1.1, (mean_before, mean_after)
+
+
+def test_finetune_quantized_from_float_transformer(toy_data, tmp_path):
+    data = toy_data[1]
+    float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
+    stock = ["--arch", "transformer", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+             "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+             "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-attention-heads", "4",
+             "--decoder-attention-heads", "4", "--share-all-embeddings"]
+    train(data, float_dir, *stock, "--max-update", "20", "--disable-validation", user_dir=False)
+    float_state = torch.load(float_dir / "checkpoint_last.pt")["model"]
+
+    trainer, model = make_trainer(data, qat_dir, "--quant-bits", "8", "--max-update", "25",
+                                  "--finetune-from-model", str(float_dir / "checkpoint_last.pt"))
+    assert trainer.get_num_updates() == 0
+    own = model.state_dict()
+    for k, v in float_state.items():
+        assert torch.equal(own[k], v), k
+    fresh = quantizer_state(model)
+    assert fresh and not any(bool(v) for k, v in fresh.items() if k.endswith("initialized"))
+
+    train(data, qat_dir, *TINY, "--quant-bits", "8", "--max-update", "25",
+          "--disable-validation", "--finetune-from-model", float_dir / "checkpoint_last.pt")
+    tuned = torch.load(qat_dir / "checkpoint_last.pt")["model"]
+    assert bool(tuned["encoder.layers.0.self_attn.q_quant.initialized"])
