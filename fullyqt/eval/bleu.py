@@ -9,15 +9,19 @@ data (unknown words become <unk>, BPE is joined the model's way); this module re
 import argparse
 import re
 import sys
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import sacrebleu
 
 _HYP = re.compile(r"^D-(\d+)\t[^\t]*\t(.*)$")
 
 
-def hypotheses_from_generate(lines: Iterable[str]) -> List[str]:
-    """Detokenized hypotheses of a fairseq-generate log, in input order (one per sentence)."""
+def hypotheses_from_generate(lines: Iterable[str], n: Optional[int] = None) -> List[str]:
+    """Detokenized hypotheses of a fairseq-generate log in input order, one per sentence.
+
+    With ``n`` (the number of test sentences), a sentence fairseq produced no hypothesis for
+    counts as an empty translation instead of shifting the alignment.
+    """
     by_id = {}
     for line in lines:
         m = _HYP.match(line.rstrip("\n"))
@@ -25,10 +29,14 @@ def hypotheses_from_generate(lines: Iterable[str]) -> List[str]:
             by_id.setdefault(int(m.group(1)), m.group(2))
     if not by_id:
         raise ValueError("no 'D-' lines found: is this the output of fairseq-generate?")
-    missing = sorted(set(range(max(by_id) + 1)) - set(by_id))
-    if missing:
-        raise ValueError(f"hypotheses missing for sentence ids {missing[:10]}")
-    return [by_id[i] for i in range(len(by_id))]
+    if n is None:
+        n = max(by_id) + 1
+        missing = sorted(set(range(n)) - set(by_id))
+        if missing:
+            raise ValueError(f"hypotheses missing for sentence ids {missing[:10]}")
+    elif max(by_id) >= n:
+        raise ValueError(f"sentence id {max(by_id)} in the output but only {n} references")
+    return [by_id.get(i, "") for i in range(n)]
 
 
 def corpus_bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
@@ -47,10 +55,10 @@ def main(argv=None):
     p.add_argument("reference", help="raw (untokenized) reference text, one sentence per line")
     a = p.parse_args(argv)
     try:
-        with open(a.generate_output, encoding="utf-8") as f:
-            hyps = hypotheses_from_generate(f)
         with open(a.reference, encoding="utf-8") as f:
             refs = [line.rstrip("\n") for line in f]
+        with open(a.generate_output, encoding="utf-8") as f:
+            hyps = hypotheses_from_generate(f, len(refs))
         score, sig = corpus_bleu(hyps, refs)
     except (OSError, ValueError) as e:
         sys.exit(f"bleu: error: {e}")

@@ -1,0 +1,1 @@
+"""Benchmark: train float and compressed variants, translate, score, and report."""

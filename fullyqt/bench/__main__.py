@@ -1,0 +1,103 @@
+"""Benchmark: train the float baseline and the FullyQT variants, translate the test set, and
+write ``report.md``, ``results.json`` and ``pareto.png``.
+
+    python -m fullyqt.bench --preset cpu-small --out runs/cpu-small
+
+Quantized variants train the same number of updates as the float baseline (the paper's
+comparison); the time budget sets the float baseline's share and caps the others.  A rerun with
+the same --out reuses finished training runs.
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from .config import ConfigError, load_preset, presets
+from .data import layout, prepare_bible
+from .report import write_report
+from .runner import model_size, train, translate
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fullyqt.bench",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="cpu-small", help=f"one of: {', '.join(presets())}")
+    p.add_argument("--out", required=True, help="output directory (data, checkpoints, report)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="total training minutes (default: the preset's; 0 = no limit)")
+    p.add_argument("--data", help="prepared data directory (presets with data: external)")
+    p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
+                   help="CPU threads for training and decoding (default: min(cores, 4))")
+    a = p.parse_args(argv)
+    try:
+        preset = load_preset(a.preset)
+    except ConfigError as e:
+        p.exit(2, f"{p.prog}: error: {e}\n")
+    if a.threads < 1:
+        p.exit(2, f"{p.prog}: error: --threads: got {a.threads}; allowed: an integer >= 1\n")
+    budget = preset.time_budget_minutes if a.time_budget is None else a.time_budget
+    if budget < 0:
+        p.exit(2, f"{p.prog}: error: --time-budget: got {budget}; allowed: minutes >= 0\n")
+    if preset.data == "external" and not a.data:
+        p.exit(2, f"{p.prog}: error: preset {preset.name} needs --data DIR "
+                  f"(made by scripts/prepare-wmt14.sh)\n")
+    torch.set_num_threads(a.threads)
+    started = time.time()
+
+    def say(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    out = os.path.abspath(a.out)
+    if a.data:
+        data = layout(os.path.abspath(a.data))
+    else:
+        say(f"preparing the built-in corpus in {out}/data")
+        data = prepare_bible(os.path.join(out, "data"), preset.bpe_vocab, preset.limits)
+    unit = budget / sum(v.cost for v in preset.variants) if budget else 0
+    meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
+            "machine": f"{cpu_name()}, {a.threads} threads",
+            "torch": torch.__version__, "test sentences": None, "training budget (min)": budget}
+    rows, trained = [], {}
+    for v in preset.variants:
+        dep = trained.get(v.match_updates)
+        max_update = max(1, round(dep.num_updates * v.update_fraction)) if dep else None
+        minutes = unit * v.cost * (1.5 if dep else 1.0)
+        finetune = trained[v.finetune_from].checkpoint if v.finetune_from else None
+        result = train(v, data["bin"], os.path.join(out, "checkpoints", v.name),
+                       minutes=minutes, max_update=max_update, finetune_from=finetune,
+                       threads=a.threads, say=say)
+        trained[v.name] = result
+        say(f"[{v.name}] translating the test set")
+        dec = translate(result.checkpoint, data["bin"], data["test_ref"],
+                        os.path.join(out, "checkpoints", v.name, "generate.txt"),
+                        threads=a.threads)
+        with open(data["test_ref"], encoding="utf-8") as f:
+            meta["test sentences"] = sum(1 for _ in f)
+        rows.append({"variant": v.name, "description": v.description, "bits": v.bits,
+                     "bleu": dec.bleu, "signature": dec.signature,
+                     **model_size(result.checkpoint, v.bits),
+                     "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
+                     "translated": dec.translated,
+                     "num_updates": result.num_updates, "sec_per_update": result.sec_per_update,
+                     "train_minutes": result.wall_seconds / 60})
+        say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
+        meta["wall time (min)"] = round((time.time() - started) / 60, 1)
+        paths = write_report(out, rows, meta)
+    say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
+    print(open(paths["md"], encoding="utf-8").read())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

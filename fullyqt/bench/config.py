@@ -1,0 +1,111 @@
+"""Experiment configs: ``configs/PRESET/preset.yaml`` plus one YAML file per experiment.
+
+An experiment file holds fairseq-train options under ``train`` (option names without ``--``;
+``true`` for a bare flag) and may ``inherit`` another file of the same preset.  The model here
+is an argparse-style fairseq model, which fairseq's Hydra configs do not describe, so the files
+are turned into ordinary command-line flags.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import yaml
+
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "configs")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Experiment:
+    name: str
+    description: str
+    train: Dict[str, object]
+    cost: float = 1.0
+    finetune_from: Optional[str] = None
+    match_updates: Optional[str] = None
+    update_fraction: float = 1.0
+
+    def flags(self) -> List[str]:
+        return to_flags(self.train)
+
+    @property
+    def bits(self) -> Optional[int]:
+        if self.train.get("no-quant") or not str(self.train.get("arch", "")).startswith("fullyqt"):
+            return None
+        return int(self.train.get("quant-bits", 8))
+
+
+@dataclass
+class Preset:
+    name: str
+    data: str
+    variants: List[Experiment]
+    bpe_vocab: int = 8000
+    limits: Dict[str, int] = field(default_factory=dict)
+    time_budget_minutes: float = 0.0
+
+
+def to_flags(options: Dict[str, object]) -> List[str]:
+    flags = []
+    for key, value in options.items():
+        if value is False or value is None:
+            continue
+        flags.append(f"--{key}")
+        if value is not True:
+            flags.append(str(value))
+    return flags
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def load_experiment(preset_dir: str, name: str, _seen=()) -> Experiment:
+    path = os.path.join(preset_dir, f"{name}.yaml")
+    if name in _seen:
+        raise ConfigError(f"{path}: inherit cycle through {' -> '.join(_seen + (name,))}")
+    raw = _read(path)
+    train = {}
+    if raw.get("inherit"):
+        parent = _read(os.path.join(preset_dir, raw["inherit"]))
+        train.update(parent.get("train") or {})
+    train.update(raw.get("train") or {})
+    known = {"description", "inherit", "train", "cost", "finetune_from", "match_updates",
+             "update_fraction"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+    return Experiment(name, raw.get("description", ""), train, float(raw.get("cost", 1.0)),
+                      raw.get("finetune_from"), raw.get("match_updates"),
+                      float(raw.get("update_fraction", 1.0)))
+
+
+def presets(root: str = CONFIG_ROOT) -> List[str]:
+    return sorted(d for d in os.listdir(root)
+                  if os.path.isfile(os.path.join(root, d, "preset.yaml")))
+
+
+def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
+    if name not in presets(root):
+        raise ConfigError(f"preset {name!r}: allowed: {', '.join(presets(root))}")
+    pdir = os.path.join(root, name)
+    raw = _read(os.path.join(pdir, "preset.yaml"))
+    variants = [load_experiment(pdir, v) for v in raw.get("variants", [])]
+    names = {v.name for v in variants}
+    for v in variants:
+        for dep in (v.finetune_from, v.match_updates):
+            if dep and dep not in names:
+                raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
+                                  f"this preset ({', '.join(sorted(names))})")
+    return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
+                  dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)))

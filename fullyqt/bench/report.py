@@ -1,0 +1,108 @@
+"""The benchmark report: ``report.md`` (table and findings), ``results.json``, ``pareto.png``."""
+import json
+import math
+import os
+from typing import List
+
+COLUMNS = [("variant", "variant"), ("bits", "bits"), ("bleu", "BLEU"), ("params", "params"),
+           ("model_bytes", "model bytes"), ("size_vs_float", "size vs float"),
+           ("tokens_per_second", "decode tok/s"), ("num_updates", "updates"),
+           ("time_per_update_vs_float", "time/update vs float")]
+
+
+def _fmt(key, value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if key == "bits":
+        return str(value)
+    if key in ("params", "model_bytes", "num_updates"):
+        return f"{int(value):,}"
+    if key in ("size_vs_float", "time_per_update_vs_float"):
+        return f"{value:.2f}x"
+    if key == "tokens_per_second":
+        return f"{value:.0f}"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def add_relative_columns(rows: List[dict], baseline: str = "float"):
+    base = next((r for r in rows if r["variant"] == baseline), None)
+    for r in rows:
+        r["size_vs_float"] = r["model_bytes"] / base["model_bytes"] if base else None
+        r["time_per_update_vs_float"] = (r["sec_per_update"] / base["sec_per_update"]
+                                         if base and base.get("sec_per_update") else None)
+    return rows
+
+
+def findings(rows: List[dict]) -> List[str]:
+    out = []
+    base = next((r for r in rows if r["variant"] == "float"), None)
+    if base is None:
+        return out
+    for r in rows:
+        if r["variant"] == "float" or r.get("bits") != 8:
+            continue
+        delta = r["bleu"] - base["bleu"]
+        verdict = "holds" if delta >= 0 else "does not hold"
+        out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
+                   f"{r['bleu']:.2f} vs {base['bleu']:.2f} ({delta:+.2f}).")
+    return out
+
+
+def write_markdown(path: str, rows: List[dict], meta: dict):
+    lines = [f"# fullyqt benchmark: preset `{meta['preset']}`", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("preset", "notes")]
+    lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
+              "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+    lines += ["", "BLEU: sacrebleu on detokenized hypotheses against the raw reference text; "
+              f"signature `{rows[0]['signature'] if rows else ''}`.",
+              "Model bytes: b-bit weights with an fp32 scale and minimum per row bucket, fp32 "
+              "biases (float: 4 bytes a parameter); tied embeddings count once.",
+              "Decode: fairseq-generate, beam 5, batch 32, target tokens per second of "
+              "generation (model loading excluded).", "", "## Findings", ""]
+    lines += [f"- {x}" for x in findings(rows) + list(meta.get("notes", []))]
+    lines += ["", "## Variants", ""]
+    lines += [f"- `{r['variant']}`: {r['description']}" for r in rows]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def write_plot(path: str, rows: List[dict], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in rows:
+        mb = r["model_bytes"] / 2**20
+        ax.scatter(mb, r["bleu"], s=40, color="tab:gray" if r.get("bits") is None else "tab:blue")
+        ax.annotate(r["variant"], (mb, r["bleu"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("model size (MiB)")
+    ax.set_ylabel("BLEU (sacrebleu)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(out_dir: str, rows: List[dict], meta: dict):
+    """Write the three report files atomically; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = add_relative_columns([dict(r) for r in rows])
+    paths = {k: os.path.join(out_dir, f) for k, f in
+             (("md", "report.md"), ("json", "results.json"), ("png", "pareto.png"))}
+    tmp = paths["json"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    os.replace(tmp, paths["json"])
+    write_markdown(paths["md"], rows, meta)
+    write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
+    return paths
