@@ -19,10 +19,11 @@ setup(
         "sacrebleu>=2.3",
         "sentencepiece>=0.1.99",
         "numpy>=1.24",
+        "pyyaml>=6",
+        "matplotlib>=3.7",  # the benchmark's pareto plot
     ],
     extras_require={
         "test": ["pytest>=7"],
-        "bench": ["matplotlib>=3.7"],
         "deploy": ["ctranslate2>=4.0"],
     },
     entry_points={

@@ -1,0 +1,78 @@
+"""Benchmark: configs, the report writer, and the smoke preset end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+from fairseq import options
+
+from fullyqt.bench.config import ConfigError, load_preset, presets
+from fullyqt.bench.report import write_report
+from tests.conftest import REPO, USER_DIR, build_model
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_config_parses_into_fairseq_args(preset, toy_data):
+    for exp in load_preset(preset).variants:
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser, [str(toy_data[1]), "--user-dir", USER_DIR, *exp.flags()])
+        assert args.arch == exp.train["arch"]
+        if exp.bits:
+            assert args.quant_bits == exp.bits
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu-small", "wmt-base"])
+def test_configs_build_models(preset, toy_data):
+    for exp in load_preset(preset).variants:
+        model, _, _ = build_model(toy_data[1], *exp.flags(), arch_args=[])
+        n_quant = sum(1 for n, _ in model.named_modules() if n.endswith("_quant"))
+        assert (n_quant > 0) == (exp.bits is not None), exp.name
+
+
+def test_bad_preset_name_lists_the_allowed_ones():
+    with pytest.raises(ConfigError, match="'nope'.*cpu-small"):
+        load_preset("nope")
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "nope", "--out",
+                           "/tmp/unused-fullyqt"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "preset 'nope': allowed:" in proc.stderr
+
+
+def test_report_writer(tmp_path):
+    rows = [
+        {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
+         "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
+         "sec_per_update": 1.0},
+        {"variant": "fullyqt8", "description": "q", "bits": 8, "bleu": 29.5, "signature": "s",
+         "params": 1000, "model_bytes": 1100, "tokens_per_second": 80.0, "num_updates": 10,
+         "sec_per_update": 1.3},
+    ]
+    paths = write_report(str(tmp_path), rows, {"preset": "test"})
+    data = json.loads(open(paths["json"]).read())
+    assert [r["variant"] for r in data["rows"]] == ["float", "fullyqt8"]
+    assert data["rows"][1]["size_vs_float"] == pytest.approx(0.275)
+    assert data["rows"][1]["time_per_update_vs_float"] == pytest.approx(1.3)
+    md = open(paths["md"]).read()
+    assert "| fullyqt8 | 8 | 29.50 | 1,000 | 1,100 | 0.28x | 80 | 10 | 1.30x |" in md
+    assert "does not hold for `fullyqt8`: 29.50 vs 30.00 (-0.50)" in md
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.md",
+                                                          "results.json"]
+
+
+def test_smoke_preset_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "smoke", "--out",
+                           str(out), "--threads", "1"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"float", "fullyqt8", "fullyqt8-finetune"}
+    assert rows["fullyqt8"]["num_updates"] == rows["float"]["num_updates"]  # matched updates
+    assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
+    assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
+    assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
+    assert data["meta"]["test sentences"] == 60
+    assert "| fullyqt8 |" in (out / "report.md").read_text()
+    assert "[float] update" in proc.stdout  # progress is shown
