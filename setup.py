@@ -23,12 +23,13 @@ setup(
         "matplotlib>=3.7",  # the benchmark's pareto plot
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ctranslate2>=4.0"],
         "deploy": ["ctranslate2>=4.0"],
     },
     entry_points={
         "console_scripts": [
             "fullyqt-coverage=fullyqt.quant.coverage:main",
+            "fullyqt-export=fullyqt.export.cli:main",
         ],
     },
 )

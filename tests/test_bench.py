@@ -56,6 +56,11 @@ def test_report_writer(tmp_path):
     md = open(paths["md"]).read()
     assert "| fullyqt8 | 8 | 29.50 | 1,000 | 1,100 | 0.28x | 80 | 10 | 1.30x |" in md
     assert "does not hold for `fullyqt8`: 29.50 vs 30.00 (-0.50)" in md
+    rows.append({**rows[1], "variant": "float → CT2 int8 (PTQ)", "kind": "deploy", "bleu": 29.0})
+    rows.append({**rows[1], "variant": "fullyqt8 → CT2 int8", "kind": "deploy", "bleu": 29.4})
+    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
+    assert "`fullyqt8 → CT2 int8` vs CTranslate2 int8 PTQ of float: 29.40 vs 29.00 (+0.40)" in md
+    assert "for `fullyqt8 → CT2 int8`" not in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.md",
                                                           "results.json"]
@@ -68,7 +73,9 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     data = json.loads((out / "results.json").read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert set(rows) == {"float", "fullyqt8", "fullyqt8-finetune"}
+    assert {"float", "fullyqt8", "fullyqt8-finetune", "fullyqt8 int8 export",
+            "float → CT2 int8 (PTQ)", "fullyqt8 → CT2 int8"} <= set(rows)
+    assert rows["fullyqt8 int8 export"]["bleu"] == pytest.approx(rows["fullyqt8"]["bleu"], abs=0.1)
     assert rows["fullyqt8"]["num_updates"] == rows["float"]["num_updates"]  # matched updates
     assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]

@@ -9,6 +9,7 @@ the same --out reuses finished training runs.
 """
 import argparse
 import datetime
+import logging
 import os
 import platform
 import sys
@@ -30,6 +31,42 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
+def deployment_rows(v, row, checkpoint, data, out, threads, say):
+    """Rows for the shipped forms of a variant: CTranslate2 int8 of the float model (PTQ); the
+    integer export and its CTranslate2 conversion for 8-bit FullyQT models."""
+    from .deploy import ct2_translate, ctranslate2_model, export_int, tree_bytes
+
+    rows, vdir = [], os.path.join(out, "checkpoints", v.name)
+    base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes")}
+    if v.bits == 8:
+        say(f"[{v.name}] integer export, decoded by fairseq-generate")
+        path = export_int(checkpoint, 8, os.path.join(vdir, "model.int8.pt"))
+        dec = translate(path, data["bin"], data["test_ref"],
+                        os.path.join(vdir, "generate.int8.txt"), threads=threads)
+        rows.append({**base, "variant": f"{v.name} int8 export", "kind": "deploy", "bits": 8,
+                     "description": "the fullyqt-export int8 file (packed weights) decoded by "
+                                    "fairseq-generate --user-dir fullyqt",
+                     "bleu": dec.bleu, "signature": dec.signature,
+                     "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
+                     "decode_seconds": dec.seconds, "translated": dec.translated})
+    if v.bits == 8 or v.bits is None:
+        name = f"{v.name} → CT2 int8" + (" (PTQ)" if v.bits is None else "")
+        say(f"[{name}] converting and decoding with CTranslate2")
+        try:
+            ct2_dir = ctranslate2_model(checkpoint, os.path.join(vdir, "ct2-int8"), data["bin"],
+                                        from_fullyqt=v.bits is not None)
+            res = ct2_translate(ct2_dir, data["test_tok"], data["spm"], data["test_ref"],
+                                threads=threads)
+        except (ImportError, RuntimeError) as e:
+            say(f"[{name}] skipped: {e}")
+            return rows
+        what = ("CTranslate2 int8 post-training quantization of the float model"
+                if v.bits is None else "fullyqt-export --format ctranslate2 (int8) of this model")
+        rows.append({**base, **res, "variant": name, "kind": "deploy", "bits": 8,
+                     "description": what})
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fullyqt.bench",
                                 description=__doc__.split("\n\n")[0])
@@ -38,6 +75,8 @@ def main(argv=None):
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="total training minutes (default: the preset's; 0 = no limit)")
     p.add_argument("--data", help="prepared data directory (presets with data: external)")
+    p.add_argument("--no-deploy", dest="deploy", action="store_false",
+                   help="skip the int8-export and CTranslate2 rows")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
                    help="CPU threads for training and decoding (default: min(cores, 4))")
     a = p.parse_args(argv)
@@ -54,6 +93,7 @@ def main(argv=None):
         p.exit(2, f"{p.prog}: error: preset {preset.name} needs --data DIR "
                   f"(made by scripts/prepare-wmt14.sh)\n")
     torch.set_num_threads(a.threads)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     started = time.time()
 
     def say(msg):
@@ -85,7 +125,8 @@ def main(argv=None):
                         threads=a.threads)
         with open(data["test_ref"], encoding="utf-8") as f:
             meta["test sentences"] = sum(1 for _ in f)
-        rows.append({"variant": v.name, "description": v.description, "bits": v.bits,
+        rows.append({"variant": v.name, "kind": "trained", "description": v.description,
+                     "bits": v.bits,
                      "bleu": dec.bleu, "signature": dec.signature,
                      **model_size(result.checkpoint, v.bits),
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
@@ -93,6 +134,8 @@ def main(argv=None):
                      "num_updates": result.num_updates, "sec_per_update": result.sec_per_update,
                      "train_minutes": result.wall_seconds / 60})
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
+        if a.deploy:
+            rows += deployment_rows(v, rows[-1], result.checkpoint, data, out, a.threads, say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")

@@ -45,7 +45,8 @@ def prepare_bible(dest: str, vocab: int, limits: Optional[dict] = None) -> dict:
 def layout(dest: str) -> dict:
     return {"bin": os.path.join(dest, "bin"), "raw": os.path.join(dest, "raw"),
             "spm": os.path.join(dest, "spm.model"),
-            "test_ref": os.path.join(dest, "raw", "test.tgt")}
+            "test_ref": os.path.join(dest, "raw", "test.tgt"),
+            "test_tok": os.path.join(dest, "tok", "test.src")}
 
 
 def binarize(dest: str, vocab: int):

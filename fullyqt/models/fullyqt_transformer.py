@@ -26,6 +26,7 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import nn
 
+from ..export.integer import is_packed, unpack_state
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
@@ -226,7 +227,10 @@ class FullyQTTransformerModel(TransformerModel):
                               no_encoder_attn=getattr(args, "no_cross_attention", False))
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Start quantizer state fresh when loading a float (stock transformer) checkpoint."""
+        """Unpack an integer export; start quantizer state fresh when loading a float (stock
+        transformer) checkpoint."""
+        if is_packed(state_dict):
+            unpack_state(state_dict, self.encoder.qcfg.weight_bits)
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
         own = self.state_dict()

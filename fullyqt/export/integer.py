@@ -1,0 +1,93 @@
+"""The ``int8``/``int6``/``int4`` export: weights as packed integer codes plus the scale and
+minimum of each bucket, exactly as the weight quantizers computed them.
+
+A weight ``W`` is stored as ``W@codes`` (packed bytes), ``W@scale`` and ``W@min`` (fp32, one
+per bucket) and ``W@shape``; dequantization ``codes * scale + min`` gives back the fake-quantized
+weight bit for bit.  Biases, activation ranges and other buffers stay as they are.  Tied weights
+are stored once, and the many scalar buffers (activation ranges, flags) travel as one tensor.
+``FullyQTTransformerModel.upgrade_state_dict_named`` unpacks on load, so the
+file loads wherever a fullyqt checkpoint does.
+"""
+from typing import Dict
+
+import torch
+
+from ..quant.fake_quant import quantize_to_int, step_size
+from ..quant.quantizer import WeightQuantizer, bucket_range
+from .packing import pack_codes, unpack_codes
+
+SEP = "@"
+FORMAT_KEY = "fullyqt_export"
+
+
+def weight_quantizers(model) -> Dict[str, WeightQuantizer]:
+    """``{parameter name: its quantizer}`` for every quantized parameter of the model."""
+    out = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        q = getattr(module, "weight_quant", None) or getattr(module, "gain_quant", None)
+        w = getattr(module, "weight", None)
+        if isinstance(q, WeightQuantizer) and isinstance(w, torch.nn.Parameter):
+            out[f"{name}.weight"] = q
+    return out
+
+
+def pack_state(model, bits: int) -> dict:
+    """The model's state dict with every quantized weight replaced by its packed form."""
+    state = model.state_dict()
+    quantizers = weight_quantizers(model)
+    packed, first_of, scalars = {}, {}, []
+    for name, t in state.items():
+        q = quantizers.get(name)
+        if q is None:
+            if t.dim() == 0:
+                scalars.append((name, t))
+            else:
+                packed[name] = t
+            continue
+        if q.bits != bits:
+            raise ValueError(f"{name} was trained with {q.bits}-bit weights, not {bits}")
+        key = (t.untyped_storage().data_ptr(), tuple(t.shape))
+        if key in first_of:
+            packed[f"{name}{SEP}alias"] = first_of[key]
+            continue
+        first_of[key] = name
+        lo, hi = bucket_range(t, q.buckets)
+        lo = lo.float()
+        scale = step_size(lo, hi.float(), bits)
+        codes = quantize_to_int(t.float(), lo, hi.float(), bits)
+        packed[f"{name}{SEP}codes"] = pack_codes(codes, bits)
+        packed[f"{name}{SEP}scale"] = scale.reshape(-1).clone()
+        packed[f"{name}{SEP}min"] = lo.reshape(-1).clone()
+        packed[f"{name}{SEP}shape"] = torch.tensor(list(t.shape))
+    packed[f"{SEP}scalars"] = torch.stack([t.double() for _, t in scalars])
+    packed[f"{SEP}scalar_names"] = [n for n, _ in scalars]
+    packed[f"{SEP}scalar_dtypes"] = [str(t.dtype).replace("torch.", "") for _, t in scalars]
+    return packed
+
+
+def is_packed(state_dict) -> bool:
+    return any(SEP in k for k in state_dict)
+
+
+def unpack_state(state_dict: dict, bits: int):
+    """In place: replace packed entries by float weights ``codes * scale + min``."""
+    values = state_dict.pop(f"{SEP}scalars")
+    dtypes = state_dict.pop(f"{SEP}scalar_dtypes")
+    for name, value, dtype in zip(state_dict.pop(f"{SEP}scalar_names"), values, dtypes):
+        state_dict[name] = value.to(getattr(torch, dtype))
+    names = {k.split(SEP)[0] for k in state_dict if SEP in k}
+    aliases = {}
+    for name in sorted(names):
+        if f"{name}{SEP}alias" in state_dict:
+            aliases[name] = state_dict.pop(f"{name}{SEP}alias")
+            continue
+        shape = state_dict.pop(f"{name}{SEP}shape").tolist()
+        codes = unpack_codes(state_dict.pop(f"{name}{SEP}codes"), bits, shape)
+        scale = state_dict.pop(f"{name}{SEP}scale")
+        lo = state_dict.pop(f"{name}{SEP}min")
+        bshape = (-1,) + (1,) * (len(shape) - 1) if scale.numel() > 1 else ()
+        scale = scale.reshape(bshape) if bshape else scale.reshape(())
+        lo = lo.reshape(bshape) if bshape else lo.reshape(())
+        state_dict[name] = codes.float() * scale + lo
+    for name, target in aliases.items():
+        state_dict[name] = state_dict[target]

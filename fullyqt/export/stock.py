@@ -1,0 +1,67 @@
+"""The ``fairseq`` export: a plain stock ``transformer`` checkpoint.
+
+Weights are the dequantized ones the quantized model computes with; quantizer state is dropped;
+the arguments name a stock architecture and no plugin.  Stock fairseq (and CTranslate2's
+converter, which only accepts fairseq's own model names and argparse arguments) load it.
+"""
+import argparse
+import copy
+
+import torch
+
+from ..quant.quantizer import Quantizer
+from .integer import weight_quantizers
+
+STOCK_ARCH = {
+    "fullyqt_transformer": "transformer",
+    "fullyqt_transformer_tiny": "transformer",
+    "fullyqt_transformer_wmt_en_de": "transformer_wmt_en_de",
+    "fullyqt_transformer_wmt_en_de_big": "transformer_wmt_en_de_big",
+}
+
+
+def stock_args(args) -> argparse.Namespace:
+    ns = copy.deepcopy(args) if isinstance(args, argparse.Namespace) else argparse.Namespace(**args)
+    arch = STOCK_ARCH.get(ns.arch)
+    if arch is None:
+        raise ValueError(f"architecture {ns.arch!r} has no stock equivalent "
+                         f"(known: {', '.join(STOCK_ARCH)})")
+    for name in [k for k in vars(ns) if k.startswith("quant_")] + ["no_quant"]:
+        if hasattr(ns, name):
+            delattr(ns, name)
+    ns.arch = ns._name = arch
+    ns.user_dir = None
+    return ns
+
+
+@torch.no_grad()
+def stock_state_dict(model) -> dict:
+    """Float state dict with quantized weights replaced by their dequantized values."""
+    model.eval()
+    quantized = {}
+    for name, q in weight_quantizers(model).items():
+        module_name = name.rsplit(".", 1)[0]
+        w = model.get_submodule(module_name).weight
+        key = (w.untyped_storage().data_ptr(), tuple(w.shape))
+        if key not in quantized:
+            quantized[key] = q(w).detach().clone()
+    quantizer_modules = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, Quantizer)}
+    out = {}
+    for name, t in model.state_dict().items():
+        if name.rsplit(".", 1)[0] in quantizer_modules:
+            continue
+        key = (t.untyped_storage().data_ptr(), tuple(t.shape))
+        out[name] = quantized.get(key, t)
+    return out
+
+
+def stock_checkpoint(model, args, num_updates: int = 0) -> dict:
+    return {
+        "args": stock_args(args),
+        "model": stock_state_dict(model),
+        "optimizer_history": [{"criterion_name": "CrossEntropyCriterion",
+                               "optimizer_name": "Adam", "lr_scheduler_state": {"best": None},
+                               "num_updates": num_updates}],
+        "extra_state": {"epoch": 1},
+        "last_optimizer_state": None,
+    }

@@ -1,0 +1,124 @@
+"""fullyqt-export: integer, stock fairseq and CTranslate2 exports load where they should."""
+import os
+
+import pytest
+import torch
+
+from fullyqt.checkpoint import load_model
+from fullyqt.eval.bleu import hypotheses_from_generate
+from fullyqt.export.integer import weight_quantizers
+from fullyqt.export.packing import pack_codes, unpack_codes
+from tests.conftest import TINY, USER_DIR, cli, train
+
+WIDE = ["--arch", "fullyqt_transformer_tiny", "--encoder-embed-dim", "512",
+        "--decoder-embed-dim", "512", "--encoder-ffn-embed-dim", "2048",
+        "--decoder-ffn-embed-dim", "2048", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--share-all-embeddings"]
+
+
+def export(*args, check=True):
+    return cli("fullyqt-export", *map(str, args), check=check)
+
+
+def hyps(data, ckpt, n, user_dir=True, env=None):
+    args = [data, "--path", ckpt, "--beam", "5", "--batch-size", "64", "--cpu"]
+    if user_dir:
+        args += ["--user-dir", USER_DIR]
+    out = cli("fairseq-generate", *args, env=env)
+    return hypotheses_from_generate(out.stdout.splitlines(), n)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packing_round_trip(bits):
+    codes = torch.randint(0, 2**bits, (7, 13))
+    packed = pack_codes(codes, bits)
+    assert packed.numel() == -(-codes.numel() * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, codes.shape), codes)
+
+
+def test_int8_export_round_trip_and_identical_translations(toy_data, trained_8bit, tmp_path):
+    raw, data = toy_data
+    out = tmp_path / "model.int8.pt"
+    export(trained_8bit, "--format", "int8", "--out", out)
+    original, exported = load_model(str(trained_8bit)), load_model(str(out))
+    with torch.no_grad():
+        for name, q in weight_quantizers(original).items():
+            w = original.get_submodule(name.rsplit(".", 1)[0]).weight
+            w2 = exported.get_submodule(name.rsplit(".", 1)[0]).weight
+            assert torch.equal(w2, q(w)), name  # exactly the fake-quantized weight
+    for k, v in original.state_dict().items():
+        if k.endswith((".lo", ".hi", ".bias")):
+            assert torch.equal(exported.state_dict()[k], v), k
+    n = len((raw / "test.tgt").read_text().splitlines())
+    a, b = hyps(data, trained_8bit, n), hyps(data, out, n)
+    same = sum(x == y for x, y in zip(a, b)) / n
+    assert same >= 0.95, same
+
+
+@pytest.mark.parametrize("bits,limit", [(8, 0.26), (6, 0.20), (4, 0.14)])
+def test_integer_export_size(toy_data, tmp_path, bits, limit):
+    train(toy_data[1], tmp_path, *WIDE, "--quant-bits", bits, "--max-update", "1",
+          "--disable-validation")
+    ckpt = tmp_path / "checkpoint_last.pt"
+    out = tmp_path / f"model.int{bits}.pt"
+    export(ckpt, "--format", f"int{bits}", "--out", out)
+    model = load_model(str(ckpt))
+    float_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert os.path.getsize(out) <= limit * float_bytes, os.path.getsize(out) / float_bytes
+    reloaded = load_model(str(out))  # and it loads back
+    assert sum(p.numel() for p in reloaded.parameters()) * 4 == float_bytes
+
+
+def test_stock_fairseq_export_loads_without_the_plugin(toy_data, trained_8bit, tmp_path):
+    raw, data = toy_data
+    out = tmp_path / "stock.pt"
+    export(trained_8bit, "--format", "fairseq", "--out", out)
+    state = torch.load(out, weights_only=False)
+    assert state["args"].arch == "transformer" and state["args"].user_dir is None
+    assert not [k for k in state["model"] if "_quant" in k or k.endswith((".lo", ".hi"))]
+    assert not [k for k in vars(state["args"]) if k.startswith("quant_")]
+    # stock fairseq-generate, no --user-dir (torch >= 2.6 needs weights_only off for any
+    # fairseq checkpoint without the plugin's allowlist)
+    n = len((raw / "test.tgt").read_text().splitlines())
+    stock = hyps(data, out, n, user_dir=False,
+                 env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
+    quant = hyps(data, trained_8bit, n)
+    assert sum(x == y for x, y in zip(stock, quant)) / n > 0.8
+
+
+def test_ctranslate2_export_translates(toy_data, trained_8bit, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    out = tmp_path / "ct2"
+    export(trained_8bit, "--format", "ctranslate2", "--out", out)
+    assert (out / "model.bin").exists()
+    translator = ctranslate2.Translator(str(out), device="cpu")
+    result = translator.translate_batch([["w1", "w2", "w3", "w4"], ["w7", "w5", "w9"]],
+                                        beam_size=5)
+    assert [r.hypotheses[0] for r in result] == [["W4", "W3", "W2", "W1"], ["W9", "W5", "W7"]]
+
+
+def test_refuses_to_overwrite_and_non_fullyqt_and_corrupt(toy_data, trained_8bit, tmp_path):
+    out = tmp_path / "exists.pt"
+    out.write_text("keep me")
+    proc = export(trained_8bit, "--format", "int8", "--out", out, check=False)
+    assert proc.returncode == 2 and "--force" in proc.stderr and out.read_text() == "keep me"
+    export(trained_8bit, "--format", "int8", "--out", out, "--force")
+    assert torch.load(out)["fullyqt_export"]["format"] == "int8"
+
+    stock = tmp_path / "stock.pt"
+    export(trained_8bit, "--format", "fairseq", "--out", stock)
+    proc = export(stock, "--format", "int8", "--out", tmp_path / "x.pt", check=False)
+    assert proc.returncode == 2 and "not a fullyqt model" in proc.stderr
+
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(open(trained_8bit, "rb").read()[:5000])
+    proc = export(bad, "--format", "int8", "--out", tmp_path / "y.pt", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+    for fmt, err in (("int4", "trained with 8-bit"), ("int3", "allowed: int8")):
+        proc = export(trained_8bit, "--format", fmt, "--out", tmp_path / "z.pt", check=False)
+        assert proc.returncode == 2 and err in proc.stderr
+    proc = export(trained_8bit, "--format", "ctranslate2", "--out", tmp_path / "ct2",
+                  "--data", tmp_path / "no-such-dir", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "exists.pt", "stock.pt"]
