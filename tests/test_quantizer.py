@@ -131,3 +131,34 @@ def test_start_update_keeps_float_until_reached():
 def test_bad_bucket_name_is_refused():
     with pytest.raises(ValueError, match="'column'.*row, tensor"):
         WeightQuantizer(8, "column")
+
+
+def test_unclipped_gradient_passes_outside_the_range_but_values_stay_clipped():
+    q = ActivationQuantizer(4, clip_gradient=False)
+    q.observe(torch.tensor([-1.0, 1.0]))
+    q.eval()
+    x = torch.tensor([-2.0, 0.3, 1.5], requires_grad=True)
+    out = q(x)
+    out.sum().backward()
+    assert x.grad.tolist() == [1, 1, 1]
+    assert out[0] == -1.0 and out[2] == 1.0
+
+
+def test_layer_norm_denominator_is_straight_through():
+    from fullyqt.quant.config import QuantConfig
+    from fullyqt.quant.layer_norm import QuantLayerNorm
+
+    ln = QuantLayerNorm(8, qcfg=QuantConfig(8, 8))
+    assert not ln.denominator_quant.clip_gradient
+    assert ln.numerator_quant.clip_gradient and ln.output_quant.clip_gradient
+
+
+def test_flags_follow_a_loaded_state_dict():
+    q = ActivationQuantizer(8, start_update=5)
+    trained = ActivationQuantizer(8, start_update=5)
+    trained.set_num_updates(7)
+    trained(torch.randn(10))
+    q.load_state_dict(trained.state_dict())
+    q.eval()
+    assert q.enabled and bool(q.initialized)
+    assert len(torch.unique(q(torch.randn(1000)))) <= 256

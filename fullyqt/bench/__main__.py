@@ -113,7 +113,7 @@ def main(argv=None):
     for v in preset.variants:
         dep = trained.get(v.match_updates)
         max_update = max(1, round(dep.num_updates * v.update_fraction)) if dep else None
-        minutes = unit * v.cost * (1.5 if dep else 1.0)
+        minutes = 0 if dep else unit * v.cost  # matched runs stop at the update count
         finetune = trained[v.finetune_from].checkpoint if v.finetune_from else None
         result = train(v, data["bin"], os.path.join(out, "checkpoints", v.name),
                        minutes=minutes, max_update=max_update, finetune_from=finetune,

@@ -118,5 +118,6 @@ class QuantConfig:
     def weight(self, buckets: Optional[str] = None):
         return WeightQuantizer(self.weight_bits, buckets or self.weight_buckets, self.start_update)
 
-    def act(self, unsigned: bool = False):
-        return ActivationQuantizer(self.act_bits, self.momentum, unsigned, self.start_update)
+    def act(self, unsigned: bool = False, clip_gradient: bool = True):
+        return ActivationQuantizer(self.act_bits, self.momentum, unsigned, self.start_update,
+                                   clip_gradient)

@@ -15,14 +15,16 @@ def quantize_to_int(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: i
     return torch.round((xc - lo) / step_size(lo, hi, bits))
 
 
-def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int) -> torch.Tensor:
-    """x_hat = q * s + lo; gradient 1 where lo <= x <= hi and 0 where the clamp cut x off.
+def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                  clip_gradient: bool = True) -> torch.Tensor:
+    """x_hat = q * s + lo; gradient 1 where lo <= x <= hi and 0 where the clamp cut x off
+    (with ``clip_gradient=False``, 1 everywhere: a plain straight-through estimator).
 
     ``lo``/``hi`` broadcast against ``x`` (one pair per bucket) and receive no gradient.
     """
     lo, hi = lo.detach(), hi.detach()
-    xc = torch.clamp(x, lo, hi)
+    xc = torch.clamp(x, lo, hi) if clip_gradient else x
     s = step_size(lo, hi, bits)
-    xq = torch.round((xc.detach() - lo) / s) * s + lo
-    # xq + (xc - xc) keeps the value exactly on the grid and routes the gradient through clamp.
+    xq = torch.round((torch.clamp(x.detach(), lo, hi) - lo) / s) * s + lo
+    # xq + (xc - xc) keeps the value exactly on the grid and routes the gradient through xc.
     return xq + (xc - xc.detach())

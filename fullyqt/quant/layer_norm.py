@@ -19,7 +19,9 @@ class QuantLayerNorm(nn.LayerNorm):
         super().__init__(dim, eps=eps)
         self.gain_quant = qcfg.weight()
         self.numerator_quant = qcfg.act()
-        self.denominator_quant = qcfg.act()
+        # Straight-through: the denominator drifts steadily in training, the running range lags
+        # behind it, and a gradient cut there stalls learning (the paper's naive-scheme failure).
+        self.denominator_quant = qcfg.act(clip_gradient=False)
         self.quotient_quant = qcfg.act()
         self.output_quant = qcfg.act()
         self.pad = pad

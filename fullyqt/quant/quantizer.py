@@ -21,13 +21,23 @@ class Quantizer(nn.Module):
         self.bits = bits
         self.start_update = start_update
         self.register_buffer("active", torch.tensor(bits is not None and start_update == 0))
+        self._active = bool(self.active)
+
+    def _sync_flags(self):
+        """Host copies of the flag buffers, so that forward never waits on the device."""
+        self._active = bool(self.active)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync_flags()
 
     @property
     def enabled(self) -> bool:
-        return self.bits is not None and bool(self.active)
+        return self.bits is not None and self._active
 
     def set_num_updates(self, num_updates: int):
-        self.active.fill_(self.bits is not None and num_updates >= self.start_update)
+        self._active = self.bits is not None and num_updates >= self.start_update
+        self.active.fill_(self._active)
 
 
 def bucket_range(w: torch.Tensor, buckets: str):
@@ -74,48 +84,64 @@ class ActivationQuantizer(Quantizer):
     """Fake-quantizes an activation on a running (EMA) min-max range kept in buffers.
 
     ``unsigned`` fixes the lower end at 0 for tensors that are non-negative by construction.
+    ``clip_gradient=False`` lets the gradient through where the range clipped the value (used for
+    the LayerNorm denominator, which drifts faster than a running range follows).
     ``valid`` (a bool mask over the leading dims of x) excludes padding from range updates.
     """
 
     kind = "activation"
 
     def __init__(self, bits: Optional[int], momentum: float = 0.9, unsigned: bool = False,
-                 start_update: int = 0):
+                 start_update: int = 0, clip_gradient: bool = True):
         super().__init__(bits, start_update)
         self.momentum = momentum
         self.unsigned = unsigned
+        self.clip_gradient = clip_gradient
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
+        self._initialized = False
+
+    def _sync_flags(self):
+        super()._sync_flags()
+        self._initialized = bool(self.initialized)
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None):
-        """EMA update of (lo, hi) from the non-padding entries of x; the first update copies them."""
-        if valid is not None:
-            x = x[valid]
+        """EMA update of (lo, hi) from the non-padding entries of x; the first update copies them.
+
+        Padding is masked out with +-inf instead of indexed away, so the update never waits on
+        the device; a batch that is all padding leaves the range as it was.
+        """
+        x = x.detach()
         if x.numel() == 0:
             return
-        lo, hi = torch.aminmax(x.detach().float())
+        if valid is not None:
+            v = valid.reshape(valid.shape + (1,) * (x.dim() - valid.dim()))
+            lo = torch.where(v, x, float("inf")).amin().float()
+            hi = torch.where(v, x, float("-inf")).amax().float()
+        else:
+            lo, hi = torch.aminmax(x.float())
         if self.unsigned:
             lo = torch.zeros_like(lo)
-        if not bool(self.initialized):
-            self.lo.copy_(lo)
-            self.hi.copy_(hi)
-            self.initialized.fill_(True)
-        else:
-            m = self.momentum
-            self.lo.mul_(m).add_((1 - m) * lo)
-            self.hi.mul_(m).add_((1 - m) * hi)
+        seen = torch.isfinite(lo) & torch.isfinite(hi)
+        m = self.momentum if self._initialized else 0.0
+        self.lo.copy_(torch.where(seen, m * self.lo + (1 - m) * lo, self.lo))
+        self.hi.copy_(torch.where(seen, m * self.hi + (1 - m) * hi, self.hi))
+        if not self._initialized:  # waits on the device only until the first observation
+            self.initialized.logical_or_(seen)
+            self._initialized = bool(self.initialized)
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.enabled:
             return x
         if self.training:
             self.observe(x, valid)
-        if not bool(self.initialized):
+        if not self._initialized:
             return x
-        return fake_quantize(x, self.lo.to(x.dtype), self.hi.to(x.dtype), self.bits)
+        return fake_quantize(x, self.lo.to(x.dtype), self.hi.to(x.dtype), self.bits,
+                             self.clip_gradient)
 
     def extra_repr(self):
         return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "
-                f"start_update={self.start_update}")
+                f"clip_gradient={self.clip_gradient}, start_update={self.start_update}")
