@@ -45,16 +45,16 @@ def arch_of(state: dict) -> str:
         args.get("arch") or args.get("_name") if isinstance(args, dict) else None)
 
 
-def load_model(path: str, data: Optional[str] = None):
+def load_model(path: str, data: Optional[str] = None, **model_overrides):
     """Build the model of a checkpoint with its saved weights, in eval mode.
 
     ``data`` overrides the data directory recorded in the checkpoint (the dictionaries are read
-    from there).
+    from there); ``model_overrides`` override other saved options (``quant_kernels="fake"``).
     """
     read_checkpoint(path)
     from fairseq import checkpoint_utils
 
-    overrides = {"data": data} if data else None
+    overrides = dict(model_overrides, **({"data": data} if data else {})) or None
     models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
         [path], arg_overrides=overrides)
     return models[0].eval()

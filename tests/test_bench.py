@@ -73,13 +73,21 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     data = json.loads((out / "results.json").read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert {"float", "fullyqt8", "fullyqt8-finetune", "fullyqt8 int8 export",
+    assert {"float", "fullyqt8", "fullyqt8-finetune", "fullyqt8 int8 native",
             "float → CT2 int8 (PTQ)", "fullyqt8 → CT2 int8"} <= set(rows)
-    assert rows["fullyqt8 int8 export"]["bleu"] == pytest.approx(rows["fullyqt8"]["bleu"], abs=0.1)
+    # 60 barely trained sentences: one changed translation moves BLEU a lot; the 0.1 bound is
+    # checked on 4000 sentences in test_export
+    native = rows["fullyqt8 int8 native"]
+    assert native["same_as_fake_quant"] >= 0.8
+    assert native["bleu"] == pytest.approx(rows["fullyqt8"]["bleu"], abs=1.0)
+    shares = [sum(v for k, v in p.items() if k not in ("model", "tokens", "wall_ms"))
+              for p in data["profile"]]
+    assert len(shares) == 3 and all(0.95 < x < 1.05 for x in shares)
     assert rows["fullyqt8"]["num_updates"] == rows["float"]["num_updates"]  # matched updates
     assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60
-    assert "| fullyqt8 |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| fullyqt8 |" in md and "## Where decode time goes" in md
     assert "[float] update" in proc.stdout  # progress is shown

@@ -15,6 +15,7 @@ from tests.conftest import TINY, USER_DIR, build_model, cli
     ("--quant-start-update", "-1", "integer >= 0"),
     ("--quant-ema-momentum", "1.5", "[0, 1)"),
     ("--quant-weight-buckets", "column", "row, tensor"),
+    ("--quant-kernels", "int9", "fake, int8"),
 ])
 def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,

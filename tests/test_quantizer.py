@@ -162,3 +162,19 @@ def test_flags_follow_a_loaded_state_dict():
     q.eval()
     assert q.enabled and bool(q.initialized)
     assert len(torch.unique(q(torch.randn(1000)))) <= 256
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_inference_path_is_bit_identical_to_training_arithmetic(bits):
+    from fullyqt.quant.fake_quant import fake_quantize
+
+    q = ActivationQuantizer(bits)
+    q(torch.randn(64, 32) * 3)
+    q.eval()
+    x = torch.randn(16, 32) * 4
+    with torch.no_grad():
+        fast = q(x)
+    assert torch.equal(fast, fake_quantize(x, q.lo, q.hi, bits))
+    with torch.no_grad():  # a changed range is picked up, not served from the cache
+        q.hi.mul_(0.5)
+        assert torch.equal(q(x), fake_quantize(x, q.lo, q.hi, bits))

@@ -19,6 +19,7 @@ import torch
 
 from .config import ConfigError, load_preset, presets
 from .data import layout, prepare_bible
+from .profile import profile
 from .report import write_report
 from .runner import model_size, train, translate
 
@@ -31,22 +32,27 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
-def deployment_rows(v, row, checkpoint, data, out, threads, say):
+def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
     """Rows for the shipped forms of a variant: CTranslate2 int8 of the float model (PTQ); the
-    integer export and its CTranslate2 conversion for 8-bit FullyQT models."""
+    integer export decoded with integer kernels (compared with ``fake``, the fake-quant decode)
+    for <= 8-bit FullyQT models, and CTranslate2 conversion of the 8-bit ones."""
     from .deploy import ct2_translate, ctranslate2_model, export_int, tree_bytes
 
     rows, vdir = [], os.path.join(out, "checkpoints", v.name)
     base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes")}
-    if v.bits == 8:
-        say(f"[{v.name}] integer export, decoded by fairseq-generate")
-        path = export_int(checkpoint, 8, os.path.join(vdir, "model.int8.pt"))
+    if v.bits is not None and v.bits <= 8:
+        b = v.bits
+        say(f"[{v.name}] int{b} export, decoded with integer kernels by fairseq-generate")
+        path = export_int(checkpoint, b, os.path.join(vdir, f"model.int{b}.pt"))
         dec = translate(path, data["bin"], data["test_ref"],
-                        os.path.join(vdir, "generate.int8.txt"), threads=threads)
-        rows.append({**base, "variant": f"{v.name} int8 export", "kind": "deploy", "bits": 8,
-                     "description": "the fullyqt-export int8 file (packed weights) decoded by "
-                                    "fairseq-generate --user-dir fullyqt",
-                     "bleu": dec.bleu, "signature": dec.signature,
+                        os.path.join(vdir, f"generate.int{b}.txt"), threads=threads)
+        same = sum(x == y for x, y in zip(dec.hypotheses, fake.hypotheses)) / len(dec.hypotheses)
+        rows.append({**base, "variant": f"{v.name} int{b} native", "kind": "deploy", "bits": b,
+                     "description": f"the fullyqt-export int{b} file (packed weights) decoded by "
+                                    "fairseq-generate --user-dir fullyqt with int8 matmul "
+                                    f"kernels; {same:.1%} of its translations are identical to "
+                                    "the fake-quant model's",
+                     "bleu": dec.bleu, "signature": dec.signature, "same_as_fake_quant": same,
                      "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
                      "decode_seconds": dec.seconds, "translated": dec.translated})
     if v.bits == 8 or v.bits is None:
@@ -135,9 +141,18 @@ def main(argv=None):
                      "train_minutes": result.wall_seconds / 60})
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
         if a.deploy:
-            rows += deployment_rows(v, rows[-1], result.checkpoint, data, out, a.threads, say)
+            rows += deployment_rows(v, rows[-1], dec, result.checkpoint, data, out, a.threads,
+                                    say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
+    if a.deploy and "float" in trained and any(v.name == "fullyqt8" for v in preset.variants):
+        say("profiling decoding: float, fake-quant and int8 kernels")
+        q8 = os.path.join(out, "checkpoints", "fullyqt8")
+        profile_rows = profile({"fairseq float": trained["float"].checkpoint,
+                                "fullyqt8 fake-quant": trained["fullyqt8"].checkpoint,
+                                "fullyqt8 int8 native": os.path.join(q8, "model.int8.pt")},
+                               data["bin"])
+        paths = write_report(out, rows, meta, profile_rows, a.threads)
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

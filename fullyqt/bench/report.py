@@ -47,6 +47,18 @@ def findings(rows: List[dict]) -> List[str]:
         verdict = "holds" if delta >= 0 else "does not hold"
         out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
                    f"{r['bleu']:.2f} vs {base['bleu']:.2f} ({delta:+.2f}).")
+    for r in rows:
+        if not r["variant"].endswith(" native"):
+            continue
+        fake = next((x for x in rows if x["variant"] == r["variant"].split(" int")[0]), None)
+        speed = r["tokens_per_second"] / base["tokens_per_second"]
+        goal = "meets" if speed >= 2 else "misses"
+        line = f"`{r['variant']}` decodes at {speed:.2f}x fairseq float ({goal} the 2x goal)"
+        if fake is not None:
+            line += (f" and {r['tokens_per_second'] / fake['tokens_per_second']:.2f}x its "
+                     f"fake-quant model; {r.get('same_as_fake_quant', float('nan')):.1%} "
+                     f"identical translations, BLEU {r['bleu'] - fake['bleu']:+.2f}")
+        out.append(line + ".")
     ptq = next((r for r in rows if r["variant"].endswith("(PTQ)")), None)
     for r in rows:
         if ptq is not None and "→ CT2" in r["variant"] and r is not ptq:
@@ -57,7 +69,7 @@ def findings(rows: List[dict]) -> List[str]:
     return out
 
 
-def write_markdown(path: str, rows: List[dict], meta: dict):
+def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = ()):
     lines = [f"# fullyqt benchmark: preset `{meta['preset']}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("preset", "notes")]
     lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
@@ -75,6 +87,8 @@ def write_markdown(path: str, rows: List[dict], meta: dict):
     lines += [f"- {x}" for x in findings(rows) + list(meta.get("notes", []))]
     lines += ["", "## Variants", ""]
     lines += [f"- `{r['variant']}`: {r['description']}" for r in rows]
+    if extra:
+        lines += [""] + list(extra)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -104,7 +118,7 @@ def write_plot(path: str, rows: List[dict], title: str):
     os.replace(tmp, path)
 
 
-def write_report(out_dir: str, rows: List[dict], meta: dict):
+def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None):
     """Write the three report files atomically; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     rows = add_relative_columns([dict(r) for r in rows])
@@ -112,8 +126,13 @@ def write_report(out_dir: str, rows: List[dict], meta: dict):
              (("md", "report.md"), ("json", "results.json"), ("png", "pareto.png"))}
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        json.dump({"meta": meta, "rows": rows, "profile": profile_rows or []}, f, indent=2)
     os.replace(tmp, paths["json"])
-    write_markdown(paths["md"], rows, meta)
+    extra = []
+    if profile_rows:
+        from .profile import markdown
+
+        extra = markdown(profile_rows, threads)
+    write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths

@@ -7,7 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional
 
 import torch
@@ -118,6 +118,7 @@ class DecodeResult:
     translated: int  # sentences with a non-empty hypothesis
     target_tokens: int
     seconds: float
+    hypotheses: List[str] = field(default_factory=list, repr=False)
 
     @property
     def tokens_per_second(self):
@@ -143,7 +144,7 @@ def translate(checkpoint: str, data_bin: str, reference: str, out_path: str, *, 
     hyps = hypotheses_from_generate(lines, len(refs))
     score, sig = corpus_bleu(hyps, refs)
     return DecodeResult(score, sig, len(refs) - sum(not h for h in hyps),
-                        int(m.group(2).replace(",", "")), float(m.group(3)))
+                        int(m.group(2).replace(",", "")), float(m.group(3)), hyps)
 
 
 def model_size(checkpoint: str, bits: Optional[int]) -> dict:

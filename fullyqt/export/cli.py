@@ -43,6 +43,20 @@ def _replace_dir(tmp_dir, out):
     os.replace(tmp_dir, out)
 
 
+def with_model_args(state: dict, **updates) -> dict:
+    """Copies of the checkpoint's ``args`` / ``cfg`` entries with model options changed."""
+    out = {}
+    if state.get("args") is not None:
+        out["args"] = argparse.Namespace(**{**vars(state["args"]), **updates})
+    cfg = state.get("cfg")
+    if cfg is not None:
+        cfg = dict(cfg)
+        if isinstance(cfg.get("model"), argparse.Namespace):
+            cfg["model"] = argparse.Namespace(**{**vars(cfg["model"]), **updates})
+        out["cfg"] = cfg
+    return out
+
+
 def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) -> str:
     """Write ``checkpoint`` in format ``fmt`` to ``out``; returns ``out``."""
     if fmt not in FORMATS:
@@ -70,6 +84,8 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
     if fmt.startswith("int"):
         packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
+        # the export decodes with integer kernels unless --model-overrides says otherwise
+        packed.update(with_model_args(state, quant_kernels="int8"))
         packed.update(model=pack_state(model, bits), optimizer_history=[
             {**state["optimizer_history"][-1], "num_updates": num_updates}],
             last_optimizer_state=None)

@@ -27,6 +27,7 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 from ..export.integer import is_packed, unpack_state
+from ..native import to_native_int8
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
@@ -225,6 +226,15 @@ class FullyQTTransformerModel(TransformerModel):
         return FullyQTDecoder(TransformerConfig.from_namespace(args), QuantConfig.from_args(args),
                               tgt_dict, embed_tokens,
                               no_encoder_attn=getattr(args, "no_cross_attention", False))
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Load the weights; with ``--quant-kernels int8`` then swap in the integer linears."""
+        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        if getattr(self.args, "quant_kernels", "fake") == "int8":
+            was_training = self.training
+            to_native_int8(self.eval())
+            self.train(was_training)
+        return result
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Unpack an integer export; start quantizer state fresh when loading a float (stock

@@ -100,8 +100,7 @@ class QuantMultiheadAttention(MultiheadAttention):
 
     def _quantized_softmax(self, scores: Tensor, q_valid: Optional[Tensor]) -> Tensor:
         """softmax = Q(Q(exp(s - max)) / Q(sum)); rows whose keys are all masked give zeros."""
-        row_max = scores.detach().amax(dim=-1, keepdim=True)
-        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        row_max = scores.detach().amax(dim=-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         valid = None
         if q_valid is not None:  # (tgt, batch) -> (batch, heads, tgt)
             valid = q_valid.t()[:, None, :].expand(scores.shape[:3])

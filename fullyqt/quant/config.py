@@ -49,6 +49,15 @@ def _parse_buckets(option, value):
     return value
 
 
+KERNELS = ("fake", "int8")
+
+
+def _parse_kernels(option, value):
+    if value not in KERNELS:
+        raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(KERNELS)}")
+    return value
+
+
 def _checked(parse):
     """An argparse action that validates with ``parse`` and exits with one error line (no usage dump)."""
 
@@ -78,6 +87,9 @@ def add_quant_args(parser):
     g.add_argument("--quant-weight-buckets", action=_checked(_parse_buckets),
                    metavar="{row,tensor}", help="one weight range per output row or per tensor "
                                                 "(default row)")
+    g.add_argument("--quant-kernels", action=_checked(_parse_kernels), metavar="{fake,int8}",
+                   help="inference kernels: fake (float matmuls on quantized values, the training "
+                        "path) or int8 (integer matmuls; set by fullyqt-export int8/int6/int4)")
     g.add_argument("--no-quant", action="store_true",
                    help="switch quantization off: the same architecture trains in float")
 
@@ -86,7 +98,8 @@ def set_quant_defaults(args):
     """Fill the quantization options an older or programmatic Namespace may lack."""
     for name, default in (("quant_bits", 8), ("quant_weight_bits", None), ("quant_act_bits", None),
                           ("quant_start_update", 0), ("quant_ema_momentum", 0.9),
-                          ("quant_weight_buckets", "row"), ("no_quant", False)):
+                          ("quant_weight_buckets", "row"), ("quant_kernels", "fake"),
+                          ("no_quant", False)):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
 

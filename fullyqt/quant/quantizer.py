@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .fake_quant import fake_quantize
+from .fake_quant import fake_quantize, step_size
 
 WEIGHT_BUCKETS = ("row", "tensor")
 
@@ -101,6 +101,7 @@ class ActivationQuantizer(Quantizer):
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
         self._initialized = False
+        self._frozen = None
 
     def _sync_flags(self):
         super()._sync_flags()
@@ -132,6 +133,14 @@ class ActivationQuantizer(Quantizer):
             self.initialized.logical_or_(seen)
             self._initialized = bool(self.initialized)
 
+    def frozen_range(self):
+        """(lo, hi, step) as Python floats, recomputed only when the buffers change."""
+        key = (self.lo._version, self.hi._version, self.lo.data_ptr(), self.hi.data_ptr())
+        if self._frozen is None or self._frozen[0] != key:
+            step = step_size(self.lo, self.hi, self.bits)
+            self._frozen = (key, (self.lo.item(), self.hi.item(), step.item()))
+        return self._frozen[1]
+
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.enabled:
             return x
@@ -139,6 +148,10 @@ class ActivationQuantizer(Quantizer):
             self.observe(x, valid)
         if not self._initialized:
             return x
+        if not self.training and not (torch.is_grad_enabled() and x.requires_grad):
+            # inference: the same arithmetic as fake_quantize, in place on one buffer
+            lo, hi, s = self.frozen_range()
+            return torch.clamp(x, lo, hi).sub_(lo).div_(s).round_().mul_(s).add_(lo)
         return fake_quantize(x, self.lo.to(x.dtype), self.hi.to(x.dtype), self.bits,
                              self.clip_gradient)
 

@@ -1,0 +1,97 @@
+"""Where decoding time goes: the torch profiler over a few test batches of beam search, split
+into model matmul kernels, the model's other ops, Python/dispatch overhead inside the model, and
+beam search outside it."""
+import time
+from typing import Dict, List
+
+import torch
+
+MATMULS = {"aten::_int_mm": "int8", "aten::addmm": "float", "aten::mm": "float",
+           "aten::bmm": "float", "aten::baddbmm": "float"}
+MODEL_SCOPES = ("EnsembleModel: forward_encoder", "EnsembleModel: forward_decoder")
+
+
+def _load(path: str, data_bin: str):
+    from fairseq import checkpoint_utils
+
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [path], arg_overrides={"data": data_bin})
+    return models[0].eval(), task
+
+
+def _batches(task, n: int, batch_size: int):
+    task.load_dataset("test")
+    ds = task.dataset("test")
+    it = task.get_batch_iterator(ds, max_sentences=batch_size,
+                                 max_positions=(1024, 1024)).next_epoch_itr(shuffle=False)
+    return [b for _, b in zip(range(n), it)]
+
+
+def _decode(gen, model, batches) -> int:
+    tokens = 0
+    with torch.no_grad():
+        for b in batches:
+            tokens += sum(len(h[0]["tokens"]) for h in gen.generate([model], b))
+    return tokens
+
+
+def profile(checkpoints: Dict[str, str], data_bin: str, *, batches: int = 4,
+            batch_size: int = 32, beam: int = 5) -> List[dict]:
+    """One row per named checkpoint: shares of the decode wall time."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    rows = []
+    for name, path in checkpoints.items():
+        model, task = _load(path, data_bin)
+        bs = _batches(task, batches, batch_size)
+        gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam)
+        _decode(gen, model, bs[:1])  # warm-up
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            tokens = _decode(gen, model, bs)
+        wall = (time.perf_counter() - start) * 1e6
+        events = prof.events()
+        in_model = sum(e.cpu_time_total for e in events if e.name in MODEL_SCOPES)
+        mm = {"int8": 0.0, "float": 0.0}
+        model_aten = 0.0
+        for e in events:
+            if e.name.startswith("aten::") and _inside_model(e):
+                model_aten += e.self_cpu_time_total
+                if e.name in MATMULS:
+                    mm[MATMULS[e.name]] += e.self_cpu_time_total
+        rows.append({"model": name, "tokens": tokens, "wall_ms": wall / 1e3,
+                     "int8_matmul": mm["int8"] / wall, "float_matmul": mm["float"] / wall,
+                     "other_ops": (model_aten - mm["int8"] - mm["float"]) / wall,
+                     "python_in_model": (in_model - model_aten) / wall,
+                     "outside_model": 1 - in_model / wall})
+    return rows
+
+
+def _inside_model(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in MODEL_SCOPES:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def markdown(rows: List[dict], threads: int) -> List[str]:
+    """The profile section of the report."""
+    head = ["| decoding | int8 matmul | float matmul | other ops in the model | Python & "
+            "dispatch in the model | beam search & rest |", "|---|---|---|---|---|---|"]
+    body = [f"| {r['model']} | {r['int8_matmul']:.0%} | {r['float_matmul']:.0%} | "
+            f"{r['other_ops']:.0%} | {r['python_in_model']:.0%} | {r['outside_model']:.0%} |"
+            for r in rows]
+    lines = ["## Where decode time goes", "",
+             f"torch profiler, {threads} threads, beam 5, batch 32, the first test batches; "
+             "shares of the profiled wall time (profiling itself adds overhead).", ""]
+    lines += head + body
+    base = next((r for r in rows if "float" in r["model"]), None)
+    if base is not None:
+        lines += ["", f"fairseq's beam search outside the model takes "
+                      f"{base['outside_model']:.0%} of float decoding here, so no model, however "
+                      f"fast, decodes more than {1 / base['outside_model']:.1f}x faster than "
+                      "float through fairseq-generate at this size; CTranslate2 rows run beam "
+                      "search in C++."]
+    return lines

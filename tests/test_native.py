@@ -1,0 +1,83 @@
+"""Integer kernels: Int8Linear against the fake-quant layer, model conversion, and the int8
+export decoded natively through fairseq-generate."""
+import pytest
+import torch
+
+from fullyqt.native import Int8Linear, NativeConversionError, to_native_int8
+from fullyqt.quant.config import QuantConfig
+from fullyqt.quant.linear import QuantLinear
+from tests.conftest import build_model, sample_batch
+
+
+def calibrated_linear(wbits, abits, buckets, out_quant=False):
+    """A QuantLinear with its own input quantizer, ranges set by a few training batches."""
+    qcfg = QuantConfig(wbits, abits, weight_buckets=buckets)
+    lin = QuantLinear(48, 24, qcfg=qcfg, quantize_input=True, quantize_output=out_quant)
+    with torch.no_grad():
+        lin.weight.mul_(torch.linspace(0.2, 3.0, 24)[:, None])  # rows of different ranges
+        for _ in range(3):
+            lin(torch.randn(10, 48) * 2 + 0.5)
+    return lin.eval()
+
+
+@pytest.mark.parametrize("wbits,abits,buckets", [(8, 8, "row"), (8, 8, "tensor"), (4, 8, "row"),
+                                                 (4, 4, "tensor"), (6, 5, "row")])
+def test_int8_linear_equals_fake_quant_layer(wbits, abits, buckets):
+    lin = calibrated_linear(wbits, abits, buckets)
+    native = Int8Linear(lin, lin.input_quant)
+    x = torch.randn(7, 5, 48) * 3  # values beyond the calibrated range are clamped alike
+    with torch.no_grad():
+        ref, out = lin(x), native(x)
+    assert out.shape == ref.shape == (7, 5, 24)
+    assert native.weight_t.dtype == torch.int8
+    torch.testing.assert_close(out, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+
+
+def test_output_quantizer_kept_and_training_refused():
+    lin = calibrated_linear(8, 8, "row", out_quant=True)
+    native = Int8Linear(lin, lin.input_quant, lin.output_quant)
+    x = torch.randn(9, 48)
+    with torch.no_grad():
+        out = native(x)
+    lo, hi, s = lin.output_quant.frozen_range()
+    k = (out - lo) / s
+    assert torch.allclose(k, k.round(), atol=1e-3)  # on the output quantizer's grid
+    with pytest.raises(RuntimeError, match="inference-only"):
+        native.train()(x)
+
+
+def _trained_tiny(toy_data, *extra):
+    model, task, _ = build_model(toy_data[1], *extra)
+    batch = sample_batch(task)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(**batch["net_input"])  # sets every activation range
+    return model.eval(), batch
+
+
+def test_model_conversion_covers_every_linear_and_keeps_logits(toy_data):
+    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")
+    with torch.no_grad():
+        ref = model(**batch["net_input"])[0]
+    linears = sum(isinstance(m, QuantLinear) for m in model.modules())
+    assert to_native_int8(model) == linears
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    with torch.no_grad():
+        out = model(**batch["net_input"])[0]  # a padded batch, unlike the calibration pass
+    real = batch["net_input"]["prev_output_tokens"].ne(1)  # padding positions carry no output
+    assert (~real).any()
+    out, ref = out[real], ref[real]
+    # Each layer matches to float precision (above); across the model a last-bit difference can
+    # move a value across a rounding boundary of a later quantizer, which shifts it one step.
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
+    assert (out - ref).abs().median() <= 1e-4 * ref.abs().max()
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
+    model, _ = _trained_tiny(toy_data, "--quant-bits", "12")
+    with pytest.raises(NativeConversionError, match=r"at most 8 bits.*\[12\]"):
+        to_native_int8(model)
+    with pytest.raises(NativeConversionError, match="eval mode"):
+        to_native_int8(model.train())
