@@ -1,5 +1,6 @@
 """Benchmark: configs, the report writer, and the smoke preset end to end."""
 import json
+import os
 import subprocess
 import sys
 
@@ -37,6 +38,23 @@ def test_bad_preset_name_lists_the_allowed_ones():
                            "/tmp/unused-fullyqt"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "preset 'nope': allowed:" in proc.stderr
+
+
+def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
+    import shutil
+
+    shutil.copytree(os.path.join(REPO, "configs", "smoke"), tmp_path / "smoke")
+    (tmp_path / "smoke" / "preset.yaml").write_text(
+        "variants: [float]\nkernel_sizes: [cpu-small, huge]\n")
+    with pytest.raises(ConfigError, match=r"kernel_sizes \['huge'\]: allowed: cpu-small, base"):
+        load_preset("smoke", root=str(tmp_path))
+
+
+def test_kernel_timing_cli_names_a_bad_size():
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "huge"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--sizes: got 'huge'; allowed: cpu-small, base, big" in proc.stderr
 
 
 def test_report_writer(tmp_path):
@@ -90,4 +108,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert data["meta"]["test sentences"] == 60
     md = (out / "report.md").read_text()
     assert "| fullyqt8 |" in md and "## Where decode time goes" in md
+    assert "## Model time per decoding step by size" in md
+    step = data["decoder_step"][0]
+    assert step["size"] == "cpu-small" and all(
+        step[k] > 0 for k in ("float ms", "fake-quant ms", "int8 kernels ms"))
     assert "[float] update" in proc.stdout  # progress is shown

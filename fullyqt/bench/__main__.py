@@ -19,6 +19,7 @@ import torch
 
 from .config import ConfigError, load_preset, presets
 from .data import layout, prepare_bible
+from .kernels import measure
 from .profile import profile
 from .report import write_report
 from .runner import model_size, train, translate
@@ -152,7 +153,11 @@ def main(argv=None):
                                 "fullyqt8 fake-quant": trained["fullyqt8"].checkpoint,
                                 "fullyqt8 int8 native": os.path.join(q8, "model.int8.pt")},
                                data["bin"])
-        paths = write_report(out, rows, meta, profile_rows, a.threads)
+        kernel_rows = None
+        if preset.kernel_sizes:
+            say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")
+            kernel_rows = measure(preset.kernel_sizes)
+        paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows)
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

@@ -47,6 +47,7 @@ class Preset:
     bpe_vocab: int = 8000
     limits: Dict[str, int] = field(default_factory=dict)
     time_budget_minutes: float = 0.0
+    kernel_sizes: List[str] = field(default_factory=list)  # decoder-step timing, see kernels.py
 
 
 def to_flags(options: Dict[str, object]) -> List[str]:
@@ -107,5 +108,12 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
             if dep and dep not in names:
                 raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
                                   f"this preset ({', '.join(sorted(names))})")
+    from .kernels import SIZES
+
+    kernel_sizes = list(raw.get("kernel_sizes") or [])
+    bad = [k for k in kernel_sizes if k not in SIZES]
+    if bad:
+        raise ConfigError(f"{pdir}/preset.yaml: kernel_sizes {bad}: allowed: {', '.join(SIZES)}")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
-                  dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)))
+                  dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)),
+                  kernel_sizes)

@@ -118,7 +118,8 @@ def write_plot(path: str, rows: List[dict], title: str):
     os.replace(tmp, path)
 
 
-def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None):
+def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None,
+                 kernel_rows=None):
     """Write the three report files atomically; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     rows = add_relative_columns([dict(r) for r in rows])
@@ -126,13 +127,18 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
              (("md", "report.md"), ("json", "results.json"), ("png", "pareto.png"))}
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows, "profile": profile_rows or []}, f, indent=2)
+        json.dump({"meta": meta, "rows": rows, "profile": profile_rows or [],
+                   "decoder_step": kernel_rows or []}, f, indent=2)
     os.replace(tmp, paths["json"])
     extra = []
     if profile_rows:
         from .profile import markdown
 
         extra = markdown(profile_rows, threads)
+    if kernel_rows:
+        from .kernels import markdown as kernel_markdown
+
+        extra += [""] + kernel_markdown(kernel_rows, threads)
     write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths

@@ -38,7 +38,11 @@ class QuantLinear(nn.Linear):
         valid = valid_mask(self, x)
         if self.input_quant is not None:
             x = self.input_quant(x, valid)
-        y = F.linear(x, self.weight_quant(self.weight), self.bias)
+        # One 2-D matmul: for a transposed (batch-major view) activation and no bias, F.linear
+        # falls back to a batched matmul that broadcasts the weight to every batch entry (one
+        # matrix-vector product per hypothesis in incremental decoding).
+        y = F.linear(x.reshape(-1, x.shape[-1]), self.weight_quant(self.weight), self.bias)
+        y = y.view(*x.shape[:-1], y.shape[-1])
         if self.output_quant is not None:
             y = self.output_quant(y, valid)
         return y
