@@ -81,3 +81,27 @@ def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
         to_native_int8(model)
     with pytest.raises(NativeConversionError, match="eval mode"):
         to_native_int8(model.train())
+
+
+def test_int8_export_loads_with_integer_kernels_everywhere(toy_data, trained_8bit, tmp_path):
+    from fairseq.models.transformer import TransformerModel
+
+    from tests.conftest import USER_DIR, cli
+
+    out = tmp_path / "model.int8.pt"
+    cli("fullyqt-export", trained_8bit, "--format", "int8", "--out", out)
+    hub = TransformerModel.from_pretrained(str(tmp_path), checkpoint_file=out.name,
+                                           data_name_or_path=str(toy_data[1]), user_dir=USER_DIR)
+    assert isinstance(hub.models[0].decoder.output_projection, Int8Linear)
+    assert hub.translate("w5 w6 w7", beam=5) == "W7 W6 W5"
+    proc = cli("fairseq-interactive", toy_data[1], "--user-dir", USER_DIR, "--path", out,
+               "--beam", "5", "--cpu", "--source-lang", "src", "--target-lang", "tgt",
+               input="w1 w2 w3 w4\n")
+    assert "linear layers run int8 kernels" in proc.stdout + proc.stderr
+    assert [x.split("\t")[2] for x in proc.stdout.splitlines() if x.startswith("D-")] == [
+        "W4 W3 W2 W1"]
+    # and the fake-quant path stays one override away
+    fake = TransformerModel.from_pretrained(str(tmp_path), checkpoint_file=out.name,
+                                            data_name_or_path=str(toy_data[1]),
+                                            user_dir=USER_DIR, quant_kernels="fake")
+    assert isinstance(fake.models[0].decoder.output_projection, QuantLinear)
