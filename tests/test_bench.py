@@ -80,8 +80,17 @@ def test_report_writer(tmp_path):
     assert "`fullyqt8 → CT2 int8` vs CTranslate2 int8 PTQ of float: 29.40 vs 29.00 (+0.40)" in md
     assert "for `fullyqt8 → CT2 int8`" not in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    from fullyqt.bench.report import rewrite
+
+    before = open(paths["md"]).read()
+    rewrite(str(tmp_path))  # the report is rebuilt from results.json alone
+    assert open(paths["md"]).read() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.md",
                                                           "results.json"]
+
+
+def md_text(out):
+    return (out / "report.md").read_text()
 
 
 def test_smoke_preset_end_to_end(tmp_path):
@@ -98,6 +107,7 @@ def test_smoke_preset_end_to_end(tmp_path):
     native = rows["fullyqt8 int8 native"]
     assert native["same_as_fake_quant"] >= 0.8
     assert native["bleu"] == pytest.approx(rows["fullyqt8"]["bleu"], abs=1.0)
+    assert 0 <= native["fake64_same_as_fake_quant"] <= 1 and "float64" in md_text(out)
     shares = [sum(v for k, v in p.items() if k not in ("model", "tokens", "wall_ms"))
               for p in data["profile"]]
     assert len(shares) == 3 and all(0.95 < x < 1.05 for x in shares)

@@ -105,3 +105,18 @@ def test_int8_export_loads_with_integer_kernels_everywhere(toy_data, trained_8bi
                                             data_name_or_path=str(toy_data[1]),
                                             user_dir=USER_DIR, quant_kernels="fake")
     assert isinstance(fake.models[0].decoder.output_projection, QuantLinear)
+
+
+def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
+    from fullyqt.checkpoint import load_model
+
+    model = load_model(str(trained_8bit), quant_kernels="fake64")
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert linears and all(m.accumulate_double for m in linears)
+    lin = linears[0]
+    x = torch.randn(3, lin.in_features)
+    with torch.no_grad():
+        y = lin(x)
+        w = lin.weight_quant(lin.weight)
+        ref = torch.nn.functional.linear(x.double(), w.double(), lin.bias.double()).float()
+    assert y.dtype == torch.float32 and torch.equal(y, ref)

@@ -33,6 +33,11 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
+def agreement(a, b) -> float:
+    """Share of sentences whose translations are identical."""
+    return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
 def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
     """Rows for the shipped forms of a variant: CTranslate2 int8 of the float model (PTQ); the
     integer export decoded with integer kernels (compared with ``fake``, the fake-quant decode)
@@ -47,13 +52,19 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
         path = export_int(checkpoint, b, os.path.join(vdir, f"model.int{b}.pt"))
         dec = translate(path, data["bin"], data["test_ref"],
                         os.path.join(vdir, f"generate.int{b}.txt"), threads=threads)
-        same = sum(x == y for x, y in zip(dec.hypotheses, fake.hypotheses)) / len(dec.hypotheses)
+        same = agreement(dec.hypotheses, fake.hypotheses)
+        say(f"[{v.name}] reference: fake-quant with float64 accumulation in the linear layers")
+        dec64 = translate(checkpoint, data["bin"], data["test_ref"],
+                          os.path.join(vdir, "generate.fake64.txt"), threads=threads,
+                          extra=["--model-overrides", "{'quant_kernels': 'fake64'}"])
         rows.append({**base, "variant": f"{v.name} int{b} native", "kind": "deploy", "bits": b,
                      "description": f"the fullyqt-export int{b} file (packed weights) decoded by "
                                     "fairseq-generate --user-dir fullyqt with int8 matmul "
                                     f"kernels; {same:.1%} of its translations are identical to "
                                     "the fake-quant model's",
                      "bleu": dec.bleu, "signature": dec.signature, "same_as_fake_quant": same,
+                     "fake64_same_as_fake_quant": agreement(dec64.hypotheses, fake.hypotheses),
+                     "fake64_bleu": dec64.bleu,
                      "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
                      "decode_seconds": dec.seconds, "translated": dec.translated})
     if v.bits == 8 or v.bits is None:

@@ -126,11 +126,12 @@ class DecodeResult:
 
 
 def translate(checkpoint: str, data_bin: str, reference: str, out_path: str, *, threads: int,
-              beam: int = 5, batch_size: int = 32, post_process="sentencepiece") -> DecodeResult:
+              beam: int = 5, batch_size: int = 32, post_process="sentencepiece",
+              extra: List[str] = ()) -> DecodeResult:
     """fairseq-generate on the test split; BLEU of detokenized output against the raw text."""
     cmd = [os.path.join(BIN, "fairseq-generate"), data_bin, "--user-dir", USER_DIR,
            "--path", checkpoint, "--gen-subset", "test", "--beam", str(beam),
-           "--batch-size", str(batch_size), *device_flags()]
+           "--batch-size", str(batch_size), *device_flags(), *extra]
     if post_process:
         cmd += ["--post-process", post_process]
     run_logged(cmd, out_path, env=thread_env(threads))

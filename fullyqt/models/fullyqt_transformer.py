@@ -230,7 +230,11 @@ class FullyQTTransformerModel(TransformerModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Load the weights; with ``--quant-kernels int8`` then swap in the integer linears."""
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-        if getattr(self.args, "quant_kernels", "fake") == "int8":
+        kernels = getattr(self.args, "quant_kernels", "fake")
+        for m in self.modules():
+            if isinstance(m, QuantLinear):
+                m.accumulate_double = kernels == "fake64"
+        if kernels == "int8":
             was_training = self.training
             to_native_int8(self.eval())
             self.train(was_training)

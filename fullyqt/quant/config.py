@@ -49,7 +49,7 @@ def _parse_buckets(option, value):
     return value
 
 
-KERNELS = ("fake", "int8")
+KERNELS = ("fake", "int8", "fake64")
 
 
 def _parse_kernels(option, value):
@@ -87,9 +87,11 @@ def add_quant_args(parser):
     g.add_argument("--quant-weight-buckets", action=_checked(_parse_buckets),
                    metavar="{row,tensor}", help="one weight range per output row or per tensor "
                                                 "(default row)")
-    g.add_argument("--quant-kernels", action=_checked(_parse_kernels), metavar="{fake,int8}",
+    g.add_argument("--quant-kernels", action=_checked(_parse_kernels),
+                   metavar="{fake,int8,fake64}",
                    help="inference kernels: fake (float matmuls on quantized values, the training "
-                        "path) or int8 (integer matmuls; set by fullyqt-export int8/int6/int4)")
+                        "path), int8 (integer matmuls; set by fullyqt-export int8/int6/int4), or "
+                        "fake64 (fake with float64 accumulation: a slow numerical reference)")
     g.add_argument("--no-quant", action="store_true",
                    help="switch quantization off: the same architecture trains in float")
 

@@ -25,6 +25,7 @@ class QuantLinear(nn.Linear):
         self.output_quant = qcfg.act() if quantize_output else None
         self.pad = pad
         self.time_major = time_major
+        self.accumulate_double = False  # eval only: --quant-kernels fake64
 
     @classmethod
     def wrap(cls, linear: nn.Linear, **kwargs) -> "QuantLinear":
@@ -41,7 +42,11 @@ class QuantLinear(nn.Linear):
         # One 2-D matmul: for a transposed (batch-major view) activation and no bias, F.linear
         # falls back to a batched matmul that broadcasts the weight to every batch entry (one
         # matrix-vector product per hypothesis in incremental decoding).
-        y = F.linear(x.reshape(-1, x.shape[-1]), self.weight_quant(self.weight), self.bias)
+        x2, w, b = x.reshape(-1, x.shape[-1]), self.weight_quant(self.weight), self.bias
+        if self.accumulate_double and not self.training:
+            y = F.linear(x2.double(), w.double(), None if b is None else b.double()).to(x.dtype)
+        else:
+            y = F.linear(x2, w, b)
         y = y.view(*x.shape[:-1], y.shape[-1])
         if self.output_quant is not None:
             y = self.output_quant(y, valid)
