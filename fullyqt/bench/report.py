@@ -82,6 +82,10 @@ def findings(rows: List[dict]) -> List[str]:
 def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = ()):
     lines = [f"# fullyqt benchmark: preset `{meta['preset']}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("preset", "notes")]
+    trained = [r.get("train_minutes") for r in rows if r.get("kind", "trained") == "trained"]
+    if trained and all(isinstance(t, (int, float)) for t in trained):
+        lines.append(f"- training time, all variants (min): {sum(trained):.1f} "
+                     "(a rerun reuses finished training; wall time counts this run only)")
     lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
               "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -114,9 +118,16 @@ def write_plot(path: str, rows: List[dict], title: str):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
         mb = r["model_bytes"] / 2**20
-        ax.scatter(mb, r["bleu"], s=40, color="tab:gray" if r.get("bits") is None else "tab:blue")
+        color = "tab:gray" if r.get("bits") is None else "tab:blue"
+        if r.get("kind", "trained") != "trained":  # shipped forms: unlabelled hollow markers
+            ax.scatter(mb, r["bleu"], s=30, facecolors="none", edgecolors=color)
+            continue
+        ax.scatter(mb, r["bleu"], s=40, color=color)
         ax.annotate(r["variant"], (mb, r["bleu"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
+    ax.scatter([], [], s=30, facecolors="none", edgecolors="tab:blue",
+               label="exports (int native, CTranslate2)")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("model size (MiB)")
     ax.set_ylabel("BLEU (sacrebleu)")
     ax.set_title(title)
@@ -170,8 +181,10 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
 
 
 if __name__ == "__main__":
+    import logging
     import sys
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "results.json")):
         sys.exit("usage: python -m fullyqt.bench.report DIR  (DIR holds results.json)")
     print(rewrite(sys.argv[1])["md"])
