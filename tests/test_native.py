@@ -120,3 +120,14 @@ def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
         w = lin.weight_quant(lin.weight)
         ref = torch.nn.functional.linear(x.double(), w.double(), lin.bias.double()).float()
     assert y.dtype == torch.float32 and torch.equal(y, ref)
+
+
+def test_int_matmul_matches_an_integer_reference_for_any_row_count():
+    from fullyqt.native.int8_linear import int_matmul
+
+    b = torch.randint(-128, 128, (40, 24), dtype=torch.int8)
+    for rows in (0, 1, 5, 17):
+        a = torch.randint(-128, 128, (rows, 40), dtype=torch.int8)
+        out = int_matmul(a, b)
+        assert out.dtype == torch.int32 and out.shape == (rows, 24)
+        assert torch.equal(out.long(), a.long() @ b.long())

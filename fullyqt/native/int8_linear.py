@@ -20,6 +20,16 @@ from ..quant.fake_quant import quantize_to_int, step_size
 from ..quant.quantizer import ActivationQuantizer, bucket_range
 
 
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 ``a @ b`` of int8 matrices.  CUDA's ``_int_mm`` wants more than 16 rows and sizes
+    divisible by 8; other shapes there (and empty inputs) multiply the codes as float32, which is
+    exact while the sums stay below 2^24."""
+    m, k = a.shape
+    if m == 0 or (a.is_cuda and (m <= 16 or k % 8 or b.shape[1] % 8)):
+        return (a.float() @ b.float()).to(torch.int32)
+    return torch._int_mm(a, b)
+
+
 class Int8Linear(nn.Module):
     """Inference-only integer form of a trained ``QuantLinear`` (weights and input <= 8 bits)."""
 
@@ -71,9 +81,7 @@ class Int8Linear(nn.Module):
                                "(--quant-kernels fake)")
         shape = x.shape[:-1]
         a = self.codes(x.reshape(-1, self.in_features).float())
-        acc = torch._int_mm(a, self.weight_t) if a.shape[0] else a.new_zeros(
-            (0, self.out_features), dtype=torch.int32)
-        y = torch.addcmul(self.c, acc, self.alpha)
+        y = torch.addcmul(self.c, int_matmul(a, self.weight_t), self.alpha)
         y.addr_(a.sum(1, dtype=torch.float32), self.beta)
         y = y.reshape(*shape, self.out_features).to(x.dtype)
         if self.output_quant is not None:
