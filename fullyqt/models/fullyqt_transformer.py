@@ -228,7 +228,8 @@ class FullyQTTransformerModel(TransformerModel):
                               no_encoder_attn=getattr(args, "no_cross_attention", False))
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Load the weights; with ``--quant-kernels int8`` then swap in the integer linears."""
+        """Load the weights, then apply ``--quant-kernels``: int8 swaps in the integer linears,
+        fake64 makes the quantized linears accumulate in float64."""
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         kernels = getattr(self.args, "quant_kernels", "fake")
         for m in self.modules():
