@@ -6,6 +6,7 @@ the weights' values).  Shows where integer kernels pay off once matmuls dominate
 """
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -33,12 +34,13 @@ def _args(size: dict, user_dir: str, quant: bool):
         return options.parse_args_and_arch(options.get_training_parser(), [data, *flags])
 
 
-def _models(size: dict, vocab: int, user_dir: str):
+def _models(size: dict, user_dir: str):
     from fairseq.data import Dictionary
     from fairseq.tasks.translation import TranslationTask
 
     from ..native import to_native_int8
 
+    vocab = size["vocab"]
     d = Dictionary()
     for i in range(vocab - len(d)):
         d.add_symbol(f"w{i}")
@@ -78,12 +80,10 @@ def _step_ms(model, dictionary, batch: int, beam: int, src_len: int, steps: int)
 
 def measure(sizes: List[str], *, batch: int = 32, beam: int = 5, src_len: int = 30,
             steps: int = 8, user_dir: str = None) -> List[dict]:
-    import os
-
     user_dir = user_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = []
     for name in sizes:
-        models, d = _models(SIZES[name], SIZES[name]["vocab"], user_dir)
+        models, d = _models(SIZES[name], user_dir)
         ms = {k: _step_ms(m, d, batch, beam, src_len, steps) for k, m in models.items()}
         params = sum(p.numel() for p in models["float"].parameters())
         rows.append({"size": name, **SIZES[name], "params": params,

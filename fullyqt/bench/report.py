@@ -146,12 +146,7 @@ def rewrite(out_dir: str):
     rows = [{k: v for k, v in r.items() if k not in ("size_vs_float", "time_per_update_vs_float")}
             for r in data["rows"]]
     return write_report(out_dir, rows, data["meta"], data.get("profile") or None,
-                        _threads(data["meta"]), data.get("decoder_step") or None)
-
-
-def _threads(meta: dict):
-    machine = str(meta.get("machine", ""))
-    return int(machine.rsplit(", ", 1)[1].split()[0]) if ", " in machine else None
+                        data.get("threads"), data.get("decoder_step") or None)
 
 
 def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None,
@@ -164,7 +159,7 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "rows": rows, "profile": profile_rows or [],
-                   "decoder_step": kernel_rows or []}, f, indent=2)
+                   "decoder_step": kernel_rows or [], "threads": threads}, f, indent=2)
     os.replace(tmp, paths["json"])
     extra = []
     if profile_rows:

@@ -12,8 +12,7 @@ from typing import Dict
 
 import torch
 
-from ..quant.fake_quant import quantize_to_int, step_size
-from ..quant.quantizer import WeightQuantizer, bucket_range
+from ..quant.quantizer import WeightQuantizer
 from .packing import pack_codes, unpack_codes
 
 SEP = "@"
@@ -51,10 +50,7 @@ def pack_state(model, bits: int) -> dict:
             packed[f"{name}{SEP}alias"] = first_of[key]
             continue
         first_of[key] = name
-        lo, hi = bucket_range(t, q.buckets)
-        lo = lo.float()
-        scale = step_size(lo, hi.float(), bits)
-        codes = quantize_to_int(t.float(), lo, hi.float(), bits)
+        codes, scale, lo = q.codes(t)
         packed[f"{name}{SEP}codes"] = pack_codes(codes, bits)
         packed[f"{name}{SEP}scale"] = scale.reshape(-1).clone()
         packed[f"{name}{SEP}min"] = lo.reshape(-1).clone()

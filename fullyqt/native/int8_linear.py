@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..quant.fake_quant import quantize_to_int, step_size
-from ..quant.quantizer import ActivationQuantizer, bucket_range
+from ..quant.fake_quant import step_size
+from ..quant.quantizer import ActivationQuantizer
 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -46,20 +46,17 @@ class Int8Linear(nn.Module):
         self.output_quant = output_quant
         self.input_bits = aq.bits
         with torch.no_grad():
-            w = linear.weight.detach().float()
-            lo_w, hi_w = bucket_range(w, wq.buckets)
-            lo_w = lo_w.expand(w.shape[0], 1) if lo_w.dim() == 0 else lo_w
-            hi_w = hi_w.expand(w.shape[0], 1) if hi_w.dim() == 0 else hi_w
-            s_w = step_size(lo_w, hi_w, wq.bits)
+            n = linear.out_features
+            qw, s_w, lo_w = wq.codes(linear.weight.detach())
             w_off, x_off = 2 ** (wq.bits - 1), 2 ** (aq.bits - 1)  # centre the codes on 0
-            b = quantize_to_int(w, lo_w, hi_w, wq.bits) - w_off
+            b = qw - w_off
             lo_x = aq.lo.double()
             s_x = step_size(lo_x, aq.hi.double(), aq.bits)
-            s_w = s_w.double().reshape(-1)
-            w0 = lo_w.double().reshape(-1) + s_w * w_off
+            s_w = s_w.double().reshape(-1).expand(n)  # one per row, also for a tensor bucket
+            w0 = lo_w.double().reshape(-1).expand(n) + s_w * w_off
             x0 = lo_x + s_x * x_off
             bias = linear.bias.detach().double() if linear.bias is not None else 0.0
-            k = w.shape[1]
+            k = linear.in_features
             c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
             # the int8 codes, stored (in, out) so that _int_mm reads them without a copy
             self.register_buffer("weight_t", b.to(torch.int8).t().contiguous(), persistent=False)

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .fake_quant import fake_quantize, step_size
+from .fake_quant import fake_quantize, quantize_to_int, step_size
 
 WEIGHT_BUCKETS = ("row", "tensor")
 
@@ -75,6 +75,14 @@ class WeightQuantizer(Quantizer):
         out = fake_quantize(w, lo, hi, self.bits)
         self._cache = (key, out) if cacheable else None
         return out
+
+    @torch.no_grad()
+    def codes(self, w: torch.Tensor):
+        """(integer codes, step, minimum) of ``w`` on this quantizer's grid, step and minimum per
+        bucket shaped to broadcast against ``w``: ``codes * step + minimum`` is ``forward(w)``."""
+        lo, hi = bucket_range(w, self.buckets)
+        lo, hi = lo.float(), hi.float()
+        return quantize_to_int(w.float(), lo, hi, self.bits), step_size(lo, hi, self.bits), lo
 
     def extra_repr(self):
         return f"bits={self.bits}, buckets={self.buckets}, start_update={self.start_update}"
