@@ -32,6 +32,9 @@ def test_config_from_namespace_validates_too():
     ns = argparse.Namespace(quant_bits=1)
     with pytest.raises(QuantOptionError, match="--quant-bits: got 1"):
         QuantConfig.from_args(ns)
+    ns = argparse.Namespace(quant_kernels="int9")  # as --model-overrides would set it
+    with pytest.raises(QuantOptionError, match="--quant-kernels: got 'int9'; allowed: fake, int8"):
+        QuantConfig.from_args(ns)
 
 
 def test_overrides_and_float_switch(toy_data):

@@ -118,6 +118,7 @@ class QuantConfig:
     def from_args(cls, args) -> "QuantConfig":
         """Validated config from a fairseq Namespace (raises QuantOptionError on a bad value)."""
         set_quant_defaults(args)
+        _parse_kernels("--quant-kernels", args.quant_kernels)  # e.g. from --model-overrides
         if args.no_quant:
             return cls(None, None)
         bits = _parse_bits("--quant-bits", args.quant_bits)
