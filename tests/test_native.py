@@ -1,5 +1,5 @@
-"""Integer kernels: Int8Linear against the fake-quant layer, model conversion, and the int8
-export decoded natively through fairseq-generate."""
+"""Integer kernels: Int8Linear against the fake-quant layer, exact evaluation against Int8Linear
+(bit for bit), model conversion, and the int8 export decoded natively through fairseq-generate."""
 import pytest
 import torch
 
@@ -46,6 +46,41 @@ def test_output_quantizer_kept_and_training_refused():
         native.train()(x)
 
 
+@pytest.mark.parametrize("wbits,abits,buckets", [(8, 8, "row"), (8, 8, "tensor"), (4, 8, "row"),
+                                                 (6, 5, "row")])
+def test_exact_evaluation_is_int8_linear_bit_for_bit(wbits, abits, buckets):
+    lin = calibrated_linear(wbits, abits, buckets, out_quant=True)
+    lin.bind_input_grid(lin.input_quant)
+    native = Int8Linear(lin, lin.input_quant, lin.output_quant).eval()
+    x = torch.randn(7, 5, 48) * 3
+    with torch.no_grad():
+        fake = lin(x)
+        lin.kernels = "exact"
+        exact = lin(x)
+        with torch.enable_grad():  # with gradients wanted, eval falls back to fake quantization
+            assert torch.equal(lin(x), fake)
+    assert torch.equal(exact, native(x))
+    # and both are the fake-quant layer up to float rounding (one output step at most)
+    _, _, step = lin.output_quant.frozen_range()
+    assert (exact - fake).abs().max() <= step * 1.001
+
+
+def test_exact_matmul_is_exact_beyond_float32_integers():
+    from fullyqt.quant.integer_form import exact_matmul
+
+    k = 2500  # worst-case sums 128 * 128 * 2500 > 2^24: chunked into exact float32 matmuls
+    a = torch.full((3, k), -128.0)
+    a[1] = torch.randint(-128, 128, (k,)).float()
+    b = torch.randint(-128, 128, (k, 6)).float()
+    b[:, 0] = -128
+    ref = a.long() @ b.long()
+    assert ref.abs().max() > 2**24
+    out = exact_matmul(a, b)
+    assert torch.equal(out.long(), ref)
+    small = exact_matmul(a[:, :1000], b[:1000])  # one chunk: float32 holding exact integers
+    assert torch.equal(small.long(), a[:, :1000].long() @ b[:1000].long())
+
+
 def _trained_tiny(toy_data, *extra):
     model, task, _ = build_model(toy_data[1], *extra)
     batch = sample_batch(task)
@@ -73,6 +108,31 @@ def test_model_conversion_covers_every_linear_and_keeps_logits(toy_data):
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
     assert (out - ref).abs().median() <= 1e-4 * ref.abs().max()
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_eval_mode_binds_input_grids_and_equals_int8_kernels(toy_data):
+    import copy
+
+    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")  # .eval() binds the grids
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert all(m.kernels == "exact" and m.input_grid is not None for m in linears)
+    native = copy.deepcopy(model)
+    to_native_int8(native)
+    with torch.no_grad():
+        exact, out = model(**batch["net_input"])[0], native(**batch["net_input"])[0]
+        for m in linears:
+            m.kernels = "fake"
+        fake = model(**batch["net_input"])[0]
+    real = batch["net_input"]["prev_output_tokens"].ne(1)
+    assert torch.equal(exact[real], out[real])
+    assert not torch.equal(exact[real], fake[real])  # exact is a different computation ...
+    assert (exact - fake)[real].abs().median() <= 1e-4 * fake.abs().max()  # ... of the same model
+
+
+def test_grids_wait_for_every_quantizer_to_have_a_range(toy_data):
+    model, _, _ = build_model(toy_data[1], "--quant-bits", "8")
+    model.eval()  # untrained: no ranges yet, so nothing is bound and eval stays fake-quant
+    assert all(m.input_grid is None for m in model.modules() if isinstance(m, QuantLinear))
 
 
 def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
@@ -112,7 +172,7 @@ def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
 
     model = load_model(str(trained_8bit), quant_kernels="fake64")
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    assert linears and all(m.accumulate_double for m in linears)
+    assert linears and all(m.kernels == "fake64" for m in linears)
     lin = linears[0]
     x = torch.randn(3, lin.in_features)
     with torch.no_grad():

@@ -15,7 +15,7 @@ from tests.conftest import TINY, USER_DIR, build_model, cli
     ("--quant-start-update", "-1", "integer >= 0"),
     ("--quant-ema-momentum", "1.5", "[0, 1)"),
     ("--quant-weight-buckets", "column", "row, tensor"),
-    ("--quant-kernels", "int9", "fake, int8"),
+    ("--quant-kernels", "int9", "exact, fake, int8, fake64"),
 ])
 def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,
@@ -33,7 +33,7 @@ def test_config_from_namespace_validates_too():
     with pytest.raises(QuantOptionError, match="--quant-bits: got 1"):
         QuantConfig.from_args(ns)
     ns = argparse.Namespace(quant_kernels="int9")  # as --model-overrides would set it
-    with pytest.raises(QuantOptionError, match="--quant-kernels: got 'int9'; allowed: fake, int8"):
+    with pytest.raises(QuantOptionError, match="--quant-kernels: got 'int9'; allowed: exact, fake, int8"):
         QuantConfig.from_args(ns)
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from typing import List
 
 import torch
 
@@ -38,9 +39,16 @@ def agreement(a, b) -> float:
     return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
 
 
+def kernels(name: str) -> List[str]:
+    """fairseq-generate flags that decode a fullyqt checkpoint with ``--quant-kernels name``
+    whatever its training run saved."""
+    return ["--model-overrides", repr({"quant_kernels": name})]
+
+
 def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
     """Rows for the shipped forms of a variant: CTranslate2 int8 of the float model (PTQ); the
-    integer export decoded with integer kernels (compared with ``fake``, the fake-quant decode)
+    integer export decoded with integer kernels (compared with ``fake``, the fake-quant model's
+    exact decode, and with its float-matmul decode)
     for <= 8-bit FullyQT models, and CTranslate2 conversion of the 8-bit ones."""
     from .deploy import ct2_translate, ctranslate2_model, export_int, tree_bytes
 
@@ -53,18 +61,19 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
         dec = translate(path, data["bin"], data["test_ref"],
                         os.path.join(vdir, f"generate.int{b}.txt"), threads=threads)
         same = agreement(dec.hypotheses, fake.hypotheses)
-        say(f"[{v.name}] reference: fake-quant with float64 accumulation in the linear layers")
-        dec64 = translate(checkpoint, data["bin"], data["test_ref"],
-                          os.path.join(vdir, "generate.fake64.txt"), threads=threads,
-                          extra=["--model-overrides", "{'quant_kernels': 'fake64'}"])
+        say(f"[{v.name}] reference: the fake-quant model with float matmuls on dequantized values")
+        dec_float = translate(checkpoint, data["bin"], data["test_ref"],
+                              os.path.join(vdir, "generate.fake.txt"), threads=threads,
+                              extra=kernels("fake"))
         rows.append({**base, "variant": f"{v.name} int{b} native", "kind": "deploy", "bits": b,
                      "description": f"the fullyqt-export int{b} file (packed weights) decoded by "
                                     "fairseq-generate --user-dir fullyqt with int8 matmul "
                                     f"kernels; {same:.1%} of its translations are identical to "
                                     "the fake-quant model's",
                      "bleu": dec.bleu, "signature": dec.signature, "same_as_fake_quant": same,
-                     "fake64_same_as_fake_quant": agreement(dec64.hypotheses, fake.hypotheses),
-                     "fake64_bleu": dec64.bleu,
+                     "float_matmul_same_as_fake_quant": agreement(dec_float.hypotheses,
+                                                                  fake.hypotheses),
+                     "float_matmul_bleu": dec_float.bleu,
                      "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
                      "decode_seconds": dec.seconds, "translated": dec.translated})
     if v.bits == 8 or v.bits is None:
@@ -140,7 +149,7 @@ def main(argv=None):
         say(f"[{v.name}] translating the test set")
         dec = translate(result.checkpoint, data["bin"], data["test_ref"],
                         os.path.join(out, "checkpoints", v.name, "generate.txt"),
-                        threads=a.threads)
+                        threads=a.threads, extra=kernels("exact") if v.bits else [])
         with open(data["test_ref"], encoding="utf-8") as f:
             meta["test sentences"] = sum(1 for _ in f)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
@@ -163,7 +172,8 @@ def main(argv=None):
         profile_rows = profile({"fairseq float": trained["float"].checkpoint,
                                 "fullyqt8 fake-quant": trained["fullyqt8"].checkpoint,
                                 "fullyqt8 int8 native": os.path.join(q8, "model.int8.pt")},
-                               data["bin"])
+                               data["bin"],
+                               overrides={"fullyqt8 fake-quant": {"quant_kernels": "exact"}})
         kernel_rows = None
         if preset.kernel_sizes:
             say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")

@@ -18,8 +18,8 @@ def tree_bytes(path: str) -> int:
 
 
 def export_int(checkpoint: str, bits: int, out: str) -> str:
-    if not os.path.exists(out):
-        export(checkpoint, f"int{bits}", out)
+    """The integer export, written anew (seconds) so that it always has the current format."""
+    export(checkpoint, f"int{bits}", out, force=True)
     return out
 
 

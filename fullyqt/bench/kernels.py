@@ -26,6 +26,8 @@ def _args(size: dict, user_dir: str, quant: bool):
 
     flags = ["--arch", "fullyqt_transformer" if quant else "transformer", "--user-dir", user_dir,
              "--share-all-embeddings", "--cpu"]
+    if quant:  # float matmuls on dequantized values, the arithmetic the paper describes
+        flags += ["--quant-kernels", "fake"]
     for side in ("encoder", "decoder"):
         flags += [f"--{side}-layers", str(size["layers"]), f"--{side}-embed-dim", str(size["dim"]),
                   f"--{side}-ffn-embed-dim", str(size["ffn"]),

@@ -2,7 +2,7 @@
 into model matmul kernels, the model's other ops, Python/dispatch overhead inside the model, and
 beam search outside it."""
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -11,11 +11,11 @@ MATMULS = {"aten::_int_mm": "int8", "aten::addmm": "float", "aten::mm": "float",
 MODEL_SCOPES = ("EnsembleModel: forward_encoder", "EnsembleModel: forward_decoder")
 
 
-def _load(path: str, data_bin: str):
+def _load(path: str, data_bin: str, overrides: Optional[dict] = None):
     from fairseq import checkpoint_utils
 
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [path], arg_overrides={"data": data_bin})
+        [path], arg_overrides={"data": data_bin, **(overrides or {})})
     return models[0].eval(), task
 
 
@@ -36,13 +36,15 @@ def _decode(gen, model, batches) -> int:
 
 
 def profile(checkpoints: Dict[str, str], data_bin: str, *, batches: int = 4,
-            batch_size: int = 32, beam: int = 5) -> List[dict]:
-    """One row per named checkpoint: shares of the decode wall time."""
+            batch_size: int = 32, beam: int = 5,
+            overrides: Optional[Dict[str, dict]] = None) -> List[dict]:
+    """One row per named checkpoint (loaded with ``overrides[name]``, if any): shares of the
+    decode wall time."""
     from fairseq.sequence_generator import SequenceGenerator
 
     rows = []
     for name, path in checkpoints.items():
-        model, task = _load(path, data_bin)
+        model, task = _load(path, data_bin, (overrides or {}).get(name))
         bs = _batches(task, batches, batch_size)
         gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam)
         _decode(gen, model, bs[:1])  # warm-up

@@ -1,9 +1,11 @@
-"""The ``int8``/``int6``/``int4`` export: weights as packed integer codes plus the scale and
-minimum of each bucket, exactly as the weight quantizers computed them.
+"""The ``int8``/``int6``/``int4`` export: weights as packed integer codes plus the range of each
+bucket, exactly as the weight quantizers computed them.
 
-A weight ``W`` is stored as ``W@codes`` (packed bytes), ``W@scale`` and ``W@min`` (fp32, one
-per bucket) and ``W@shape``; dequantization ``codes * scale + min`` gives back the fake-quantized
-weight bit for bit.  Biases, activation ranges and other buffers stay as they are.  Tied weights
+A weight ``W`` is stored as ``W@codes`` (packed bytes), ``W@min`` and ``W@max`` (fp32, one per
+bucket; the scale is ``(max - min) / (2^b - 1)``, the zero point ``min``) and ``W@shape``.  On
+load the weight is ``codes * scale + min`` with the top code written as ``max`` itself: its
+range, hence its scale, codes, fake-quantized values and integer form, is the trained one bit
+for bit.  Biases, activation ranges and other buffers stay as they are.  Tied weights
 are stored once, and the many scalar buffers (activation ranges, flags) travel as one tensor.
 ``FullyQTTransformerModel.upgrade_state_dict_named`` unpacks on load, so the
 file loads wherever a fullyqt checkpoint does.
@@ -12,7 +14,8 @@ from typing import Dict
 
 import torch
 
-from ..quant.quantizer import WeightQuantizer
+from ..quant.fake_quant import step_size
+from ..quant.quantizer import WeightQuantizer, bucket_range
 from .packing import pack_codes, unpack_codes
 
 SEP = "@"
@@ -50,10 +53,10 @@ def pack_state(model, bits: int) -> dict:
             packed[f"{name}{SEP}alias"] = first_of[key]
             continue
         first_of[key] = name
-        codes, scale, lo = q.codes(t)
+        codes, _, lo = q.codes(t)
         packed[f"{name}{SEP}codes"] = pack_codes(codes, bits)
-        packed[f"{name}{SEP}scale"] = scale.reshape(-1).clone()
         packed[f"{name}{SEP}min"] = lo.reshape(-1).clone()
+        packed[f"{name}{SEP}max"] = bucket_range(t, q.buckets)[1].float().reshape(-1).clone()
         packed[f"{name}{SEP}shape"] = torch.tensor(list(t.shape))
     packed[f"{SEP}scalars"] = torch.stack([t.double() for _, t in scalars])
     packed[f"{SEP}scalar_names"] = [n for n, _ in scalars]
@@ -66,7 +69,8 @@ def is_packed(state_dict) -> bool:
 
 
 def unpack_state(state_dict: dict, bits: int):
-    """In place: replace packed entries by float weights ``codes * scale + min``."""
+    """In place: replace packed entries by float weights ``codes * scale + min`` (``max`` at the
+    top code)."""
     values = state_dict.pop(f"{SEP}scalars")
     dtypes = state_dict.pop(f"{SEP}scalar_dtypes")
     for name, value, dtype in zip(state_dict.pop(f"{SEP}scalar_names"), values, dtypes):
@@ -79,11 +83,11 @@ def unpack_state(state_dict: dict, bits: int):
             continue
         shape = state_dict.pop(f"{name}{SEP}shape").tolist()
         codes = unpack_codes(state_dict.pop(f"{name}{SEP}codes"), bits, shape)
-        scale = state_dict.pop(f"{name}{SEP}scale")
         lo = state_dict.pop(f"{name}{SEP}min")
-        bshape = (-1,) + (1,) * (len(shape) - 1) if scale.numel() > 1 else ()
-        scale = scale.reshape(bshape) if bshape else scale.reshape(())
-        lo = lo.reshape(bshape) if bshape else lo.reshape(())
-        state_dict[name] = codes.float() * scale + lo
+        hi = state_dict.pop(f"{name}{SEP}max")
+        bshape = (-1,) + (1,) * (len(shape) - 1) if lo.numel() > 1 else ()
+        lo, hi = lo.reshape(bshape), hi.reshape(bshape)
+        w = codes.float() * step_size(lo, hi, bits) + lo
+        state_dict[name] = torch.where(codes == 2**bits - 1, hi, w)
     for name, target in aliases.items():
         state_dict[name] = state_dict[target]

@@ -32,6 +32,7 @@ from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
 from ..quant.embedding import QuantEmbedding, QuantSinusoidalPositionalEmbedding
+from ..quant.input_grid import bind_input_grids, ready
 from ..quant.layer_norm import QuantLayerNorm
 from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
@@ -227,18 +228,39 @@ class FullyQTTransformerModel(TransformerModel):
                               tgt_dict, embed_tokens,
                               no_encoder_attn=getattr(args, "no_cross_attention", False))
 
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Load the weights, then apply ``--quant-kernels``: int8 swaps in the integer linears,
-        fake64 makes the quantized linears accumulate in float64."""
-        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-        kernels = getattr(self.args, "quant_kernels", "fake")
+    def __init__(self, args, encoder, decoder):
+        super().__init__(args, encoder, decoder)
+        self._grids_bound = False
+        self._set_kernels()
+
+    def _set_kernels(self):
+        kernels = getattr(self.args, "quant_kernels", "exact")
         for m in self.modules():
             if isinstance(m, QuantLinear):
-                m.accumulate_double = kernels == "fake64"
+                m.kernels = "fake64" if kernels == "fake64" else (
+                    "fake" if kernels == "fake" else "exact")
+        return kernels
+
+    def train(self, mode=True):
+        """Switching to eval finds each linear's input grid once every quantizer has a range, so
+        that ``exact`` evaluation (validation included) runs the integer arithmetic."""
+        super().train(mode)
+        if not mode and not getattr(self, "_grids_bound", True) and ready(self):
+            bind_input_grids(self)
+            self._grids_bound = True
+        return self
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        """Load the weights, then apply ``--quant-kernels``: int8 swaps in the integer linears,
+        exact binds the linears to their input grids, fake64 accumulates in float64."""
+        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        kernels = self._set_kernels()
+        was_training = self.training
+        self._grids_bound = False
+        self.eval()  # binds the input grids
         if kernels == "int8":
-            was_training = self.training
-            to_native_int8(self.eval())
-            self.train(was_training)
+            to_native_int8(self)
+        self.train(was_training)
         return result
 
     def upgrade_state_dict_named(self, state_dict, name):

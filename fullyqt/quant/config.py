@@ -49,7 +49,7 @@ def _parse_buckets(option, value):
     return value
 
 
-KERNELS = ("fake", "int8", "fake64")
+KERNELS = ("exact", "fake", "int8", "fake64")
 
 
 def _parse_kernels(option, value):
@@ -88,10 +88,12 @@ def add_quant_args(parser):
                    metavar="{row,tensor}", help="one weight range per output row or per tensor "
                                                 "(default row)")
     g.add_argument("--quant-kernels", action=_checked(_parse_kernels),
-                   metavar="{fake,int8,fake64}",
-                   help="inference kernels: fake (float matmuls on quantized values, the training "
-                        "path), int8 (integer matmuls; set by fullyqt-export int8/int6/int4), or "
-                        "fake64 (fake with float64 accumulation: a slow numerical reference)")
+                   metavar="{exact,fake,int8,fake64}",
+                   help="inference arithmetic (training always fake-quantizes): exact (integer "
+                        "codes multiplied exactly, bit-identical to int8; the default, used by "
+                        "validation), fake (float matmuls on dequantized values), int8 (torch "
+                        "integer matmuls; set by fullyqt-export int8/int6/int4), or fake64 (fake "
+                        "with float64 accumulation: a slow numerical reference)")
     g.add_argument("--no-quant", action="store_true",
                    help="switch quantization off: the same architecture trains in float")
 
@@ -100,7 +102,7 @@ def set_quant_defaults(args):
     """Fill the quantization options an older or programmatic Namespace may lack."""
     for name, default in (("quant_bits", 8), ("quant_weight_bits", None), ("quant_act_bits", None),
                           ("quant_start_update", 0), ("quant_ema_momentum", 0.9),
-                          ("quant_weight_buckets", "row"), ("quant_kernels", "fake"),
+                          ("quant_weight_buckets", "row"), ("quant_kernels", "exact"),
                           ("no_quant", False)):
         if getattr(args, name, None) is None:
             setattr(args, name, default)

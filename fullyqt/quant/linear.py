@@ -1,10 +1,12 @@
 """Linear layer with a fake-quantized weight and optional input/output activation quantizers."""
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
+from .integer_form import apply_integer_form, exact_matmul, integer_form
 from .padding import PaddingContext, valid_mask
 
 
@@ -13,7 +15,9 @@ class QuantLinear(nn.Linear):
 
     ``quantize_input`` is for inputs no upstream quantizer produced; ``quantize_output`` is for
     outputs the scheme quantizes (the FFN output).  Parameter names match ``nn.Linear`` so float
-    checkpoints load unchanged.
+    checkpoints load unchanged.  ``kernels`` picks the inference arithmetic (training always
+    fake-quantizes): ``exact`` multiplies integer codes (needs ``bind_input_grid``), ``fake``
+    multiplies dequantized floats, ``fake64`` does that in float64.
     """
 
     def __init__(self, in_features, out_features, bias=True, *, qcfg: QuantConfig,
@@ -25,7 +29,9 @@ class QuantLinear(nn.Linear):
         self.output_quant = qcfg.act() if quantize_output else None
         self.pad = pad
         self.time_major = time_major
-        self.accumulate_double = False  # eval only: --quant-kernels fake64
+        self.kernels = "fake"
+        self.__dict__["input_grid"] = None  # a reference, not a child module
+        self._form = None
 
     @classmethod
     def wrap(cls, linear: nn.Linear, **kwargs) -> "QuantLinear":
@@ -35,7 +41,30 @@ class QuantLinear(nn.Linear):
         q.bias = linear.bias
         return q
 
+    def bind_input_grid(self, quantizer):
+        """Record the activation quantizer whose grid this layer's inputs lie on (or None)."""
+        self.__dict__["input_grid"] = quantizer
+        self._form = None
+
+    def exact_form(self):
+        """The integer form on the current weight and ranges (cached), or None where unknown."""
+        grid = self.input_grid
+        if grid is None or not (self.weight_quant.enabled and grid.enabled and grid._initialized):
+            return None
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device, grid.lo._version, grid.hi._version,
+               grid.lo.data_ptr())
+        if self._form is None or self._form[0] != key:
+            form = integer_form(self, grid)
+            self._form = (key, form._replace(weight_t=form.weight_t.float()))
+        return self._form[1]
+
     def forward(self, x):
+        if (self.kernels == "exact" and not self.training and not torch.is_grad_enabled()):
+            form = self.exact_form()
+            if form is not None:
+                y = apply_integer_form(form, x, exact_matmul)
+                return y if self.output_quant is None else self.output_quant(y)
         valid = valid_mask(self, x)
         if self.input_quant is not None:
             x = self.input_quant(x, valid)
@@ -43,7 +72,7 @@ class QuantLinear(nn.Linear):
         # falls back to a batched matmul that broadcasts the weight to every batch entry (one
         # matrix-vector product per hypothesis in incremental decoding).
         x2, w, b = x.reshape(-1, x.shape[-1]), self.weight_quant(self.weight), self.bias
-        if self.accumulate_double and not self.training:
+        if self.kernels == "fake64" and not self.training:
             y = F.linear(x2.double(), w.double(), None if b is None else b.double()).to(x.dtype)
         else:
             y = F.linear(x2, w, b)
