@@ -1,7 +1,8 @@
 """fullyqt: a fairseq plugin (``--user-dir``) for fully quantized Transformers."""
-from . import serialization
+from . import errors, serialization
 
 serialization.allow_fairseq_checkpoints()
+errors.install_excepthook()
 
 from . import models  # noqa: E402,F401  (registers fullyqt_transformer and its archs)
 

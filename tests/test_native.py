@@ -65,22 +65,6 @@ def test_exact_evaluation_is_int8_linear_bit_for_bit(wbits, abits, buckets):
     assert (exact - fake).abs().max() <= step * 1.001
 
 
-def test_exact_matmul_is_exact_beyond_float32_integers():
-    from fullyqt.quant.integer_form import exact_matmul
-
-    k = 2500  # worst-case sums 128 * 128 * 2500 > 2^24: chunked into exact float32 matmuls
-    a = torch.full((3, k), -128.0)
-    a[1] = torch.randint(-128, 128, (k,)).float()
-    b = torch.randint(-128, 128, (k, 6)).float()
-    b[:, 0] = -128
-    ref = a.long() @ b.long()
-    assert ref.abs().max() > 2**24
-    out = exact_matmul(a, b)
-    assert torch.equal(out.long(), ref)
-    small = exact_matmul(a[:, :1000], b[:1000])  # one chunk: float32 holding exact integers
-    assert torch.equal(small.long(), a[:, :1000].long() @ b[:1000].long())
-
-
 def _trained_tiny(toy_data, *extra):
     model, task, _ = build_model(toy_data[1], *extra)
     batch = sample_batch(task)
@@ -127,6 +111,27 @@ def test_eval_mode_binds_input_grids_and_equals_int8_kernels(toy_data):
     assert torch.equal(exact[real], out[real])
     assert not torch.equal(exact[real], fake[real])  # exact is a different computation ...
     assert (exact - fake)[real].abs().median() <= 1e-4 * fake.abs().max()  # ... of the same model
+
+
+def test_validation_between_updates_sees_the_new_weights_and_ranges(toy_data):
+    """As in fairseq-train: eval (validation), a training update, eval again."""
+    import copy
+
+    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")
+    real = batch["net_input"]["prev_output_tokens"].ne(1)
+    with torch.no_grad():
+        before = model(**batch["net_input"])[0]
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(**batch["net_input"])[0].logsumexp(-1).mean().backward()  # gradients flow in training
+    opt.step()
+    model.eval()
+    native = copy.deepcopy(model)
+    to_native_int8(native)
+    with torch.no_grad():
+        after, ref = model(**batch["net_input"])[0], native(**batch["net_input"])[0]
+    assert not torch.equal(after[real], before[real])
+    assert torch.equal(after[real], ref[real])  # no stale cached integer form
 
 
 def test_grids_wait_for_every_quantizer_to_have_a_range(toy_data):
@@ -183,7 +188,7 @@ def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
 
 
 def test_int_matmul_matches_an_integer_reference_for_any_row_count():
-    from fullyqt.native.int8_linear import int_matmul
+    from fullyqt.quant.integer_form import int_matmul
 
     b = torch.randint(-128, 128, (40, 24), dtype=torch.int8)
     for rows in (0, 1, 5, 17):
@@ -191,3 +196,9 @@ def test_int_matmul_matches_an_integer_reference_for_any_row_count():
         out = int_matmul(a, b)
         assert out.dtype == torch.int32 and out.shape == (rows, 24)
         assert torch.equal(out.long(), a.long() @ b.long())
+    k = 2500  # sums beyond float32's exact integers (2^24): still exact
+    a = torch.full((3, k), -128.0)  # float codes, as the layers pass them
+    b = torch.full((k, 8), -128, dtype=torch.int8)
+    b[:, 1] = torch.randint(-128, 128, (k,), dtype=torch.int8)
+    ref = a.long() @ b.long()
+    assert ref.abs().max() > 2**24 and torch.equal(int_matmul(a, b).long(), ref)

@@ -33,7 +33,8 @@ def test_config_from_namespace_validates_too():
     with pytest.raises(QuantOptionError, match="--quant-bits: got 1"):
         QuantConfig.from_args(ns)
     ns = argparse.Namespace(quant_kernels="int9")  # as --model-overrides would set it
-    with pytest.raises(QuantOptionError, match="--quant-kernels: got 'int9'; allowed: exact, fake, int8"):
+    with pytest.raises(QuantOptionError,
+                       match="--quant-kernels: got 'int9'; allowed: exact, fake, int8"):
         QuantConfig.from_args(ns)
 
 
@@ -53,3 +54,15 @@ def test_overrides_and_float_switch(toy_data):
 def test_unsupported_stock_options_are_refused(toy_data):
     with pytest.raises(ValueError, match="encoder-learned-pos"):
         build_model(toy_data[1], "--encoder-learned-pos")
+
+
+def test_bad_override_at_decode_time_is_one_line(toy_data, trained_8bit):
+    """--model-overrides bypasses argparse; the plugin still answers with one line."""
+    proc = cli("fairseq-generate", toy_data[1], "--user-dir", USER_DIR, "--path", trained_8bit,
+               "--cpu", "--gen-subset", "valid", "--model-overrides",
+               "{'quant_kernels': 'int9'}", check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    err = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert err == ["fairseq-generate: error: --quant-kernels: got 'int9'; allowed: exact, fake, "
+                   "int8, fake64"]

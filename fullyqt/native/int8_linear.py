@@ -1,26 +1,16 @@
-"""A linear layer that multiplies integer codes with ``torch._int_mm`` (int8 x int8 -> int32).
+"""A linear layer that holds only integer codes and multiplies them with ``torch._int_mm``.
 
-The arithmetic is ``quant/integer_form.py``'s, the same as ``--quant-kernels exact``, so the
-two give identical results; only the integer matmul differs.
+The arithmetic is ``quant/integer_form.py``'s, the same as ``--quant-kernels exact``, so the two
+give identical results; this module drops the float weight (smaller in memory) and needs no
+calibration at run time.
 """
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..quant.integer_form import (IntegerForm, apply_integer_form, exact_matmul,
-                                  integer_form)
+from ..quant.integer_form import IntegerForm, apply_integer_form, integer_form
 from ..quant.quantizer import ActivationQuantizer
-
-
-def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """int32 ``a @ b`` of integer-valued ``a`` (any dtype, values in int8) and int8 ``b``.
-    CUDA's ``_int_mm`` wants more than 16 rows and sizes divisible by 8; other shapes there (and
-    empty inputs) take the exact float path."""
-    m, k = a.shape
-    if m == 0 or (a.is_cuda and (m <= 16 or k % 8 or b.shape[1] % 8)):
-        return exact_matmul(a, b).to(torch.int32)
-    return torch._int_mm(a.to(torch.int8), b)
 
 
 class Int8Linear(nn.Module):
@@ -45,7 +35,7 @@ class Int8Linear(nn.Module):
         if self.training and torch.is_grad_enabled():
             raise RuntimeError("Int8Linear is inference-only; train the fake-quant checkpoint, "
                                "not an integer export")
-        y = apply_integer_form(self.form(), x, int_matmul)
+        y = apply_integer_form(self.form(), x)
         return y if self.output_quant is None else self.output_quant(y)
 
     def extra_repr(self):

@@ -7,21 +7,16 @@ result is, exactly,
     y[m, n] = s_x s_n (a @ b^T)[m, n] + s_x W0[n] * A[m] + (K X0 W0[n] + X0 s_n B[n] + bias[n])
 
 with ``A[m] = sum_k a[m, k]`` and ``B[n] = sum_k b[n, k]``: one integer matmul and a per-column
-affine whose coefficients depend on the frozen ranges and the weight only.  Evaluating the
-fake-quant model this way (``--quant-kernels exact``) and running ``torch._int_mm`` on the same
-codes (``--quant-kernels int8``) give the same float32 result bit for bit, so the model that
-validation scored is the model that ships.
+affine whose coefficients depend on the frozen ranges and the weight only.  The fake-quant
+model evaluates its linears this way (``--quant-kernels exact``) and the integer export's
+``Int8Linear`` layers do too (``--quant-kernels int8``): the same float32 result bit for bit, so
+the model that validation scored is the model that ships.
 """
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from .fake_quant import step_size
-
-# Centred 8-bit codes multiply to at most 2^14 in magnitude; float32 adds integers exactly while
-# every partial sum stays within 2^24, so 2^10 terms at a time.
-_EXACT_CHUNK = 1024
-
 
 class IntegerForm(NamedTuple):
     weight_t: torch.Tensor  # int8 weight codes, centred, stored (in, out)
@@ -66,29 +61,20 @@ def input_codes(form: IntegerForm, x: torch.Tensor) -> torch.Tensor:
     return a.round_().clamp_(form.x_min, form.x_max)
 
 
-def exact_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` of integer-valued matrices (|values| <= 128) through float matmuls, exactly:
-    float32 in chunks of the inner dimension on CPU (one chunk: a float32 result, every value an
-    exact integer; more: int32), float64 elsewhere (immune to TF32 settings)."""
-    if a.device.type != "cpu":
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 ``a @ b`` of integer-valued ``a`` (any dtype, values in int8) and int8 ``b``, by
+    ``torch._int_mm``.  CUDA's wants more than 16 rows and sizes divisible by 8; other shapes
+    there (and empty inputs) multiply in float64, exact for these sums."""
+    m, k = a.shape
+    if m == 0 or (a.is_cuda and (m <= 16 or k % 8 or b.shape[1] % 8)):
         return (a.double() @ b.double()).to(torch.int32)
-    a, b = a.float(), b.float()
-    k = a.shape[1]
-    if k <= _EXACT_CHUNK:
-        return a @ b
-    out = (a[:, :_EXACT_CHUNK] @ b[:_EXACT_CHUNK]).to(torch.int32)
-    for i in range(_EXACT_CHUNK, k, _EXACT_CHUNK):
-        out.add_((a[:, i:i + _EXACT_CHUNK] @ b[i:i + _EXACT_CHUNK]).to(torch.int32))
-    return out
+    return torch._int_mm(a.to(torch.int8), b)
 
 
-def apply_integer_form(form: IntegerForm, x: torch.Tensor,
-                       matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                       ) -> torch.Tensor:
-    """``linear(x)`` from integer codes; ``matmul(codes, form.weight_t)`` must return the exact
-    integer products (int32, or float32 below 2^24, which converts to the same float32)."""
+def apply_integer_form(form: IntegerForm, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` from integer codes."""
     shape = x.shape[:-1]
     a = input_codes(form, x.reshape(-1, x.shape[-1]).float())
-    y = torch.addcmul(form.c, matmul(a, form.weight_t), form.alpha)
+    y = torch.addcmul(form.c, int_matmul(a, form.weight_t), form.alpha)
     y.addr_(a.sum(1), form.beta)
     return y.reshape(*shape, y.shape[-1]).to(x.dtype)

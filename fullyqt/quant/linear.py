@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
-from .integer_form import apply_integer_form, exact_matmul, integer_form
+from .integer_form import apply_integer_form, integer_form
 from .padding import PaddingContext, valid_mask
 
 
@@ -16,7 +16,8 @@ class QuantLinear(nn.Linear):
     ``quantize_input`` is for inputs no upstream quantizer produced; ``quantize_output`` is for
     outputs the scheme quantizes (the FFN output).  Parameter names match ``nn.Linear`` so float
     checkpoints load unchanged.  ``kernels`` picks the inference arithmetic (training always
-    fake-quantizes): ``exact`` multiplies integer codes (needs ``bind_input_grid``), ``fake``
+    fake-quantizes): ``exact`` multiplies integer codes (``integer_form.py``; needs
+    ``bind_input_grid``), ``fake``
     multiplies dequantized floats, ``fake64`` does that in float64.
     """
 
@@ -51,19 +52,18 @@ class QuantLinear(nn.Linear):
         grid = self.input_grid
         if grid is None or not (self.weight_quant.enabled and grid.enabled and grid._initialized):
             return None
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.device, grid.lo._version, grid.hi._version,
-               grid.lo.data_ptr())
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w._version, w.device, grid.lo.data_ptr(), grid.lo._version,
+               grid.hi._version, None if b is None else (b.data_ptr(), b._version))
         if self._form is None or self._form[0] != key:
-            form = integer_form(self, grid)
-            self._form = (key, form._replace(weight_t=form.weight_t.float()))
+            self._form = (key, integer_form(self, grid))
         return self._form[1]
 
     def forward(self, x):
-        if (self.kernels == "exact" and not self.training and not torch.is_grad_enabled()):
+        if self.kernels == "exact" and not self.training and not torch.is_grad_enabled():
             form = self.exact_form()
             if form is not None:
-                y = apply_integer_form(form, x, exact_matmul)
+                y = apply_integer_form(form, x)
                 return y if self.output_quant is None else self.output_quant(y)
         valid = valid_mask(self, x)
         if self.input_quant is not None:
