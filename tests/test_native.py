@@ -141,7 +141,10 @@ def test_grids_wait_for_every_quantizer_to_have_a_range(toy_data):
 
 
 def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
-    model, _ = _trained_tiny(toy_data, "--quant-bits", "12")
+    model, batch = _trained_tiny(toy_data, "--quant-weight-bits", "12", "--quant-act-bits", "8")
+    assert all(m.input_grid is None for m in model.modules() if isinstance(m, QuantLinear))
+    with torch.no_grad():  # exact evaluation leaves layers beyond int8 on fake quantization
+        model(**batch["net_input"])
     with pytest.raises(NativeConversionError, match=r"at most 8 bits.*\[12\]"):
         to_native_int8(model)
     with pytest.raises(NativeConversionError, match="eval mode"):

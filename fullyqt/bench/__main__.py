@@ -169,11 +169,11 @@ def main(argv=None):
     if a.deploy and "float" in trained and any(v.name == "fullyqt8" for v in preset.variants):
         say("profiling decoding: float, fake-quant and int8 kernels")
         q8 = os.path.join(out, "checkpoints", "fullyqt8")
+        fake = "fullyqt8 fake-quant (float matmuls)"
         profile_rows = profile({"fairseq float": trained["float"].checkpoint,
-                                "fullyqt8 fake-quant": trained["fullyqt8"].checkpoint,
+                                fake: trained["fullyqt8"].checkpoint,
                                 "fullyqt8 int8 native": os.path.join(q8, "model.int8.pt")},
-                               data["bin"],
-                               overrides={"fullyqt8 fake-quant": {"quant_kernels": "exact"}})
+                               data["bin"], overrides={fake: {"quant_kernels": "fake"}})
         kernel_rows = None
         if preset.kernel_sizes:
             say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")

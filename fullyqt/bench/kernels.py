@@ -97,7 +97,9 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
     lines = ["## Model time per decoding step by size", "",
              f"One incremental decoder step for 32 sentences x beam 5 (160 rows), source length "
              f"30, {threads} threads; random weights with calibrated ranges.  Beam search itself "
-             "is not included.", "",
+             "is not included.  fake-quant: float matmuls on dequantized values (`--quant-kernels "
+             "fake`); a checkpoint's default exact evaluation runs the int8 kernels' arithmetic.",
+             "",
              "| size | layers | d | vocab | params | float ms | fake-quant ms | int8 kernels ms | "
              "int8 vs float | int8 vs fake-quant |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -99,7 +99,8 @@ def bind_input_grids(model: nn.Module) -> Dict[str, ActivationQuantizer]:
     for name, m in model.named_modules():
         if isinstance(m, QuantLinear):
             src = producers.get(name)
-            m.bind_input_grid(src if usable(src) else None)
+            narrow = m.weight_quant.bits is not None and m.weight_quant.bits <= 8
+            m.bind_input_grid(src if narrow and usable(src) else None)
             if m.input_grid is not None:
                 bound[name] = src
     return bound
