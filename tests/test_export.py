@@ -8,7 +8,7 @@ from fullyqt.checkpoint import load_model
 from fullyqt.eval.bleu import corpus_bleu, hypotheses_from_generate
 from fullyqt.export.integer import weight_quantizers
 from fullyqt.export.packing import pack_codes, unpack_codes
-from tests.conftest import TINY, USER_DIR, cli, train
+from tests.conftest import TINY, USER_DIR, build_model, cli, sample_batch, train
 
 WIDE = ["--arch", "fullyqt_transformer_tiny", "--encoder-embed-dim", "512",
         "--decoder-embed-dim", "512", "--encoder-ffn-embed-dim", "2048",
@@ -64,6 +64,22 @@ def test_int8_export_round_trip_and_native_translations(toy_data, trained_8bit, 
     assert "33 of 33 linear layers run int8 kernels" in log[0]
     assert sum(x != y for x, y in zip(exact, native)) == 0
     assert corpus_bleu(native, refs)[0] == corpus_bleu(exact, refs)[0]
+
+
+def test_int8_export_computes_the_checkpoints_logits_bit_for_bit(toy_data, trained_8bit,
+                                                                  tmp_path):
+    out = tmp_path / "model.int8.pt"
+    export(trained_8bit, "--format", "int8", "--out", out)
+    _, task, _ = build_model(toy_data[1])
+    batch = sample_batch(task, n=64)  # teacher-forced and padded, as in validation
+    with torch.no_grad():
+        checkpoint = load_model(str(trained_8bit))(**batch["net_input"])[0]
+        shipped = load_model(str(out))(**batch["net_input"])[0]
+        fake = load_model(str(trained_8bit), quant_kernels="fake")(**batch["net_input"])[0]
+    real = batch["net_input"]["prev_output_tokens"].ne(task.target_dictionary.pad())
+    assert (~real).any()
+    assert torch.equal(shipped[real], checkpoint[real])
+    assert not torch.equal(fake[real], checkpoint[real])  # float matmuls round differently
 
 
 @pytest.mark.parametrize("bits,limit", [(8, 0.26), (6, 0.20), (4, 0.14)])
