@@ -31,6 +31,22 @@ def hyps(data, ckpt, n, user_dir=True, env=None, subset="test", log=None):
     return hypotheses_from_generate(out.stdout.splitlines(), n)
 
 
+def test_exports_in_the_0_1_0_format_still_load(trained_8bit):
+    """Exports made before min/max were stored carry codes, scale and min."""
+    from fullyqt.export.integer import SEP, pack_state, unpack_state
+    from fullyqt.quant.fake_quant import step_size
+
+    model = load_model(str(trained_8bit))
+    old = pack_state(model, 8)
+    for key in [k for k in old if k.endswith(f"{SEP}max")]:
+        name = key[:-len(f"{SEP}max")]
+        old[f"{name}{SEP}scale"] = step_size(old[f"{name}{SEP}min"], old.pop(key), 8)
+    unpack_state(old, 8)
+    with torch.no_grad():
+        for name, q in weight_quantizers(model).items():
+            assert torch.equal(old[name], q(model.state_dict()[name])), name
+
+
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_packing_round_trip(bits):
     codes = torch.randint(0, 2**bits, (7, 13))

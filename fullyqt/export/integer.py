@@ -84,9 +84,13 @@ def unpack_state(state_dict: dict, bits: int):
         shape = state_dict.pop(f"{name}{SEP}shape").tolist()
         codes = unpack_codes(state_dict.pop(f"{name}{SEP}codes"), bits, shape)
         lo = state_dict.pop(f"{name}{SEP}min")
-        hi = state_dict.pop(f"{name}{SEP}max")
         bshape = (-1,) + (1,) * (len(shape) - 1) if lo.numel() > 1 else ()
-        lo, hi = lo.reshape(bshape), hi.reshape(bshape)
+        lo = lo.reshape(bshape)
+        if f"{name}{SEP}scale" in state_dict:  # fullyqt 0.1.0 exports: codes, scale and min
+            state_dict[name] = codes.float() * state_dict.pop(f"{name}{SEP}scale").reshape(
+                bshape) + lo
+            continue
+        hi = state_dict.pop(f"{name}{SEP}max").reshape(bshape)
         w = codes.float() * step_size(lo, hi, bits) + lo
         state_dict[name] = torch.where(codes == 2**bits - 1, hi, w)
     for name, target in aliases.items():
