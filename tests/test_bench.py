@@ -50,6 +50,32 @@ def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
         load_preset("smoke", root=str(tmp_path))
 
 
+def test_experiment_files_inherit_through_a_chain(tmp_path):
+    from fullyqt.bench.config import load_experiment
+
+    exp = load_experiment(os.path.join(REPO, "configs", "cpu-small"), "fullyqt8-finetune")
+    control = load_experiment(os.path.join(REPO, "configs", "cpu-small"), "float-finetune")
+    assert (exp.finetune_from, exp.match_updates, exp.update_fraction) == ("float", "float", 0.25)
+    assert exp.baseline == "float-finetune" and exp.bits == 8 and control.bits is None
+    assert exp.description != control.description  # descriptions are not inherited
+    # the control differs from the quantized run in the architecture and quant options only
+    assert {k: v for k, v in exp.train.items() if k not in ("arch", "quant-bits")} == \
+        {k: v for k, v in control.train.items() if k != "arch"}
+    (tmp_path / "a.yaml").write_text("inherit: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("inherit: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"inherit cycle through a.yaml -> b.yaml -> a.yaml"):
+        load_experiment(str(tmp_path), "a")
+
+
+def test_a_baseline_outside_the_preset_is_named(tmp_path):
+    import shutil
+
+    shutil.copytree(os.path.join(REPO, "configs", "smoke"), tmp_path / "smoke")
+    (tmp_path / "smoke" / "preset.yaml").write_text("variants: [float, fullyqt8-finetune]\n")
+    with pytest.raises(ConfigError, match=r"fullyqt8-finetune.yaml refers to 'float-finetune'"):
+        load_preset("smoke", root=str(tmp_path))
+
+
 def test_kernel_timing_cli_names_a_bad_size():
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "huge"],
                           capture_output=True, text=True, cwd=REPO)
@@ -73,11 +99,24 @@ def test_report_writer(tmp_path):
     assert data["rows"][1]["time_per_update_vs_float"] == pytest.approx(1.3)
     md = open(paths["md"]).read()
     assert "| fullyqt8 | 8 | 29.50 | 1,000 | 1,100 | 0.28x | 80 | 10 | 1.30x |" in md
-    assert "does not hold for `fullyqt8`: 29.50 vs 30.00 (-0.50)" in md
+    assert "does not hold for `fullyqt8`: 29.50 vs `float` 30.00 (-0.50)" in md
     rows.append({**rows[1], "variant": "float → CT2 int8 (PTQ)", "kind": "deploy", "bleu": 29.0})
     rows.append({**rows[1], "variant": "fullyqt8 → CT2 int8", "kind": "deploy", "bleu": 29.4})
     md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
-    assert "`fullyqt8 → CT2 int8` vs CTranslate2 int8 PTQ of float: 29.40 vs 29.00 (+0.40)" in md
+    assert "`fullyqt8 → CT2 int8` vs CTranslate2 int8 PTQ of `float`: 29.40 vs 29.00 (+0.40)" in md
+    # a fine-tuned model is judged against its float control, trained the same way
+    rows.append({**rows[0], "variant": "float-finetune", "bleu": 31.0})
+    rows.append({**rows[0], "variant": "float-finetune → CT2 int8 (PTQ)", "kind": "deploy",
+                 "bleu": 30.8})
+    rows.append({**rows[1], "variant": "fullyqt8-finetune", "bleu": 30.9,
+                 "baseline": "float-finetune"})
+    rows.append({**rows[1], "variant": "fullyqt8-finetune → CT2 int8", "kind": "deploy",
+                 "bleu": 30.85, "baseline": "float-finetune"})
+    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
+    assert "does not hold for `fullyqt8-finetune`: 30.90 vs `float-finetune` 31.00 (-0.10)" in md
+    assert ("`fullyqt8-finetune → CT2 int8` vs CTranslate2 int8 PTQ of `float-finetune`: "
+            "30.85 vs 30.80 (+0.05)") in md
+    assert md.count("vs CTranslate2 int8 PTQ") == 2  # PTQ rows are not compared with each other
     assert "for `fullyqt8 → CT2 int8`" not in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     from fullyqt.bench.report import rewrite
@@ -100,8 +139,9 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     data = json.loads((out / "results.json").read_text())
     rows = {r["variant"]: r for r in data["rows"]}
-    assert {"float", "fullyqt8", "fullyqt8-finetune", "fullyqt8 int8 native",
-            "float → CT2 int8 (PTQ)", "fullyqt8 → CT2 int8"} <= set(rows)
+    assert {"float", "fullyqt8", "float-finetune", "fullyqt8-finetune", "fullyqt8 int8 native",
+            "float → CT2 int8 (PTQ)", "fullyqt8 → CT2 int8", "float-finetune → CT2 int8 (PTQ)",
+            "fullyqt8-finetune → CT2 int8"} <= set(rows)
     # the fake-quant row decodes with exact integer arithmetic: the int8 kernels agree bit for bit
     native = rows["fullyqt8 int8 native"]
     assert native["same_as_fake_quant"] == 1.0
@@ -113,6 +153,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert len(shares) == 3 and all(0.95 < x < 1.05 for x in shares)
     assert rows["fullyqt8"]["num_updates"] == rows["float"]["num_updates"]  # matched updates
     assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
+    assert rows["float-finetune"]["num_updates"] == rows["fullyqt8-finetune"]["num_updates"]
+    assert "for `fullyqt8-finetune`" in md_text(out) and "vs `float-finetune`" in md_text(out)
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60

@@ -53,7 +53,8 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
     from .deploy import ct2_translate, ctranslate2_model, export_int, tree_bytes
 
     rows, vdir = [], os.path.join(out, "checkpoints", v.name)
-    base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes")}
+    base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes",
+                                "baseline")}
     if v.bits is not None and v.bits <= 8:
         b = v.bits
         say(f"[{v.name}] int{b} export, decoded with integer kernels by fairseq-generate")
@@ -153,7 +154,7 @@ def main(argv=None):
         with open(data["test_ref"], encoding="utf-8") as f:
             meta["test sentences"] = sum(1 for _ in f)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
-                     "bits": v.bits,
+                     "bits": v.bits, "baseline": v.baseline if v.bits else None,
                      "bleu": dec.bleu, "signature": dec.signature,
                      **model_size(result.checkpoint, v.bits),
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,

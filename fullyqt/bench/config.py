@@ -1,7 +1,8 @@
 """Experiment configs: ``configs/PRESET/preset.yaml`` plus one YAML file per experiment.
 
 An experiment file holds fairseq-train options under ``train`` (option names without ``--``;
-``true`` for a bare flag) and may ``inherit`` another file of the same preset.  The model here
+``true`` for a bare flag) and may ``inherit`` another file of the same preset: its keys are the
+defaults, its ``train`` options merge under the child's.  The model here
 is an argparse-style fairseq model, which fairseq's Hydra configs do not describe, so the files
 are turned into ordinary command-line flags.
 """
@@ -28,6 +29,7 @@ class Experiment:
     finetune_from: Optional[str] = None
     match_updates: Optional[str] = None
     update_fraction: float = 1.0
+    baseline: str = "float"  # the float variant its BLEU is judged against (same training)
 
     def flags(self) -> List[str]:
         return to_flags(self.train)
@@ -71,24 +73,34 @@ def _read(path):
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
-def load_experiment(preset_dir: str, name: str, _seen=()) -> Experiment:
-    path = os.path.join(preset_dir, f"{name}.yaml")
-    if name in _seen:
-        raise ConfigError(f"{path}: inherit cycle through {' -> '.join(_seen + (name,))}")
+KEYS = {"description", "inherit", "train", "cost", "finetune_from", "match_updates",
+        "update_fraction", "baseline"}
+
+
+def _merged(preset_dir: str, filename: str, seen=()) -> dict:
+    """An experiment file's keys over those of the files it inherits from (all but the
+    description)."""
+    path = os.path.join(preset_dir, filename)
+    if filename in seen:
+        raise ConfigError(f"{path}: inherit cycle through {' -> '.join(seen + (filename,))}")
     raw = _read(path)
-    train = {}
-    if raw.get("inherit"):
-        parent = _read(os.path.join(preset_dir, raw["inherit"]))
-        train.update(parent.get("train") or {})
-    train.update(raw.get("train") or {})
-    known = {"description", "inherit", "train", "cost", "finetune_from", "match_updates",
-             "update_fraction"}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
-    return Experiment(name, raw.get("description", ""), train, float(raw.get("cost", 1.0)),
-                      raw.get("finetune_from"), raw.get("match_updates"),
-                      float(raw.get("update_fraction", 1.0)))
+        raise ConfigError(f"{path}: unknown keys {unknown}; allowed: {sorted(KEYS)}")
+    if not raw.get("inherit"):
+        return raw
+    parent = _merged(preset_dir, raw["inherit"], seen + (filename,))
+    train = {**(parent.get("train") or {}), **(raw.get("train") or {})}
+    parent.pop("description", None)
+    return {**parent, **raw, "train": train}
+
+
+def load_experiment(preset_dir: str, name: str) -> Experiment:
+    raw = _merged(preset_dir, f"{name}.yaml")
+    return Experiment(name, raw.get("description", ""), dict(raw.get("train") or {}),
+                      float(raw.get("cost", 1.0)), raw.get("finetune_from"),
+                      raw.get("match_updates"), float(raw.get("update_fraction", 1.0)),
+                      raw.get("baseline", "float"))
 
 
 def presets(root: str = CONFIG_ROOT) -> List[str]:
@@ -104,7 +116,8 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     variants = [load_experiment(pdir, v) for v in raw.get("variants", [])]
     names = {v.name for v in variants}
     for v in variants:
-        for dep in (v.finetune_from, v.match_updates):
+        deps = (v.finetune_from, v.match_updates) + ((v.baseline,) if v.bits else ())
+        for dep in deps:
             if dep and dep not in names:
                 raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
                                   f"this preset ({', '.join(sorted(names))})")
