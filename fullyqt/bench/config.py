@@ -100,7 +100,7 @@ def load_experiment(preset_dir: str, name: str) -> Experiment:
     return Experiment(name, raw.get("description", ""), dict(raw.get("train") or {}),
                       float(raw.get("cost", 1.0)), raw.get("finetune_from"),
                       raw.get("match_updates"), float(raw.get("update_fraction", 1.0)),
-                      raw.get("baseline", "float"))
+                      raw.get("baseline", Experiment.baseline))
 
 
 def presets(root: str = CONFIG_ROOT) -> List[str]:

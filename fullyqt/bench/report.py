@@ -53,7 +53,7 @@ def findings(rows: List[dict]) -> List[str]:
     for r in rows:
         if not r["variant"].endswith(" native"):
             continue
-        fake = next((x for x in rows if x["variant"] == r["variant"].split(" int")[0]), None)
+        fake = by_name.get(r["variant"].split(" int")[0])
         speed = r["tokens_per_second"] / base["tokens_per_second"]
         goal = "meets" if speed >= 2 else "misses"
         line = f"`{r['variant']}` decodes at {speed:.2f}x fairseq float ({goal} the 2x goal)"
