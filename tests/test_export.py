@@ -6,7 +6,7 @@ import torch
 
 from fullyqt.checkpoint import load_model
 from fullyqt.eval.bleu import corpus_bleu, hypotheses_from_generate
-from fullyqt.export.integer import weight_quantizers
+from fullyqt.quant.weights import quantized_parameters
 from fullyqt.export.packing import pack_codes, unpack_codes
 from tests.conftest import TINY, USER_DIR, build_model, cli, sample_batch, train
 
@@ -34,17 +34,19 @@ def hyps(data, ckpt, n, user_dir=True, env=None, subset="test", log=None):
 def test_exports_in_the_0_1_0_format_still_load(trained_8bit):
     """Exports made before min/max were stored carry codes, scale and min."""
     from fullyqt.export.integer import SEP, pack_state, unpack_state
-    from fullyqt.quant.fake_quant import step_size
+    from fullyqt.quant.grid import Grid
 
     model = load_model(str(trained_8bit))
     old = pack_state(model, 8)
     for key in [k for k in old if k.endswith(f"{SEP}max")]:
         name = key[:-len(f"{SEP}max")]
-        old[f"{name}{SEP}scale"] = step_size(old[f"{name}{SEP}min"], old.pop(key), 8)
+        old[f"{name}{SEP}scale"] = Grid(old[f"{name}{SEP}min"], old.pop(key), 8).step()
     unpack_state(old, 8)
+    state = model.state_dict()
     with torch.no_grad():
-        for name, q in weight_quantizers(model).items():
-            assert torch.equal(old[name], q(model.state_dict()[name])), name
+        for name, (_, q) in quantized_parameters(model).items():
+            if name in state:
+                assert torch.equal(old[name], q(state[name])), name
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
@@ -62,11 +64,13 @@ def test_int8_export_round_trip_and_native_translations(toy_data, trained_8bit, 
     original = load_model(str(trained_8bit))
     exported = load_model(str(out), quant_kernels="fake")
     with torch.no_grad():
-        for name, q in weight_quantizers(original).items():
-            w = original.get_submodule(name.rsplit(".", 1)[0]).weight
-            w2 = exported.get_submodule(name.rsplit(".", 1)[0]).weight
+        for name, (w, q) in quantized_parameters(original).items():
+            if name not in original.state_dict():
+                continue  # the position table is rebuilt, not stored
+            w2 = quantized_parameters(exported)[name][0]
             assert torch.equal(q(w2), q(w)), name  # the same fake-quantized weight,
-            for a, b in zip(q.codes(w2), q.codes(w)):  # codes, scales and minima
+            (c2, g2), (c, g) = q.codes(w2), q.codes(w)  # codes and grids
+            for a, b in ((c2, c), (g2.lo, g.lo), (g2.hi, g.hi), (g2.step(), g.step())):
                 assert torch.equal(a, b), name
     for k, v in original.state_dict().items():
         if k.endswith((".lo", ".hi", ".bias")):
@@ -110,9 +114,13 @@ def test_integer_export_size(toy_data, tmp_path, bits, limit):
     assert os.path.getsize(out) <= limit * float_bytes, os.path.getsize(out) / float_bytes
     reloaded = load_model(str(out), quant_kernels="fake")  # and it loads back
     assert sum(p.numel() for p in reloaded.parameters()) * 4 == float_bytes
+    from fullyqt.inference import prepare_for_inference
     from fullyqt.native import Int8Linear
 
-    assert isinstance(load_model(str(out)).decoder.output_projection, Int8Linear)
+    native = load_model(str(out))
+    assert native.args.quant_kernels == "int8"  # what fairseq's prepare_for_inference_ applies
+    prepare_for_inference(native, native.args.quant_kernels)
+    assert isinstance(native.decoder.output_projection, Int8Linear)
 
 
 def test_stock_fairseq_export_loads_without_the_plugin(toy_data, trained_8bit, tmp_path):

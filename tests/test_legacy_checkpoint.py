@@ -65,3 +65,12 @@ def test_translations_are_those_the_old_code_made(expected, int8_export, name):
     hub = _hub(path, **({"quant_kernels": "fake"} if name == "fake" else {}))
     lines = read_lines(os.path.join(FIXTURE, "test.src"))
     assert hub.translate(lines, beam=5) == expected[f"translations_{name}"]
+
+
+def test_coverage_lists_the_points_the_old_code_listed():
+    import json
+
+    proc = cli("fullyqt-coverage", CKPT, "--data", FIXTURE, "--json")
+    with open(os.path.join(FIXTURE, "coverage.jsonl")) as f:
+        old = [json.loads(line) for line in f]
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == old

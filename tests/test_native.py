@@ -24,18 +24,19 @@ def calibrated_linear(wbits, abits, buckets, out_quant=False):
                                                  (4, 4, "tensor"), (6, 5, "row")])
 def test_int8_linear_equals_fake_quant_layer(wbits, abits, buckets):
     lin = calibrated_linear(wbits, abits, buckets)
-    native = Int8Linear(lin, lin.input_quant)
+    native = Int8Linear(lin)
     x = torch.randn(7, 5, 48) * 3  # values beyond the calibrated range are clamped alike
     with torch.no_grad():
         ref, out = lin(x), native(x)
     assert out.shape == ref.shape == (7, 5, 24)
-    assert native.weight_t.dtype == torch.int8
+    assert native.form.weight_t.dtype == torch.int8
     torch.testing.assert_close(out, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
 
 
 def test_output_quantizer_kept_and_training_refused():
     lin = calibrated_linear(8, 8, "row", out_quant=True)
-    native = Int8Linear(lin, lin.input_quant, lin.output_quant)
+    native = Int8Linear(lin)
+    assert native.output_quant is lin.output_quant
     x = torch.randn(9, 48)
     with torch.no_grad():
         out = native(x)
@@ -50,8 +51,7 @@ def test_output_quantizer_kept_and_training_refused():
                                                  (6, 5, "row")])
 def test_exact_evaluation_is_int8_linear_bit_for_bit(wbits, abits, buckets):
     lin = calibrated_linear(wbits, abits, buckets, out_quant=True)
-    lin.bind_input_grid(lin.input_quant)
-    native = Int8Linear(lin, lin.input_quant, lin.output_quant).eval()
+    native = Int8Linear(lin).eval()
     x = torch.randn(7, 5, 48) * 3
     with torch.no_grad():
         fake = lin(x)
@@ -94,12 +94,12 @@ def test_model_conversion_covers_every_linear_and_keeps_logits(toy_data):
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
-def test_eval_mode_binds_input_grids_and_equals_int8_kernels(toy_data):
+def test_exact_evaluation_equals_int8_kernels(toy_data):
     import copy
 
-    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")  # .eval() binds the grids
+    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")
     linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    assert all(m.kernels == "exact" and m.input_grid is not None for m in linears)
+    assert all(m.kernels == "exact" and m.integer_form() is not None for m in linears)
     native = copy.deepcopy(model)
     to_native_int8(native)
     with torch.no_grad():
@@ -134,15 +134,18 @@ def test_validation_between_updates_sees_the_new_weights_and_ranges(toy_data):
     assert torch.equal(after[real], ref[real])  # no stale cached integer form
 
 
-def test_grids_wait_for_every_quantizer_to_have_a_range(toy_data):
-    model, _, _ = build_model(toy_data[1], "--quant-bits", "8")
-    model.eval()  # untrained: no ranges yet, so nothing is bound and eval stays fake-quant
-    assert all(m.input_grid is None for m in model.modules() if isinstance(m, QuantLinear))
+def test_integer_forms_wait_for_their_input_quantizer_to_have_a_range(toy_data):
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8")
+    model.eval()  # untrained: wired, but no ranges yet, so eval stays fake-quant
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert all(m.input_grid is not None and m.integer_form() is None for m in linears)
+    with torch.no_grad():
+        model(**sample_batch(task, n=4)["net_input"])  # and it runs
 
 
 def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
     model, batch = _trained_tiny(toy_data, "--quant-weight-bits", "12", "--quant-act-bits", "8")
-    assert all(m.input_grid is None for m in model.modules() if isinstance(m, QuantLinear))
+    assert all(m.integer_form() is None for m in model.modules() if isinstance(m, QuantLinear))
     with torch.no_grad():  # exact evaluation leaves layers beyond int8 on fake quantization
         model(**batch["net_input"])
     with pytest.raises(NativeConversionError, match=r"at most 8 bits.*\[12\]"):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from fullyqt.quant.fake_quant import quantize_to_int
+from fullyqt.quant.grid import Grid
 from fullyqt.quant.quantizer import ActivationQuantizer, WeightQuantizer
 
 
@@ -37,7 +37,7 @@ def test_weight_quantizer_matches_integer_reference(bits, buckets):
 def test_integer_codes_and_round_half_to_even():
     lo, hi = torch.tensor(0.0), torch.tensor(3.0)  # 2 bits: step 1
     x = torch.tensor([-1.0, 0.5, 1.5, 2.5, 4.0])
-    assert quantize_to_int(x, lo, hi, 2).tolist() == [0, 0, 2, 2, 3]
+    assert Grid(lo, hi, 2).codes(x).tolist() == [0, 0, 2, 2, 3]
 
 
 def test_gradient_is_one_inside_and_zero_outside_the_range():
@@ -166,15 +166,13 @@ def test_flags_follow_a_loaded_state_dict():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_inference_path_is_bit_identical_to_training_arithmetic(bits):
-    from fullyqt.quant.fake_quant import fake_quantize
-
     q = ActivationQuantizer(bits)
     q(torch.randn(64, 32) * 3)
     q.eval()
     x = torch.randn(16, 32) * 4
     with torch.no_grad():
         fast = q(x)
-    assert torch.equal(fast, fake_quantize(x, q.lo, q.hi, bits))
+    assert torch.equal(fast, Grid(q.lo, q.hi, bits).fake_quantize(x))
     with torch.no_grad():  # a changed range is picked up, not served from the cache
         q.hi.mul_(0.5)
-        assert torch.equal(q(x), fake_quantize(x, q.lo, q.hi, bits))
+        assert torch.equal(q(x), Grid(q.lo, q.hi, bits).fake_quantize(x))

@@ -14,9 +14,10 @@ MODEL_SCOPES = ("EnsembleModel: forward_encoder", "EnsembleModel: forward_decode
 def _load(path: str, data_bin: str, overrides: Optional[dict] = None):
     from fairseq import checkpoint_utils
 
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [path], arg_overrides={"data": data_bin, **(overrides or {})})
-    return models[0].eval(), task
+    models[0].prepare_for_inference_(cfg)  # as fairseq-generate does: int8 kernels for exports
+    return models[0], task
 
 
 def _batches(task, n: int, batch_size: int):

@@ -10,36 +10,23 @@ are stored once, and the many scalar buffers (activation ranges, flags) travel a
 ``FullyQTTransformerModel.upgrade_state_dict_named`` unpacks on load, so the
 file loads wherever a fullyqt checkpoint does.
 """
-from typing import Dict
-
 import torch
 
-from ..quant.fake_quant import step_size
-from ..quant.quantizer import WeightQuantizer, bucket_range
+from ..quant.grid import Grid
+from ..quant.weights import quantized_parameters
 from .packing import pack_codes, unpack_codes
 
 SEP = "@"
 FORMAT_KEY = "fullyqt_export"
 
 
-def weight_quantizers(model) -> Dict[str, WeightQuantizer]:
-    """``{parameter name: its quantizer}`` for every quantized parameter of the model."""
-    out = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        q = getattr(module, "weight_quant", None) or getattr(module, "gain_quant", None)
-        w = getattr(module, "weight", None)
-        if isinstance(q, WeightQuantizer) and isinstance(w, torch.nn.Parameter):
-            out[f"{name}.weight"] = q
-    return out
-
-
 def pack_state(model, bits: int) -> dict:
     """The model's state dict with every quantized weight replaced by its packed form."""
     state = model.state_dict()
-    quantizers = weight_quantizers(model)
+    quantized = quantized_parameters(model)
     packed, first_of, scalars = {}, {}, []
     for name, t in state.items():
-        q = quantizers.get(name)
+        t, q = quantized.get(name, (t, None))  # the tensor its module stores quantized
         if q is None:
             if t.dim() == 0:
                 scalars.append((name, t))
@@ -53,10 +40,10 @@ def pack_state(model, bits: int) -> dict:
             packed[f"{name}{SEP}alias"] = first_of[key]
             continue
         first_of[key] = name
-        codes, _, lo = q.codes(t)
+        codes, grid = q.codes(t)
         packed[f"{name}{SEP}codes"] = pack_codes(codes, bits)
-        packed[f"{name}{SEP}min"] = lo.reshape(-1).clone()
-        packed[f"{name}{SEP}max"] = bucket_range(t, q.buckets)[1].float().reshape(-1).clone()
+        packed[f"{name}{SEP}min"] = grid.lo.reshape(-1).clone()
+        packed[f"{name}{SEP}max"] = grid.hi.reshape(-1).clone()
         packed[f"{name}{SEP}shape"] = torch.tensor(list(t.shape))
     packed[f"{SEP}scalars"] = torch.stack([t.double() for _, t in scalars])
     packed[f"{SEP}scalar_names"] = [n for n, _ in scalars]
@@ -91,7 +78,6 @@ def unpack_state(state_dict: dict, bits: int):
                 bshape) + lo
             continue
         hi = state_dict.pop(f"{name}{SEP}max").reshape(bshape)
-        w = codes.float() * step_size(lo, hi, bits) + lo
-        state_dict[name] = torch.where(codes == 2**bits - 1, hi, w)
+        state_dict[name] = Grid(lo, hi, bits).restore(codes)
     for name, target in aliases.items():
         state_dict[name] = state_dict[target]

@@ -10,7 +10,7 @@ import copy
 import torch
 
 from ..quant.quantizer import Quantizer
-from .integer import weight_quantizers
+from ..quant.weights import dequantized_weights, quantized_parameters
 
 STOCK_ARCH = {
     "fullyqt_transformer": "transformer",
@@ -36,22 +36,23 @@ def stock_args(args) -> argparse.Namespace:
 
 @torch.no_grad()
 def stock_state_dict(model) -> dict:
-    """Float state dict with quantized weights replaced by their dequantized values."""
+    """Float state dict: quantized tensors replaced by the dequantized weights the modules
+    report, quantizer state dropped.  A tied weight keeps the value of its first name."""
     model.eval()
-    quantized = {}
-    for name, q in weight_quantizers(model).items():
-        module_name = name.rsplit(".", 1)[0]
-        w = model.get_submodule(module_name).weight
-        key = (w.untyped_storage().data_ptr(), tuple(w.shape))
-        if key not in quantized:
-            quantized[key] = q(w).detach().clone()
-    quantizer_modules = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, Quantizer)}
-    out = {}
-    for name, t in model.state_dict().items():
-        if name.rsplit(".", 1)[0] in quantizer_modules:
+    stored = quantized_parameters(model)
+    dense = dequantized_weights(model)
+    quantizer_modules = {n for n, m in model.named_modules(remove_duplicate=False)
+                         if isinstance(m, Quantizer)}
+    out, first = {}, {}
+    for name, t in list(model.state_dict().items()) + [(n, None) for n in dense]:
+        if name in out or name.rsplit(".", 1)[0] in quantizer_modules:
             continue
-        key = (t.untyped_storage().data_ptr(), tuple(t.shape))
-        out[name] = quantized.get(key, t)
+        if name in dense:
+            key = (stored[name][0].untyped_storage().data_ptr(),
+                   tuple(stored[name][0].shape)) if name in stored else name
+            out[name] = first.setdefault(key, dense[name].clone())
+        elif name not in stored:
+            out[name] = t
     return out
 
 

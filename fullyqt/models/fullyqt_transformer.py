@@ -5,6 +5,10 @@ Built through fairseq's hooks (``build_embedding``/``build_encoder``/``build_dec
 ``build_output_projection``); LayerNorms, the FFN activation, the position table and the
 embedding-sum quantizer are swapped in after the parent constructor.  Parameter names stay those
 of the stock transformer, so float checkpoints load and the export writes stock ones.
+
+Once built, every linear layer is handed the quantizer whose output it receives
+(``feed_from``), following the data flow of fairseq's encoder and decoder layers (post- or
+pre-norm); ``tests/test_wiring.py`` checks each wire against what the layer really receives.
 """
 import logging
 
@@ -27,12 +31,11 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 from ..export.integer import is_packed, unpack_state
-from ..native import to_native_int8
+from ..inference import prepare_for_inference
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
 from ..quant.embedding import QuantEmbedding, QuantSinusoidalPositionalEmbedding
-from ..quant.input_grid import bind_input_grids, ready
 from ..quant.layer_norm import QuantLayerNorm
 from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
@@ -77,6 +80,13 @@ def _embedding_sum_quantizer(cfg, qcfg, pad, dim):
     return EmbeddingSumQuantizer(qcfg, pad)
 
 
+def _output_quantizer(module):
+    """The quantizer of a module's output: itself, a LayerNorm's output quantizer, or None."""
+    if module is None or isinstance(module, ActivationQuantizer):
+        return module
+    return module.output_quant
+
+
 def _quant_positions(module, qcfg):
     if module is None:
         return None
@@ -106,6 +116,16 @@ class FullyQTEncoderLayer(TransformerEncoderLayerBase):
             embed_dim, cfg.encoder.attention_heads, qcfg=self.qcfg, pad=self.pad,
             dropout=cfg.attention_dropout, self_attention=True)
 
+    def feed_from(self, x_quant):
+        """Wire the linears given the quantizer of the layer input; returns the quantizer of
+        the layer output (None in pre-norm, where it is a float residual sum)."""
+        pre = self.normalize_before
+        self_ln = self.self_attn_layer_norm.output_quant
+        self.self_attn.feed_from(*[self_ln if pre else x_quant] * 2)
+        self.fc1.feed_from(self.final_layer_norm.output_quant if pre else self_ln)
+        self.fc2.feed_from(self.activation_fn.quant)
+        return None if pre else self.final_layer_norm.output_quant
+
 
 class FullyQTDecoderLayer(TransformerDecoderLayerBase):
     def __init__(self, cfg, qcfg: QuantConfig, pad: PaddingContext, no_encoder_attn=False):
@@ -132,6 +152,20 @@ class FullyQTDecoderLayer(TransformerDecoderLayerBase):
             kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim,
             dropout=cfg.attention_dropout, encoder_decoder_attention=True)
 
+    def feed_from(self, x_quant, encoder_out_quant):
+        """As ``FullyQTEncoderLayer.feed_from``, with the encoder output's quantizer for the
+        encoder-decoder attention's keys and values."""
+        pre = self.normalize_before
+        after = self.self_attn_layer_norm.output_quant
+        self.self_attn.feed_from(*[after if pre else x_quant] * 2)
+        if self.encoder_attn is not None:
+            query = self.encoder_attn_layer_norm.output_quant if pre else after
+            self.encoder_attn.feed_from(query, encoder_out_quant)
+            after = self.encoder_attn_layer_norm.output_quant
+        self.fc1.feed_from(self.final_layer_norm.output_quant if pre else after)
+        self.fc2.feed_from(self.activation_fn.quant)
+        return None if pre else self.final_layer_norm.output_quant
+
 
 class FullyQTEncoder(TransformerEncoderBase):
     def __init__(self, cfg, qcfg: QuantConfig, dictionary, embed_tokens):
@@ -145,6 +179,13 @@ class FullyQTEncoder(TransformerEncoderBase):
 
     def build_encoder_layer(self, cfg):
         return FullyQTEncoderLayer(cfg, self.qcfg, self.pad)
+
+    def wire(self):
+        """Wire every layer; returns the quantizer of the encoder output (or None)."""
+        q = _output_quantizer(self.layernorm_embedding)
+        for layer in self.layers:
+            q = layer.feed_from(q)
+        return _output_quantizer(self.layer_norm) if self.layer_norm is not None else q
 
     def forward(self, src_tokens, src_lengths=None, return_all_hiddens=False,
                 token_embeddings=None):
@@ -176,6 +217,21 @@ class FullyQTDecoder(TransformerDecoderBase):
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return FullyQTDecoderLayer(cfg, self.qcfg, self.pad, no_encoder_attn)
+
+    def wire(self, encoder_out_quant):
+        """Wire every layer and the output projection (``project_in_dim`` reads the scaled
+        embedding, which no activation quantizer produced)."""
+        if self.project_in_dim is not None:
+            self.project_in_dim.feed_from(None)
+        q = _output_quantizer(self.layernorm_embedding)
+        for layer in self.layers:
+            q = layer.feed_from(q, encoder_out_quant)
+        if self.layer_norm is not None:
+            q = _output_quantizer(self.layer_norm)
+        for proj in (self.project_out_dim, self.output_projection):
+            if proj is not None:
+                proj.feed_from(proj.input_quant or q)
+                q = None  # a projection's output is float
 
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
                          full_context_alignment=False, alignment_layer=None,
@@ -230,38 +286,20 @@ class FullyQTTransformerModel(TransformerModel):
 
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
-        self._grids_bound = False
-        self._set_kernels()
-
-    def _set_kernels(self):
-        kernels = getattr(self.args, "quant_kernels", "exact")
+        decoder.wire(encoder.wire())
+        kernels = getattr(args, "quant_kernels", "exact")
+        # int8 modules replace the linears only in prepare_for_inference_; until then (and in
+        # training and validation) the linears evaluate exactly, with the same numbers
         for m in self.modules():
             if isinstance(m, QuantLinear):
-                m.kernels = "fake64" if kernels == "fake64" else (
-                    "fake" if kernels == "fake" else "exact")
-        return kernels
+                m.set_kernels("exact" if kernels == "int8" else kernels)
 
-    def train(self, mode=True):
-        """Switching to eval finds each linear's input grid once every quantizer has a range, so
-        that ``exact`` evaluation (validation included) runs the integer arithmetic."""
-        super().train(mode)
-        if not mode and not getattr(self, "_grids_bound", True) and ready(self):
-            bind_input_grids(self)
-            self._grids_bound = True
-        return self
-
-    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Load the weights, then apply ``--quant-kernels``: int8 swaps in the integer linears,
-        exact binds the linears to their input grids, fake64 accumulates in float64."""
-        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-        kernels = self._set_kernels()
-        was_training = self.training
-        self._grids_bound = False
-        self.eval()  # binds the input grids
-        if kernels == "int8":
-            to_native_int8(self)
-        self.train(was_training)
-        return result
+    def prepare_for_inference_(self, cfg):
+        """fairseq-generate, fairseq-interactive and ``from_pretrained`` call this once the model
+        is loaded and on its device: eval mode, then ``--quant-kernels`` (int8: integer
+        modules)."""
+        super().prepare_for_inference_(cfg)
+        prepare_for_inference(self, getattr(self.args, "quant_kernels", "exact"))
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Unpack an integer export; start quantizer state fresh when loading a float (stock

@@ -33,8 +33,15 @@ class QuantMultiheadAttention(MultiheadAttention):
         self.softmax_denominator_quant = qcfg.act()
         self.softmax_output_quant = qcfg.act(unsigned=True)
         self.attn_output_quant = qcfg.act()
+        self.out_proj.feed_from(self.attn_output_quant)
         self.pad = pad
         self.time_major = True
+
+    def feed_from(self, query_quant, key_quant):
+        """Wire the quantizers that produce the query and the key/value inputs."""
+        self.q_proj.feed_from(query_quant)
+        self.k_proj.feed_from(key_quant)
+        self.v_proj.feed_from(key_quant)
 
     def set_beam_size(self, beam_size):
         """Keep one cached key/value row per hypothesis: no beam folding of the encoder keys."""

@@ -2,16 +2,19 @@
 
     fullyqt-coverage CHECKPOINT            # a table
     fullyqt-coverage CHECKPOINT --json     # one JSON object per point
+    fullyqt-coverage CHECKPOINT --data DIR # dictionaries from DIR, not the recorded data path
 """
 import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from .quantizer import ActivationQuantizer, Quantizer, WeightQuantizer, bucket_range
+from .grid import bucket_range
+from .quantizer import ActivationQuantizer, Quantizer, WeightQuantizer
+from .weights import quantized_parameters
 
 
 @dataclass
@@ -25,27 +28,22 @@ class QuantPoint:
     detail: str
 
 
-def _owner_weight(model, name):
-    owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    for attr in ("weight", "weights"):
-        w = getattr(owner, attr, None)
-        if isinstance(w, torch.Tensor):
-            return w
-    return None
-
-
 def quantization_points(model: torch.nn.Module) -> List[QuantPoint]:
-    """One entry per quantizer; weight ranges are read off the weight (min/max over buckets)."""
+    """One entry per quantizer; weight ranges are read off the tensors each weight quantizer
+    quantizes (min/max over their buckets)."""
+    covers: Dict[int, List[torch.Tensor]] = {}
+    for t, q in quantized_parameters(model).values():
+        covers.setdefault(id(q), []).append(t)
     points = []
     for name, q in model.named_modules():
         if not isinstance(q, Quantizer):
             continue
         lo = hi = None
         if isinstance(q, WeightQuantizer):
-            w = _owner_weight(model, name)
-            if w is not None:
-                blo, bhi = bucket_range(w, q.buckets)
-                lo, hi = float(blo.min()), float(bhi.max())
+            ranges = [bucket_range(t, q.buckets) for t in covers.get(id(q), [])]
+            if ranges:
+                lo = min(float(r[0].min()) for r in ranges)
+                hi = max(float(r[1].max()) for r in ranges)
             detail = f"buckets={q.buckets}"
         else:
             assert isinstance(q, ActivationQuantizer)
@@ -74,10 +72,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="fullyqt-coverage", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--data", help="data directory with the dictionaries (default: the one "
+                                  "recorded in the checkpoint)")
     a = p.parse_args(argv)
     from ..checkpoint import load_model
     try:
-        model = load_model(a.checkpoint)
+        model = load_model(a.checkpoint, a.data)
     except (OSError, ValueError) as e:
         sys.exit(f"fullyqt-coverage: error: {e}")
     points = quantization_points(model)

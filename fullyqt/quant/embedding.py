@@ -15,6 +15,12 @@ class QuantEmbedding(nn.Embedding):
         super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
         self.weight_quant = qcfg.weight()
 
+    def quantized_parameters(self):
+        return {"weight": (self.weight, self.weight_quant)}
+
+    def dequantized_weights(self):
+        return {"weight": self.weight_quant(self.weight)}
+
     def forward(self, tokens):
         return F.embedding(tokens, self.weight_quant(self.weight), self.padding_idx)
 
@@ -25,6 +31,13 @@ class QuantSinusoidalPositionalEmbedding(SinusoidalPositionalEmbedding):
     def __init__(self, num_positions, embedding_dim, padding_idx, *, qcfg: QuantConfig):
         super().__init__(embedding_dim, padding_idx, init_size=num_positions + padding_idx + 1)
         self.weight_quant = qcfg.weight()
+
+    def quantized_parameters(self):
+        """The table (not a parameter, not saved: listed for the coverage listing)."""
+        return {"weights": (self.weights, self.weight_quant)}
+
+    def dequantized_weights(self):
+        return {}  # rebuilt by every stock model
 
     def table(self) -> torch.Tensor:
         with torch.no_grad():

@@ -1,8 +1,8 @@
-"""The integer form of a quantized linear layer, shared by exact evaluation and the int8 kernels.
+"""The integer form of a quantized matmul, shared by exact evaluation and the int8 kernels.
 
 The input arrives on an activation quantizer's grid and weight row ``n`` on its own grid.  With
-codes centred into int8, ``x = X0 + s_x * a`` and ``w[n] = W0[n] + s_n * b[n]``, the layer's
-result is, exactly,
+codes centred into int8, ``x = X0 + s_x * a`` and ``w[n] = W0[n] + s_n * b[n]``, the result is,
+exactly,
 
     y[m, n] = s_x s_n (a @ b^T)[m, n] + s_x W0[n] * A[m] + (K X0 W0[n] + X0 s_n B[n] + bias[n])
 
@@ -12,53 +12,12 @@ model evaluates its linears this way (``--quant-kernels exact``) and the integer
 ``Int8Linear`` layers do too (``--quant-kernels int8``): the same float32 result bit for bit, so
 the model that validation scored is the model that ships.
 """
-from typing import NamedTuple
+from typing import Optional
 
 import torch
+from torch import nn
 
-from .fake_quant import step_size
-
-class IntegerForm(NamedTuple):
-    weight_t: torch.Tensor  # int8 weight codes, centred, stored (in, out)
-    alpha: torch.Tensor  # s_x * s_n, float32 (out,)
-    beta: torch.Tensor  # s_x * W0[n]
-    c: torch.Tensor  # K X0 W0[n] + X0 s_n B[n] + bias[n]
-    x_scale_inv: float
-    x_shift: float
-    x_min: float
-    x_max: float
-
-
-@torch.no_grad()
-def integer_form(linear, input_quant) -> IntegerForm:
-    """The integer form of a ``QuantLinear`` whose inputs lie on ``input_quant``'s grid."""
-    wq, aq = linear.weight_quant, input_quant
-    if not (wq.enabled and aq.enabled and aq._initialized):
-        raise ValueError("the integer form needs an active weight quantizer and a calibrated "
-                         "input quantizer")
-    if wq.bits > 8 or aq.bits > 8:
-        raise ValueError(f"the integer form needs <= 8 bits (weights {wq.bits}, input {aq.bits})")
-    n, k = linear.out_features, linear.in_features
-    qw, s_w, lo_w = wq.codes(linear.weight.detach())
-    w_off, x_off = 2 ** (wq.bits - 1), 2 ** (aq.bits - 1)  # centre the codes on 0
-    b = qw - w_off
-    lo_x = aq.lo.double()
-    s_x = step_size(lo_x, aq.hi.double(), aq.bits)
-    s_w = s_w.double().reshape(-1).expand(n)  # one per row, also for a tensor bucket
-    w0 = lo_w.double().reshape(-1).expand(n) + s_w * w_off
-    x0 = lo_x + s_x * x_off
-    bias = linear.bias.detach().double() if linear.bias is not None else 0.0
-    c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
-    return IntegerForm(b.to(torch.int8).t().contiguous(), (s_x * s_w).float(),
-                       (s_x * w0).float(), c.float(), float(1.0 / s_x),
-                       float(lo_x / s_x + x_off), float(-x_off), float(2**aq.bits - 1 - x_off))
-
-
-def input_codes(form: IntegerForm, x: torch.Tensor) -> torch.Tensor:
-    """Centred codes ``round((clamp(x, lo, hi) - lo) / s) - 2^(b-1)`` of a 2-D float input, as
-    float32 integers."""
-    a = (x * form.x_scale_inv).sub_(form.x_shift)
-    return a.round_().clamp_(form.x_min, form.x_max)
+from .grid import Grid, centred_codes
 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -71,10 +30,39 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch._int_mm(a.to(torch.int8), b)
 
 
-def apply_integer_form(form: IntegerForm, x: torch.Tensor) -> torch.Tensor:
-    """``linear(x)`` from integer codes."""
-    shape = x.shape[:-1]
-    a = input_codes(form, x.reshape(-1, x.shape[-1]).float())
-    y = torch.addcmul(form.c, int_matmul(a, form.weight_t), form.alpha)
-    y.addr_(a.sum(1), form.beta)
-    return y.reshape(*shape, y.shape[-1]).to(x.dtype)
+class IntegerMatmul(nn.Module):
+    """``x @ w^T + bias`` from ``w``'s codes on ``weight_grid`` (one bucket per row or one for
+    the tensor) and ``x``'s codes on ``input_grid`` (one bucket); inference only.  Its tensors are
+    non-persistent buffers: they follow the model's device and are never saved."""
+
+    def __init__(self, codes: torch.Tensor, weight_grid: Grid, input_grid: Grid,
+                 bias: Optional[torch.Tensor] = None):
+        super().__init__()
+        if weight_grid.bits > 8 or input_grid.bits > 8:
+            raise ValueError(f"an integer matmul needs <= 8 bits (weights {weight_grid.bits}, "
+                             f"input {input_grid.bits})")
+        n, k = codes.shape
+        b = codes - weight_grid.offset
+        lo_x = input_grid.lo.double()
+        s_x = Grid(lo_x, input_grid.hi.double(), input_grid.bits).step()
+        s_w = weight_grid.step().double().reshape(-1).expand(n)
+        w0 = weight_grid.lo.double().reshape(-1).expand(n) + s_w * weight_grid.offset
+        x0 = lo_x + s_x * input_grid.offset
+        bias = bias.double() if bias is not None else 0.0
+        c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
+        # the int8 codes, stored (in, out) so that _int_mm reads them without a copy
+        self.register_buffer("weight_t", b.to(torch.int8).t().contiguous(), persistent=False)
+        self.register_buffer("alpha", (s_x * s_w).float(), persistent=False)
+        self.register_buffer("beta", (s_x * w0).float(), persistent=False)
+        self.register_buffer("c", c.float(), persistent=False)
+        self.input_affine = input_grid.centred_code_affine()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = centred_codes(x.reshape(-1, x.shape[-1]).float(), self.input_affine)
+        y = torch.addcmul(self.c, int_matmul(a, self.weight_t), self.alpha)
+        y.addr_(a.sum(1), self.beta)
+        return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
+
+    def extra_repr(self):
+        k, n = self.weight_t.shape
+        return f"in_features={k}, out_features={n}"

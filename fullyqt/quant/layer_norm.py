@@ -27,6 +27,12 @@ class QuantLayerNorm(nn.LayerNorm):
         self.pad = pad
         self.time_major = time_major
 
+    def quantized_parameters(self):
+        return {"weight": (self.weight, self.gain_quant)}
+
+    def dequantized_weights(self):
+        return {"weight": self.gain_quant(self.weight)}
+
     def forward(self, x):
         valid = valid_mask(self, x)
         xf = x.float()

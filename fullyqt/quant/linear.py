@@ -1,37 +1,44 @@
-"""Linear layer with a fake-quantized weight and optional input/output activation quantizers."""
+"""A quantized linear layer: a weight source, a weight quantizer, its input's quantizer, a matmul.
+
+See ``weight_source.py`` for the picture.  The quantizer that produced the layer's input is
+wired when the model is built (``feed_from``); with it the layer can run on integer codes.
+"""
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
-from .integer_form import apply_integer_form, integer_form
 from .padding import PaddingContext, valid_mask
+from .quantizer import ActivationQuantizer
+from .weight_source import DenseWeight, WeightSource, tensor_version
+
+LAYER_KERNELS = ("exact", "fake", "fake64")  # int8 replaces the layer
 
 
 class QuantLinear(nn.Linear):
-    """``nn.Linear`` whose weight (not bias) is quantized per bucket.
+    """``nn.Linear`` whose weight (not bias) comes from a ``WeightSource`` and is quantized.
 
     ``quantize_input`` is for inputs no upstream quantizer produced; ``quantize_output`` is for
     outputs the scheme quantizes (the FFN output).  Parameter names match ``nn.Linear`` so float
     checkpoints load unchanged.  ``kernels`` picks the inference arithmetic (training always
-    fake-quantizes): ``exact`` multiplies integer codes (``integer_form.py``; needs
-    ``bind_input_grid``), ``fake``
-    multiplies dequantized floats, ``fake64`` does that in float64.
+    fake-quantizes): ``exact`` multiplies integer codes (``integer_form.py``) when the input grid
+    is known, ``fake`` multiplies dequantized floats, ``fake64`` does that in float64.
     """
 
     def __init__(self, in_features, out_features, bias=True, *, qcfg: QuantConfig,
-                 quantize_input=False, quantize_output=False, pad: Optional[PaddingContext] = None,
-                 time_major=True):
+                 source: Optional[WeightSource] = None, quantize_input=False,
+                 quantize_output=False, pad: Optional[PaddingContext] = None, time_major=True):
         super().__init__(in_features, out_features, bias=bias)
         self.weight_quant = qcfg.weight()
         self.input_quant = qcfg.act() if quantize_input else None
         self.output_quant = qcfg.act() if quantize_output else None
+        self.source = source if source is not None else DenseWeight()
         self.pad = pad
         self.time_major = time_major
         self.kernels = "fake"
-        self.__dict__["input_grid"] = None  # a reference, not a child module
+        # a reference to the quantizer that feeds this layer, not a child module
+        self.__dict__["input_grid"] = self.input_quant
         self._form = None
 
     @classmethod
@@ -42,28 +49,42 @@ class QuantLinear(nn.Linear):
         q.bias = linear.bias
         return q
 
-    def bind_input_grid(self, quantizer):
-        """Record the activation quantizer whose grid this layer's inputs lie on (or None)."""
+    def feed_from(self, quantizer: Optional[ActivationQuantizer]):
+        """Wire the quantizer whose output this layer receives (None: not a quantizer's)."""
+        if self.input_quant is not None and quantizer is not self.input_quant:
+            raise ValueError("this layer quantizes its own input")
         self.__dict__["input_grid"] = quantizer
         self._form = None
 
-    def exact_form(self):
-        """The integer form on the current weight and ranges (cached), or None where unknown."""
-        grid = self.input_grid
-        if grid is None or not (self.weight_quant.enabled and grid.enabled and grid._initialized):
+    def set_kernels(self, kernels: str):
+        if kernels not in LAYER_KERNELS:
+            raise ValueError(f"kernels {kernels!r}: allowed {', '.join(LAYER_KERNELS)}")
+        self.kernels = kernels
+
+    def quantized_parameters(self):
+        return self.source.quantized_tensors(self)
+
+    def dequantized_weights(self):
+        return self.source.dense_weights(self)
+
+    def integer_form(self) -> Optional[nn.Module]:
+        """The integer form on the current weight and ranges (cached), or None where the input
+        grid is unknown or either side is wider than 8 bits."""
+        grid, wq = self.input_grid, self.weight_quant
+        if grid is None or not (wq.enabled and wq.bits <= 8 and grid.usable_grid()):
             return None
-        w, b = self.weight, self.bias
-        key = (w.data_ptr(), w._version, w.device, grid.lo.data_ptr(), grid.lo._version,
-               grid.hi._version, None if b is None else (b.data_ptr(), b._version))
+        key = (self.source.version(self), grid.lo.data_ptr(), grid.lo._version,
+               grid.hi._version, tensor_version(self.bias))
         if self._form is None or self._form[0] != key:
-            self._form = (key, integer_form(self, grid))
+            with torch.no_grad():
+                self._form = (key, self.source.integer_form(self, grid.grid))
         return self._form[1]
 
     def forward(self, x):
         if self.kernels == "exact" and not self.training and not torch.is_grad_enabled():
-            form = self.exact_form()
+            form = self.integer_form()
             if form is not None:
-                y = apply_integer_form(form, x)
+                y = form(x)
                 return y if self.output_quant is None else self.output_quant(y)
         valid = valid_mask(self, x)
         if self.input_quant is not None:
@@ -71,11 +92,12 @@ class QuantLinear(nn.Linear):
         # One 2-D matmul: for a transposed (batch-major view) activation and no bias, F.linear
         # falls back to a batched matmul that broadcasts the weight to every batch entry (one
         # matrix-vector product per hypothesis in incremental decoding).
-        x2, w, b = x.reshape(-1, x.shape[-1]), self.weight_quant(self.weight), self.bias
+        x2, b = x.reshape(-1, x.shape[-1]), self.bias
         if self.kernels == "fake64" and not self.training:
-            y = F.linear(x2.double(), w.double(), None if b is None else b.double()).to(x.dtype)
+            y = self.source.linear(self, x2.double(), None if b is None else b.double())
+            y = y.to(x.dtype)
         else:
-            y = F.linear(x2, w, b)
+            y = self.source.linear(self, x2, b)
         y = y.view(*x.shape[:-1], y.shape[-1])
         if self.output_quant is not None:
             y = self.output_quant(y, valid)

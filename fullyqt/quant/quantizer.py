@@ -10,9 +10,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .fake_quant import fake_quantize, quantize_to_int, step_size
-
-WEIGHT_BUCKETS = ("row", "tensor")
+from .grid import BUCKETS as WEIGHT_BUCKETS
+from .grid import Grid, fake_quantize_frozen
 
 
 class Quantizer(nn.Module):
@@ -40,17 +39,6 @@ class Quantizer(nn.Module):
         self.active.fill_(self._active)
 
 
-def bucket_range(w: torch.Tensor, buckets: str):
-    """(lo, hi) of ``w`` per bucket, shaped to broadcast against ``w``."""
-    w = w.detach()
-    if buckets == "tensor" or w.dim() < 2:
-        lo, hi = torch.aminmax(w)
-        return lo, hi
-    lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
-    shape = (w.shape[0],) + (1,) * (w.dim() - 1)
-    return lo.view(shape), hi.view(shape)
-
-
 class WeightQuantizer(Quantizer):
     """Fake-quantizes a weight on the min-max grid of each bucket (a row, or the whole tensor)."""
 
@@ -71,18 +59,19 @@ class WeightQuantizer(Quantizer):
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        lo, hi = bucket_range(w if range_of is None else range_of, self.buckets)
-        out = fake_quantize(w, lo, hi, self.bits)
+        out = self.grid(w if range_of is None else range_of).fake_quantize(w)
         self._cache = (key, out) if cacheable else None
         return out
 
+    def grid(self, w: torch.Tensor) -> Grid:
+        """The grid of each bucket of ``w``."""
+        return Grid.spanning(w, self.bits, self.buckets)
+
     @torch.no_grad()
     def codes(self, w: torch.Tensor):
-        """(integer codes, step, minimum) of ``w`` on this quantizer's grid, step and minimum per
-        bucket shaped to broadcast against ``w``: ``codes * step + minimum`` is ``forward(w)``."""
-        lo, hi = bucket_range(w, self.buckets)
-        lo, hi = lo.float(), hi.float()
-        return quantize_to_int(w.float(), lo, hi, self.bits), step_size(lo, hi, self.bits), lo
+        """(float32 codes, float32 grid) of ``w``: ``grid.dequantize(codes)`` is ``forward(w)``."""
+        grid = self.grid(w).to(torch.float32)
+        return grid.codes(w.float()), grid
 
     def extra_repr(self):
         return f"bits={self.bits}, buckets={self.buckets}, start_update={self.start_update}"
@@ -141,12 +130,20 @@ class ActivationQuantizer(Quantizer):
             self.initialized.logical_or_(seen)
             self._initialized = bool(self.initialized)
 
+    @property
+    def grid(self) -> Grid:
+        """The grid of the running range (float32 scalars)."""
+        return Grid(self.lo, self.hi, self.bits)
+
+    def usable_grid(self, max_bits: int = 8) -> bool:
+        """Whether this quantizer's outputs are codes of a grid an integer matmul can take."""
+        return self.enabled and self._initialized and self.bits <= max_bits
+
     def frozen_range(self):
         """(lo, hi, step) as Python floats, recomputed only when the buffers change."""
         key = (self.lo._version, self.hi._version, self.lo.data_ptr(), self.hi.data_ptr())
         if self._frozen is None or self._frozen[0] != key:
-            step = step_size(self.lo, self.hi, self.bits)
-            self._frozen = (key, (self.lo.item(), self.hi.item(), step.item()))
+            self._frozen = (key, self.grid.scalars())
         return self._frozen[1]
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -157,11 +154,8 @@ class ActivationQuantizer(Quantizer):
         if not self._initialized:
             return x
         if not self.training and not (torch.is_grad_enabled() and x.requires_grad):
-            # inference: the same arithmetic as fake_quantize, in place on one buffer
-            lo, hi, s = self.frozen_range()
-            return torch.clamp(x, lo, hi).sub_(lo).div_(s).round_().mul_(s).add_(lo)
-        return fake_quantize(x, self.lo.to(x.dtype), self.hi.to(x.dtype), self.bits,
-                             self.clip_gradient)
+            return fake_quantize_frozen(x, *self.frozen_range())
+        return self.grid.to(x.dtype).fake_quantize(x, self.clip_gradient)
 
     def extra_repr(self):
         return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "

@@ -1,0 +1,101 @@
+"""The b-bit grid: the one place that turns a range into a step, values into codes and back.
+
+A grid is ``2^b`` evenly spaced points ``lo + k * step``, ``k = 0 .. 2^b - 1``, with
+``step = (hi - lo) / (2^b - 1)`` (uniform, asymmetric min-max; zero is not nudged onto it).
+``lo``/``hi`` are tensors that broadcast against the values: one pair per bucket of a weight, or
+one scalar pair for an activation (an unsigned activation's ``lo`` is 0).  Fake quantization,
+the weight quantizers, the integer form of a linear layer, the integer export and the int8
+kernels all take their steps and codes from here.
+"""
+from typing import NamedTuple, Tuple
+
+import torch
+
+EPS = 1e-8
+BUCKETS = ("row", "tensor")
+
+
+def bucket_range(w: torch.Tensor, buckets: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(lo, hi) of ``w`` per bucket (a row, or the whole tensor), shaped to broadcast against it."""
+    w = w.detach()
+    if buckets == "tensor" or w.dim() < 2:
+        return torch.aminmax(w)
+    lo, hi = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
+    shape = (w.shape[0],) + (1,) * (w.dim() - 1)
+    return lo.view(shape), hi.view(shape)
+
+
+class Grid(NamedTuple):
+    lo: torch.Tensor
+    hi: torch.Tensor
+    bits: int
+
+    @classmethod
+    def spanning(cls, w: torch.Tensor, bits: int, buckets: str = "tensor") -> "Grid":
+        """The grid whose ends are the minimum and maximum of each bucket of ``w``."""
+        lo, hi = bucket_range(w, buckets)
+        return cls(lo, hi, bits)
+
+    @property
+    def top(self) -> int:
+        """The largest code, ``2^b - 1``."""
+        return 2**self.bits - 1
+
+    @property
+    def offset(self) -> int:
+        """``2^(b-1)``: subtracting it centres the codes into the signed b-bit range."""
+        return 2 ** (self.bits - 1)
+
+    def to(self, dtype) -> "Grid":
+        return Grid(self.lo.to(dtype), self.hi.to(dtype), self.bits)
+
+    def step(self) -> torch.Tensor:
+        """Guarded so that a constant tensor (hi == lo) gives no NaN or inf."""
+        return (self.hi - self.lo).clamp_min(EPS) / self.top
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes in [0, 2^b - 1] of x, clamped to the range, rounded half to even (float)."""
+        return torch.round((torch.clamp(x, self.lo, self.hi) - self.lo) / self.step())
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes * self.step() + self.lo
+
+    def restore(self, codes: torch.Tensor) -> torch.Tensor:
+        """Values whose bucket range is this grid again, bit for bit: ``dequantize`` with the top
+        code written as ``hi`` itself (what an integer export loads back)."""
+        return torch.where(codes == self.top, self.hi, self.dequantize(codes.float()))
+
+    def fake_quantize(self, x: torch.Tensor, clip_gradient: bool = True) -> torch.Tensor:
+        """x on the grid; gradient 1 where lo <= x <= hi and 0 where the clamp cut it (with
+        ``clip_gradient=False``, 1 everywhere: a plain straight-through estimator).  The range
+        receives no gradient."""
+        lo, hi = self.lo.detach(), self.hi.detach()
+        xc = torch.clamp(x, lo, hi) if clip_gradient else x
+        s = Grid(lo, hi, self.bits).step()
+        xq = torch.round((torch.clamp(x.detach(), lo, hi) - lo) / s) * s + lo
+        # xq + (xc - xc) keeps the value exactly on the grid and routes the gradient through xc.
+        return xq + (xc - xc.detach())
+
+    def scalars(self) -> Tuple[float, float, float]:
+        """(lo, hi, step) of a one-bucket grid as Python floats, for ``fake_quantize_frozen``."""
+        return self.lo.item(), self.hi.item(), self.step().item()
+
+    def centred_code_affine(self) -> Tuple[float, float, float, float]:
+        """(1/step, shift, min, max) with ``centred codes = clamp(round(x/step - shift), min,
+        max)`` of a one-bucket grid: the codes minus ``offset``, step taken in float64."""
+        lo = self.lo.double()
+        s = Grid(lo, self.hi.double(), self.bits).step()
+        return (float(1.0 / s), float(lo / s + self.offset), float(-self.offset),
+                float(self.top - self.offset))
+
+
+def fake_quantize_frozen(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
+    """``Grid.fake_quantize``'s value on a frozen scalar grid, in place on one new buffer
+    (inference: no gradient, a third of the kernels)."""
+    return torch.clamp(x, lo, hi).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+
+
+def centred_codes(x: torch.Tensor, affine: Tuple[float, float, float, float]) -> torch.Tensor:
+    """Centred codes of ``x`` (float integers) from ``Grid.centred_code_affine``."""
+    scale_inv, shift, cmin, cmax = affine
+    return (x * scale_inv).sub_(shift).round_().clamp_(cmin, cmax)
