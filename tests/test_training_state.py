@@ -82,3 +82,23 @@ def test_finetune_quantized_from_float_transformer(toy_data, tmp_path):
           "--disable-validation", "--finetune-from-model", float_dir / "checkpoint_last.pt")
     tuned = torch.load(qat_dir / "checkpoint_last.pt")["model"]
     assert bool(tuned["encoder.layers.0.self_attn.q_quant.initialized"])
+
+
+def test_training_with_int8_kernels_validates_and_resumes(toy_data, tmp_path):
+    """--quant-kernels int8 names the decoding arithmetic: training and validation never see
+    integer modules (they evaluate exactly), so the checkpoint and the optimizer state keep the
+    float model's layout and a resumed run goes on."""
+    from fullyqt.native import Int8Linear
+
+    data = toy_data[1]
+    common = (*TINY, "--quant-bits", "8", "--quant-kernels", "int8", "--log-format", "json",
+              "--log-interval", "1")
+    train(data, tmp_path, *common, "--max-update", "20")  # with validation after the epoch
+    first = torch.load(tmp_path / "checkpoint_last.pt")
+    assert "decoder.output_projection.weight" in first["model"]
+    second = train(data, tmp_path, *common, "--max-update", "30")
+    assert sorted(losses(second.stdout)) == list(range(21, 31))
+    trainer, model = make_trainer(data, tmp_path, "--quant-bits", "8", "--quant-kernels", "int8",
+                                  "--max-update", "30")
+    assert trainer.get_num_updates() == 30
+    assert not any(isinstance(m, Int8Linear) for m in model.modules())
