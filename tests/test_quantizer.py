@@ -176,3 +176,37 @@ def test_inference_path_is_bit_identical_to_training_arithmetic(bits):
     with torch.no_grad():  # a changed range is picked up, not served from the cache
         q.hi.mul_(0.5)
         assert torch.equal(q(x), Grid(q.lo, q.hi, bits).fake_quantize(x))
+
+
+def _reference_fake_quantize(x, lo, hi, bits, clip_gradient=True):
+    """The textbook chain, unfused: clamp, scale, round, rescale; gradient through the clamp."""
+    s = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
+    xc = torch.clamp(x, lo, hi) if clip_gradient else x
+    xq = torch.round((torch.clamp(x.detach(), lo, hi) - lo) / s) * s + lo
+    return xq + (xc - xc.detach())
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("clip_gradient", [True, False])
+@pytest.mark.parametrize("case", ["random", "clipped", "constant", "padded", "per-row"])
+def test_fused_fake_quantize_equals_the_unfused_reference(bits, clip_gradient, case):
+    x = torch.randn(6, 33) * 2
+    lo, hi = torch.tensor(-1.5), torch.tensor(2.0)
+    if case == "clipped":
+        x = x * 10  # most values beyond the range
+    elif case == "constant":
+        x, lo, hi = torch.full((6, 33), 0.7), torch.tensor(0.7), torch.tensor(0.7)
+    elif case == "padded":
+        x[:, 20:] = 0.0
+    elif case == "per-row":
+        lo, hi = x.amin(1, keepdim=True) * 0.8, x.amax(1, keepdim=True) * 0.9
+    upstream = torch.randn(6, 33)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fused = Grid(lo, hi, bits).fake_quantize(a, clip_gradient)
+    ref = _reference_fake_quantize(b, lo, hi, bits, clip_gradient)
+    assert torch.equal(fused, ref)
+    (fused * upstream).sum().backward()
+    (ref * upstream).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+    if case == "clipped" and clip_gradient:
+        assert (a.grad == 0).any() and (a.grad != 0).any()

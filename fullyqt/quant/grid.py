@@ -69,12 +69,8 @@ class Grid(NamedTuple):
         """x on the grid; gradient 1 where lo <= x <= hi and 0 where the clamp cut it (with
         ``clip_gradient=False``, 1 everywhere: a plain straight-through estimator).  The range
         receives no gradient."""
-        lo, hi = self.lo.detach(), self.hi.detach()
-        xc = torch.clamp(x, lo, hi) if clip_gradient else x
-        s = Grid(lo, hi, self.bits).step()
-        xq = torch.round((torch.clamp(x.detach(), lo, hi) - lo) / s) * s + lo
-        # xq + (xc - xc) keeps the value exactly on the grid and routes the gradient through xc.
-        return xq + (xc - xc.detach())
+        return _FakeQuantize.apply(x, self.lo.detach(), self.hi.detach(), self.bits,
+                                   clip_gradient)
 
     def scalars(self) -> Tuple[float, float, float]:
         """(lo, hi, step) of a one-bucket grid as Python floats, for ``fake_quantize_frozen``."""
@@ -87,6 +83,26 @@ class Grid(NamedTuple):
         s = Grid(lo, self.hi.double(), self.bits).step()
         return (float(1.0 / s), float(lo / s + self.offset), float(-self.offset),
                 float(self.top - self.offset))
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """One fused operation: the value on the grid, and for backward only the 1-byte mask of
+    where the clamp let x through (the straight-through gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, bits, clip_gradient):
+        s = Grid(lo, hi, bits).step()
+        ctx.clip_gradient = clip_gradient
+        if clip_gradient and x.requires_grad:
+            ctx.save_for_backward((x >= lo) & (x <= hi))
+        return torch.clamp(x, lo, hi).sub_(lo).div_(s).round_().mul_(s).add_(lo)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.clip_gradient:
+            (inside,) = ctx.saved_tensors
+            grad = torch.where(inside, grad, 0.0)
+        return grad, None, None, None, None
 
 
 def fake_quantize_frozen(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
