@@ -93,7 +93,7 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
         ctx.clip_gradient = clip_gradient
-        if clip_gradient and x.requires_grad:
+        if clip_gradient and ctx.needs_input_grad[0]:
             ctx.save_for_backward((x >= lo) & (x <= hi))
         return torch.clamp(x, lo, hi).sub_(lo).div_(s).round_().mul_(s).add_(lo)
 
