@@ -11,13 +11,19 @@ from .quant.config import KERNELS
 from .quant.linear import QuantLinear
 
 
-def prepare_for_inference(model: nn.Module, kernels: str = "exact") -> nn.Module:
+def set_kernels(model: nn.Module, kernels: str):
+    """The arithmetic of every quantized linear; ``int8`` evaluates exactly (the same numbers)
+    until ``prepare_for_inference`` swaps the modules."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels {kernels!r}: allowed {', '.join(KERNELS)}")
-    model.eval()
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.set_kernels("exact" if kernels == "int8" else kernels)
+
+
+def prepare_for_inference(model: nn.Module, kernels: str = "exact") -> nn.Module:
+    model.eval()
+    set_kernels(model, kernels)
     if kernels == "int8":
         from .native import to_native_int8
 

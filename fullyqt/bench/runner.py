@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 import torch
 
 from ..eval.bleu import corpus_bleu, hypotheses_from_generate
+from ..quant.weights import storage_key
 from .config import Experiment
 
 USER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +158,7 @@ def model_size(checkpoint: str, bits: Optional[int]) -> dict:
         if not t.is_floating_point() or t.dim() == 0 or "_quant" in name \
                 or name.endswith((".lo", ".hi", "_float_tensor", ".version")):
             continue
-        key = (t.untyped_storage().data_ptr(), t.shape)
+        key = storage_key(t)
         if key in seen:
             continue
         seen.add(key)

@@ -13,7 +13,7 @@ file loads wherever a fullyqt checkpoint does.
 import torch
 
 from ..quant.grid import Grid
-from ..quant.weights import quantized_parameters
+from ..quant.weights import quantized_parameters, storage_key
 from .packing import pack_codes, unpack_codes
 
 SEP = "@"
@@ -35,7 +35,7 @@ def pack_state(model, bits: int) -> dict:
             continue
         if q.bits != bits:
             raise ValueError(f"{name} was trained with {q.bits}-bit weights, not {bits}")
-        key = (t.untyped_storage().data_ptr(), tuple(t.shape))
+        key = storage_key(t)
         if key in first_of:
             packed[f"{name}{SEP}alias"] = first_of[key]
             continue

@@ -10,7 +10,7 @@ import copy
 import torch
 
 from ..quant.quantizer import Quantizer
-from ..quant.weights import dequantized_weights, quantized_parameters
+from ..quant.weights import dequantized_weights, quantized_parameters, storage_key
 
 STOCK_ARCH = {
     "fullyqt_transformer": "transformer",
@@ -44,15 +44,15 @@ def stock_state_dict(model) -> dict:
     quantizer_modules = {n for n, m in model.named_modules(remove_duplicate=False)
                          if isinstance(m, Quantizer)}
     out, first = {}, {}
-    for name, t in list(model.state_dict().items()) + [(n, None) for n in dense]:
-        if name in out or name.rsplit(".", 1)[0] in quantizer_modules:
-            continue
+    for name, t in model.state_dict().items():
+        if name.rsplit(".", 1)[0] in quantizer_modules or (name in stored and name not in dense):
+            continue  # quantizer state; a tensor a source multiplies into another weight
         if name in dense:
-            key = (stored[name][0].untyped_storage().data_ptr(),
-                   tuple(stored[name][0].shape)) if name in stored else name
-            out[name] = first.setdefault(key, dense[name].clone())
-        elif name not in stored:
-            out[name] = t
+            t = first.setdefault(storage_key(stored[name][0]) if name in stored else name,
+                                 dense[name].clone())
+        out[name] = t
+    for name, w in dense.items():  # weights a source makes from other tensors
+        out.setdefault(name, w.clone())
     return out
 
 

@@ -31,7 +31,7 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 from ..export.integer import is_packed, unpack_state
-from ..inference import prepare_for_inference
+from ..inference import prepare_for_inference, set_kernels
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
@@ -219,10 +219,8 @@ class FullyQTDecoder(TransformerDecoderBase):
         return FullyQTDecoderLayer(cfg, self.qcfg, self.pad, no_encoder_attn)
 
     def wire(self, encoder_out_quant):
-        """Wire every layer and the output projection (``project_in_dim`` reads the scaled
-        embedding, which no activation quantizer produced)."""
-        if self.project_in_dim is not None:
-            self.project_in_dim.feed_from(None)
+        """Wire every layer and the output projection (``project_in_dim`` stays unwired: it reads
+        the scaled embedding, which no activation quantizer produced)."""
         q = _output_quantizer(self.layernorm_embedding)
         for layer in self.layers:
             q = layer.feed_from(q, encoder_out_quant)
@@ -287,12 +285,7 @@ class FullyQTTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         decoder.wire(encoder.wire())
-        kernels = getattr(args, "quant_kernels", "exact")
-        # int8 modules replace the linears only in prepare_for_inference_; until then (and in
-        # training and validation) the linears evaluate exactly, with the same numbers
-        for m in self.modules():
-            if isinstance(m, QuantLinear):
-                m.set_kernels("exact" if kernels == "int8" else kernels)
+        set_kernels(self, getattr(args, "quant_kernels", "exact"))
 
     def prepare_for_inference_(self, cfg):
         """fairseq-generate, fairseq-interactive and ``from_pretrained`` call this once the model

@@ -8,6 +8,7 @@ import logging
 
 from torch import nn
 
+from ..quant.integer_form import MAX_BITS
 from ..quant.linear import QuantLinear
 from .int8_linear import Int8Linear
 
@@ -25,9 +26,9 @@ def to_native_int8(model: nn.Module) -> int:
         raise NativeConversionError("convert a model in eval mode (model.eval())")
     linears = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
     bad = sorted({m.weight_quant.bits for m in linears.values()
-                  if m.weight_quant.bits is None or m.weight_quant.bits > 8}, key=str)
+                  if m.weight_quant.bits is None or m.weight_quant.bits > MAX_BITS}, key=str)
     if bad:
-        raise NativeConversionError(f"int8 kernels need weights of at most 8 bits; "
+        raise NativeConversionError(f"int8 kernels need weights of at most {MAX_BITS} bits; "
                                     f"the model has {bad}")
     converted = 0
     for name, linear in linears.items():

@@ -95,7 +95,7 @@ class _FakeQuantize(torch.autograd.Function):
         ctx.clip_gradient = clip_gradient
         if clip_gradient and ctx.needs_input_grad[0]:
             ctx.save_for_backward((x >= lo) & (x <= hi))
-        return torch.clamp(x, lo, hi).sub_(lo).div_(s).round_().mul_(s).add_(lo)
+        return fake_quantize_frozen(x, lo, hi, s)
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,9 +105,9 @@ class _FakeQuantize(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def fake_quantize_frozen(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
-    """``Grid.fake_quantize``'s value on a frozen scalar grid, in place on one new buffer
-    (inference: no gradient, a third of the kernels)."""
+def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
+    """``Grid.fake_quantize``'s value, no gradient, in place on one new buffer; ``lo``/``hi``/
+    ``step`` are tensors or, for a frozen scalar grid in inference, Python floats."""
     return torch.clamp(x, lo, hi).sub_(lo).div_(step).round_().mul_(step).add_(lo)
 
 

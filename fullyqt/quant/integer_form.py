@@ -19,6 +19,8 @@ from torch import nn
 
 from .grid import Grid, centred_codes
 
+MAX_BITS = 8  # codes centred into int8
+
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int32 ``a @ b`` of integer-valued ``a`` (any dtype, values in int8) and int8 ``b``, by
@@ -38,8 +40,8 @@ class IntegerMatmul(nn.Module):
     def __init__(self, codes: torch.Tensor, weight_grid: Grid, input_grid: Grid,
                  bias: Optional[torch.Tensor] = None):
         super().__init__()
-        if weight_grid.bits > 8 or input_grid.bits > 8:
-            raise ValueError(f"an integer matmul needs <= 8 bits (weights {weight_grid.bits}, "
+        if max(weight_grid.bits, input_grid.bits) > MAX_BITS:
+            raise ValueError(f"an integer matmul needs <= {MAX_BITS} bits (weights {weight_grid.bits}, "
                              f"input {input_grid.bits})")
         n, k = codes.shape
         b = codes - weight_grid.offset

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .config import QuantConfig
+from .integer_form import MAX_BITS
 from .padding import PaddingContext, valid_mask
 from .quantizer import ActivationQuantizer
 from .weight_source import DenseWeight, WeightSource, tensor_version
@@ -71,7 +72,8 @@ class QuantLinear(nn.Linear):
         """The integer form on the current weight and ranges (cached), or None where the input
         grid is unknown or either side is wider than 8 bits."""
         grid, wq = self.input_grid, self.weight_quant
-        if grid is None or not (wq.enabled and wq.bits <= 8 and grid.usable_grid()):
+        if grid is None or not (wq.enabled and grid.has_range) or max(wq.bits,
+                                                                       grid.bits) > MAX_BITS:
             return None
         key = (self.source.version(self), grid.lo.data_ptr(), grid.lo._version,
                grid.hi._version, tensor_version(self.bias))

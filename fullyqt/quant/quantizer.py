@@ -135,9 +135,10 @@ class ActivationQuantizer(Quantizer):
         """The grid of the running range (float32 scalars)."""
         return Grid(self.lo, self.hi, self.bits)
 
-    def usable_grid(self, max_bits: int = 8) -> bool:
-        """Whether this quantizer's outputs are codes of a grid an integer matmul can take."""
-        return self.enabled and self._initialized and self.bits <= max_bits
+    @property
+    def has_range(self) -> bool:
+        """Whether its outputs lie on a grid: active and observed at least once."""
+        return self.enabled and self._initialized
 
     def frozen_range(self):
         """(lo, hi, step) as Python floats, recomputed only when the buffers change."""

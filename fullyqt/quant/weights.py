@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def storage_key(t: torch.Tensor) -> tuple:
+    """Equal for the names of one tied tensor (shared storage and shape)."""
+    return t.untyped_storage().data_ptr(), tuple(t.shape)
+
+
 def _modules(model: nn.Module):
     for name, module in model.named_modules(remove_duplicate=False):
         if hasattr(module, "quantized_parameters"):
