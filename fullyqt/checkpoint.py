@@ -6,8 +6,10 @@ from typing import Optional
 
 import torch
 
+from .errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """The file is missing, unreadable, or not the kind of checkpoint asked for."""
 
 

@@ -1,20 +1,53 @@
-"""One error line, not a traceback, for a bad fullyqt option that reaches the model through a
-fairseq tool's own code path (``--model-overrides``, a saved checkpoint's arguments)."""
+"""One error line, not a traceback, for a mistake the user can fix: a bad fullyqt option that
+reaches the model through a fairseq tool's own code path (``--model-overrides``, a saved
+checkpoint's arguments), an unreadable teacher checkpoint, a wrong dictionary."""
+import argparse
 import os
 import sys
 
-from .quant.config import QuantOptionError
+
+class UserError(ValueError):
+    """A mistake in the user's input; its message names the bad value and what is allowed."""
+
+
+def parse_number(option, value, cast, ok, allowed, error=UserError):
+    """``cast(value)`` if ``ok`` accepts it, else ``error`` naming the value and ``allowed``."""
+    try:
+        x = cast(str(value))
+    except ValueError:
+        x = None
+    if x is None or not ok(x):
+        raise error(f"{option}: got {value!r}; allowed: {allowed}")
+    return x
+
+
+def integer(text: str) -> int:
+    return int(text, 10)
+
+
+def checked_action(parse):
+    """An argparse action that validates with ``parse(option, value)`` and exits with one error
+    line (no usage dump) when it raises ``UserError``."""
+
+    class CheckedAction(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            try:
+                setattr(namespace, self.dest, parse(option_string, values))
+            except UserError as e:
+                parser.exit(2, f"{parser.prog}: error: {e}\n")
+
+    return CheckedAction
 
 
 def install_excepthook():
-    """Print an uncaught ``QuantOptionError`` as ``PROG: error: MESSAGE``; every other exception
-    goes to the hook that was there before."""
+    """Print an uncaught ``UserError`` as ``PROG: error: MESSAGE``; every other exception goes
+    to the hook that was there before."""
     previous = sys.excepthook
     if getattr(previous, "fullyqt", False):
         return
 
     def hook(kind, value, tb):
-        if issubclass(kind, QuantOptionError):
+        if issubclass(kind, UserError):
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fullyqt"
             sys.stderr.write(f"{prog}: error: {value}\n")
         else:

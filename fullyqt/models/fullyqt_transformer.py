@@ -30,6 +30,7 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import nn
 
+from ..distill.options import add_guards
 from ..export.integer import is_packed, unpack_state
 from ..inference import prepare_for_inference, set_kernels
 from ..quant.activation import QuantActivation
@@ -254,6 +255,7 @@ class FullyQTTransformerModel(TransformerModel):
     def add_args(parser):
         TransformerModel.add_args(parser)
         add_quant_args(parser)
+        add_guards(parser)
 
     @classmethod
     def build_model(cls, args, task):

@@ -1,46 +1,30 @@
 """Quantization options: command-line flags, validation, and the config object modules read."""
-import argparse
 from dataclasses import dataclass
 from typing import Optional
 
+from ..errors import UserError, checked_action, integer, parse_number
 from .quantizer import WEIGHT_BUCKETS, ActivationQuantizer, WeightQuantizer
 
 MIN_BITS, MAX_BITS = 2, 16
 
 
-class QuantOptionError(ValueError):
+class QuantOptionError(UserError):
     """A quantization option has a value outside what is allowed."""
 
 
 def _parse_bits(option, value):
-    try:
-        bits = int(str(value), 10)
-    except ValueError:
-        bits = None
-    if bits is None or not MIN_BITS <= bits <= MAX_BITS:
-        raise QuantOptionError(
-            f"{option}: got {value!r}; allowed: an integer from {MIN_BITS} to {MAX_BITS}")
-    return bits
+    return parse_number(option, value, integer, lambda b: MIN_BITS <= b <= MAX_BITS,
+                        f"an integer from {MIN_BITS} to {MAX_BITS}", QuantOptionError)
 
 
 def _parse_start(option, value):
-    try:
-        n = int(str(value), 10)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise QuantOptionError(f"{option}: got {value!r}; allowed: an integer >= 0")
-    return n
+    return parse_number(option, value, integer, lambda n: n >= 0, "an integer >= 0",
+                        QuantOptionError)
 
 
 def _parse_momentum(option, value):
-    try:
-        m = float(value)
-    except ValueError:
-        m = -1.0
-    if not 0.0 <= m < 1.0:
-        raise QuantOptionError(f"{option}: got {value!r}; allowed: a number in [0, 1)")
-    return m
+    return parse_number(option, value, float, lambda m: 0.0 <= m < 1.0, "a number in [0, 1)",
+                        QuantOptionError)
 
 
 def _parse_buckets(option, value):
@@ -58,36 +42,23 @@ def _parse_kernels(option, value):
     return value
 
 
-def _checked(parse):
-    """An argparse action that validates with ``parse`` and exits with one error line (no usage dump)."""
-
-    class CheckedAction(argparse.Action):
-        def __call__(self, parser, namespace, values, option_string=None):
-            try:
-                setattr(namespace, self.dest, parse(option_string, values))
-            except QuantOptionError as e:
-                parser.exit(2, f"{parser.prog}: error: {e}\n")
-
-    return CheckedAction
-
-
 def add_quant_args(parser):
     g = parser.add_argument_group("fullyqt quantization")
-    g.add_argument("--quant-bits", action=_checked(_parse_bits), metavar="B",
+    g.add_argument("--quant-bits", action=checked_action(_parse_bits), metavar="B",
                    help="bits for every weight and activation (2..16, default 8)")
-    g.add_argument("--quant-weight-bits", action=_checked(_parse_bits), metavar="B",
+    g.add_argument("--quant-weight-bits", action=checked_action(_parse_bits), metavar="B",
                    help="override --quant-bits for weights")
-    g.add_argument("--quant-act-bits", action=_checked(_parse_bits), metavar="B",
+    g.add_argument("--quant-act-bits", action=checked_action(_parse_bits), metavar="B",
                    help="override --quant-bits for activations")
-    g.add_argument("--quant-start-update", action=_checked(_parse_start), metavar="N",
+    g.add_argument("--quant-start-update", action=checked_action(_parse_start), metavar="N",
                    help="train in float until update N, then quantize; activation ranges start "
                         "from the live statistics at that point (default 0)")
-    g.add_argument("--quant-ema-momentum", action=_checked(_parse_momentum), metavar="M",
+    g.add_argument("--quant-ema-momentum", action=checked_action(_parse_momentum), metavar="M",
                    help="momentum of the running activation ranges (default 0.9)")
-    g.add_argument("--quant-weight-buckets", action=_checked(_parse_buckets),
+    g.add_argument("--quant-weight-buckets", action=checked_action(_parse_buckets),
                    metavar="{row,tensor}", help="one weight range per output row or per tensor "
                                                 "(default row)")
-    g.add_argument("--quant-kernels", action=_checked(_parse_kernels),
+    g.add_argument("--quant-kernels", action=checked_action(_parse_kernels),
                    metavar="{exact,fake,int8,fake64}",
                    help="inference arithmetic (training always fake-quantizes): exact (integer "
                         "codes multiplied exactly, bit-identical to int8; the default, used by "

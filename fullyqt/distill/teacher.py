@@ -1,0 +1,91 @@
+"""The teacher: a fairseq translation checkpoint rebuilt on the student's task, frozen.
+
+It is built with the student's dictionaries (so a dictionary that differs is caught before
+training starts), kept in eval mode without gradients, and never registered as a submodule of
+anything: it is not in the optimizer, not in the student's checkpoint, and it follows the
+student's device and dtype when it is first used.
+"""
+import os
+import torch
+from fairseq.models import ARCH_MODEL_REGISTRY, FairseqEncoderDecoderModel
+
+from ..checkpoint import arch_of, model_args, read_checkpoint
+from ..errors import UserError
+from .states import forward_with_states
+
+
+class DistillError(UserError):
+    """A teacher, student or option that cannot be distilled."""
+
+
+def _embedding_rows(weights: dict, key: str):
+    tensor = weights.get(key)
+    return tensor.size(0) if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 else None
+
+
+def _check_dictionaries(path: str, state: dict, task):
+    """Same sizes as the task's dictionaries, and the same symbols where the teacher's own
+    dictionary files are still on disk."""
+    weights, args = state["model"], model_args(state)
+    for side, key, dictionary in (
+            ("source", "encoder.embed_tokens.weight", task.source_dictionary),
+            ("target", "decoder.embed_tokens.weight", task.target_dictionary)):
+        rows = _embedding_rows(weights, key)
+        if rows is not None and rows != len(dictionary):
+            raise DistillError(f"{path}: the teacher's {side} dictionary has {rows} entries, the "
+                               f"task's has {len(dictionary)}; train the student on the "
+                               "teacher's binarized data (same dictionaries)")
+        lang = getattr(args, f"{side}_lang", None)
+        data = str(getattr(args, "data", "") or "").split(os.pathsep)[0]
+        own = os.path.join(data, f"dict.{lang}.txt") if lang and data else None
+        if own and os.path.isfile(own):
+            with open(own, encoding="utf-8") as f:
+                symbols = [line.split(" ", 1)[0] for line in f if line.strip()]
+            task_symbols = dictionary.symbols[dictionary.nspecial:]
+            if symbols[:len(task_symbols)] != task_symbols or len(symbols) != len(task_symbols):
+                raise DistillError(f"{path}: the teacher's {side} dictionary ({own}, "
+                                   f"{len(symbols)} symbols) differs from the task's "
+                                   f"({len(task_symbols)} symbols); train the student on the "
+                                   "teacher's binarized data")
+
+
+def load_teacher(path: str, task) -> FairseqEncoderDecoderModel:
+    """The frozen teacher model in eval mode, on CPU (``Teacher`` moves it on first use)."""
+    state = read_checkpoint(path)
+    arch = arch_of(state)
+    cls = ARCH_MODEL_REGISTRY.get(arch)
+    if cls is None:
+        raise DistillError(f"{path}: unknown teacher architecture {arch!r}")
+    if not issubclass(cls, FairseqEncoderDecoderModel):
+        raise DistillError(f"{path}: architecture {arch!r} is not a translation "
+                           "(encoder-decoder) model")
+    _check_dictionaries(path, state, task)
+    from fairseq import checkpoint_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    cfg = state["cfg"]
+    model = task.build_model(cfg.model)
+    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class Teacher:
+    """Holds the frozen teacher (a plain object, not an ``nn.Module``, so that nothing of it
+    reaches the criterion's parameters or state dict)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+
+    def follow(self, reference: torch.Tensor):
+        """Move to the device and floating dtype of ``reference`` (a student parameter)."""
+        p = next(self.model.parameters())
+        if p.device != reference.device or p.dtype != reference.dtype:
+            self.model.to(device=reference.device, dtype=reference.dtype)
+
+    @torch.no_grad()
+    def __call__(self, net_input, with_states: bool):
+        self.model.eval()
+        return forward_with_states(self.model, net_input, with_states)
