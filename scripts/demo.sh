@@ -23,7 +23,7 @@ for variant in float 8bit; do
   fairseq-train "$out/bin" "${common[@]}" "${flags[@]}" --save-dir "$out/$variant" \
     > "$out/$variant.train.log" 2>&1
   fairseq-generate "$out/bin" --user-dir fullyqt --path "$out/$variant/checkpoint_last.pt" \
-    --beam 5 --batch-size 64 --cpu > "$out/$variant.gen.txt" 2> "$out/$variant.gen.log"
+    --beam 5 --batch-size 64 --required-batch-size-multiple 1 --cpu > "$out/$variant.gen.txt" 2> "$out/$variant.gen.log"
   echo -n "$variant: "
   python -m fullyqt.eval.bleu "$out/$variant.gen.txt" "$out/raw/test.tgt"
 done

@@ -14,7 +14,8 @@ from tests.conftest import REPO, USER_DIR, build_model
 
 @pytest.mark.parametrize("preset", presets())
 def test_every_config_parses_into_fairseq_args(preset, toy_data):
-    for exp in load_preset(preset).variants:
+    loaded = load_preset(preset)
+    for exp in loaded.variants + loaded.extra_variants:
         parser = options.get_training_parser()
         args = options.parse_args_and_arch(
             parser, [str(toy_data[1]), "--user-dir", USER_DIR, *exp.flags()])
@@ -76,6 +77,29 @@ def test_a_baseline_outside_the_preset_is_named(tmp_path):
         load_preset("smoke", root=str(tmp_path))
 
 
+def test_distillation_variants_name_their_teacher(tmp_path):
+    import shutil
+
+    cpu = load_preset("cpu-small")
+    by_name = {v.name: v for v in cpu.variants + cpu.extra_variants}
+    assert by_name["fullyqt4-kd"].teacher == "float"
+    assert by_name["fullyqt4-kd"].train["criterion"] == "fullyqt_distill"
+    assert by_name["fullyqt4-finetune"].train["criterion"] == "label_smoothed_cross_entropy"
+    assert by_name["small-seqkd"].distill_data == "float"
+    assert by_name["small-seqkd"].baseline == "small"
+    # the KD run and its no-KD control differ in the criterion options only
+    kd, plain = by_name["fullyqt4-kd"].train, by_name["fullyqt4-finetune"].train
+    assert {k for k in kd if kd.get(k) != plain.get(k)} == {"criterion", "kd-weight",
+                                                             "kd-temperature"}
+    # a main-job variant may not depend on one that only --full-grid runs
+    shutil.copytree(os.path.join(REPO, "configs", "cpu-small"), tmp_path / "cpu-small")
+    (tmp_path / "cpu-small" / "fullyqt4-kd.yaml").write_text(
+        "inherit: fullyqt4-finetune.yaml\nteacher: fullyqt8\n")
+    with pytest.raises(ConfigError, match=r"fullyqt4-kd.yaml refers to 'fullyqt8', not a variant "
+                                          r"of this preset's grid"):
+        load_preset("cpu-small", root=str(tmp_path))
+
+
 def test_kernel_timing_cli_names_a_bad_size():
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "huge"],
                           capture_output=True, text=True, cwd=REPO)
@@ -118,6 +142,13 @@ def test_report_writer(tmp_path):
             "30.85 vs 30.80 (+0.05)") in md
     assert md.count("vs CTranslate2 int8 PTQ") == 2  # PTQ rows are not compared with each other
     assert "for `fullyqt8 → CT2 int8`" not in md
+    # a distilled 4-bit model against its teacher (the 2.0-BLEU goal) and its float control
+    rows.append({**rows[1], "variant": "fullyqt4-kd", "bits": 4, "bleu": 28.5, "teacher": "float",
+                 "baseline": "float-finetune", "teacher_share": 0.25})
+    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
+    assert ("`fullyqt4-kd` distilled from `float`: 28.50 vs the teacher's 30.00 (-1.50) (4-bit "
+            "goal, within 2.0: met); its control `float-finetune` (float, same recipe) 31.00 "
+            "(-2.50); the teacher's forward pass takes 25% of update time.") in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     from fullyqt.bench.report import rewrite
 
@@ -165,3 +196,10 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert step["size"] == "cpu-small" and all(
         step[k] > 0 for k in ("float ms", "fake-quant ms", "int8 kernels ms"))
     assert "[float] update" in proc.stdout  # progress is shown
+    # distillation: word-level from the float model, sequence-level on its translations
+    assert rows["fullyqt8-kd"]["teacher"] == "float"
+    assert rows["fullyqt8-kd"]["num_updates"] == rows["fullyqt8-finetune"]["num_updates"]
+    assert "`fullyqt8-kd` distilled from `float`" in md
+    distilled = json.loads((out / "data" / "distilled-float" / "distill.json").read_text())
+    assert distilled["sentences"] == 3000 and distilled["beam"] == 5
+    assert rows["seqkd"]["teacher"] == "float" and rows["seqkd"]["baseline"] == "float"

@@ -11,9 +11,10 @@ class Payload:
 
 def bleu_of(data, ckpt, raw):
     out = cli("fairseq-generate", data, "--user-dir", USER_DIR, "--path", ckpt, "--beam", "5",
-              "--batch-size", "64", "--cpu", "--gen-subset", "test")
+              "--batch-size", "64", "--required-batch-size-multiple", "1", "--cpu",
+              "--gen-subset", "test")
     refs = (raw / "test.tgt").read_text().splitlines()
-    return corpus_bleu(hypotheses_from_generate(out.stdout.splitlines()), refs)[0]
+    return corpus_bleu(hypotheses_from_generate(out.stdout.splitlines(), len(refs)), refs)[0]
 
 
 def test_train_generate_bleu_far_above_untrained(toy_data, trained_8bit, tmp_path):

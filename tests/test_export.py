@@ -22,7 +22,7 @@ def export(*args, check=True):
 
 def hyps(data, ckpt, n, user_dir=True, env=None, subset="test", log=None):
     args = [data, "--path", ckpt, "--beam", "5", "--batch-size", "64", "--cpu",
-            "--gen-subset", subset]
+            "--required-batch-size-multiple", "1", "--gen-subset", subset]
     if user_dir:
         args += ["--user-dir", USER_DIR]
     out = cli("fairseq-generate", *args, env=env)

@@ -23,7 +23,7 @@ from .data import layout, prepare_bible
 from .kernels import measure
 from .profile import profile
 from .report import write_report
-from .runner import model_size, train, translate
+from .runner import distilled_data, model_size, train, translate
 
 
 def cpu_name():
@@ -105,6 +105,9 @@ def main(argv=None):
     p.add_argument("--data", help="prepared data directory (presets with data: external)")
     p.add_argument("--no-deploy", dest="deploy", action="store_false",
                    help="skip the int8-export and CTranslate2 rows")
+    p.add_argument("--full-grid", action="store_true",
+                   help="also run the preset's extra variants (e.g. sequence-level "
+                        "distillation), beyond the main job's")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
                    help="CPU threads for training and decoding (default: min(cores, 4))")
     a = p.parse_args(argv)
@@ -133,19 +136,27 @@ def main(argv=None):
     else:
         say(f"preparing the built-in corpus in {out}/data")
         data = prepare_bible(os.path.join(out, "data"), preset.bpe_vocab, preset.limits)
+    variants = preset.variants + (preset.extra_variants if a.full_grid else [])
+    # the main job's variants set the time unit, so --full-grid leaves their runs unchanged
     unit = budget / sum(v.cost for v in preset.variants) if budget else 0
     meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
             "machine": f"{cpu_name()}, {a.threads} threads",
             "torch": torch.__version__, "test sentences": None, "training budget (min)": budget}
     rows, trained = [], {}
-    for v in preset.variants:
+    for v in variants:
         dep = trained.get(v.match_updates)
         max_update = max(1, round(dep.num_updates * v.update_fraction)) if dep else None
         minutes = 0 if dep else unit * v.cost  # matched runs stop at the update count
         finetune = trained[v.finetune_from].checkpoint if v.finetune_from else None
-        result = train(v, data["bin"], os.path.join(out, "checkpoints", v.name),
+        teacher = ["--teacher-path", trained[v.teacher].checkpoint] if v.teacher else []
+        train_bin = data["bin"]
+        if v.distill_data:
+            train_bin = distilled_data(trained[v.distill_data].checkpoint, data["bin"],
+                                       os.path.join(out, "data", f"distilled-{v.distill_data}"),
+                                       threads=a.threads, say=say)
+        result = train(v, train_bin, os.path.join(out, "checkpoints", v.name),
                        minutes=minutes, max_update=max_update, finetune_from=finetune,
-                       threads=a.threads, say=say)
+                       extra_flags=teacher, threads=a.threads, say=say)
         trained[v.name] = result
         say(f"[{v.name}] translating the test set")
         dec = translate(result.checkpoint, data["bin"], data["test_ref"],
@@ -154,7 +165,10 @@ def main(argv=None):
         with open(data["test_ref"], encoding="utf-8") as f:
             meta["test sentences"] = sum(1 for _ in f)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
-                     "bits": v.bits, "baseline": v.baseline if v.bits else None,
+                     "bits": v.bits,
+                     "baseline": v.baseline if v.bits or v.distill_data else None,
+                     "teacher": v.teacher or v.distill_data,
+                     "teacher_share": result.teacher_share,
                      "bleu": dec.bleu, "signature": dec.signature,
                      **model_size(result.checkpoint, v.bits),
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
@@ -167,13 +181,14 @@ def main(argv=None):
                                     say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
-    if a.deploy and "float" in trained and any(v.name == "fullyqt8" for v in preset.variants):
-        say("profiling decoding: float, fake-quant and int8 kernels")
-        q8 = os.path.join(out, "checkpoints", "fullyqt8")
-        fake = "fullyqt8 fake-quant (float matmuls)"
+    q8 = next((n for n in ("fullyqt8", "fullyqt8-finetune") if n in trained), None)
+    if a.deploy and "float" in trained and q8:
+        say(f"profiling decoding: float, {q8} fake-quant and int8 kernels")
+        fake = f"{q8} fake-quant (float matmuls)"
         profile_rows = profile({"fairseq float": trained["float"].checkpoint,
-                                fake: trained["fullyqt8"].checkpoint,
-                                "fullyqt8 int8 native": os.path.join(q8, "model.int8.pt")},
+                                fake: trained[q8].checkpoint,
+                                f"{q8} int8 native": os.path.join(out, "checkpoints", q8,
+                                                                  "model.int8.pt")},
                                data["bin"], overrides={fake: {"quant_kernels": "fake"}})
         kernel_rows = None
         if preset.kernel_sizes:

@@ -30,6 +30,8 @@ class Experiment:
     match_updates: Optional[str] = None
     update_fraction: float = 1.0
     baseline: str = "float"  # the float variant its BLEU is judged against (same training)
+    teacher: Optional[str] = None  # variant whose checkpoint is --teacher-path (word-level KD)
+    distill_data: Optional[str] = None  # variant whose beam translations are the training data
 
     def flags(self) -> List[str]:
         return to_flags(self.train)
@@ -50,6 +52,7 @@ class Preset:
     limits: Dict[str, int] = field(default_factory=dict)
     time_budget_minutes: float = 0.0
     kernel_sizes: List[str] = field(default_factory=list)  # decoder-step timing, see kernels.py
+    extra_variants: List[Experiment] = field(default_factory=list)  # the full grid (--full-grid)
 
 
 def to_flags(options: Dict[str, object]) -> List[str]:
@@ -74,7 +77,7 @@ def _read(path):
 
 
 KEYS = {"description", "inherit", "train", "cost", "finetune_from", "match_updates",
-        "update_fraction", "baseline"}
+        "update_fraction", "baseline", "teacher", "distill_data"}
 
 
 def _merged(preset_dir: str, filename: str, seen=()) -> dict:
@@ -100,7 +103,8 @@ def load_experiment(preset_dir: str, name: str) -> Experiment:
     return Experiment(name, raw.get("description", ""), dict(raw.get("train") or {}),
                       float(raw.get("cost", 1.0)), raw.get("finetune_from"),
                       raw.get("match_updates"), float(raw.get("update_fraction", 1.0)),
-                      raw.get("baseline", Experiment.baseline))
+                      raw.get("baseline", Experiment.baseline), raw.get("teacher"),
+                      raw.get("distill_data"))
 
 
 def presets(root: str = CONFIG_ROOT) -> List[str]:
@@ -114,13 +118,17 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     pdir = os.path.join(root, name)
     raw = _read(os.path.join(pdir, "preset.yaml"))
     variants = [load_experiment(pdir, v) for v in raw.get("variants", [])]
-    names = {v.name for v in variants}
-    for v in variants:
-        deps = (v.finetune_from, v.match_updates) + ((v.baseline,) if v.bits else ())
+    extra = [load_experiment(pdir, v) for v in raw.get("extra_variants", [])]
+    names = {v.name for v in variants + extra}
+    for v in variants + extra:
+        names_here = {x.name for x in variants} if v in variants else names
+        deps = (v.finetune_from, v.match_updates, v.teacher, v.distill_data) + (
+            (v.baseline,) if v.bits else ())
         for dep in deps:
-            if dep and dep not in names:
+            if dep and dep not in names_here:
                 raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
-                                  f"this preset ({', '.join(sorted(names))})")
+                                  f"this preset's {'grid' if v in variants else 'full grid'} "
+                                  f"({', '.join(sorted(names_here))})")
     from .kernels import SIZES
 
     kernel_sizes = list(raw.get("kernel_sizes") or [])
@@ -129,4 +137,4 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
         raise ConfigError(f"{pdir}/preset.yaml: kernel_sizes {bad}: allowed: {', '.join(SIZES)}")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
                   dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)),
-                  kernel_sizes)
+                  kernel_sizes, extra)

@@ -51,6 +51,22 @@ def findings(rows: List[dict]) -> List[str]:
         out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
                    f"{r['bleu']:.2f} vs `{ref['variant']}` {ref['bleu']:.2f} ({delta:+.2f}).")
     for r in rows:
+        teacher = by_name.get(r.get("teacher") or "")
+        if r.get("kind", "trained") != "trained" or teacher is None:
+            continue
+        delta = r["bleu"] - teacher["bleu"]
+        line = (f"`{r['variant']}` distilled from `{teacher['variant']}`: {r['bleu']:.2f} vs the "
+                f"teacher's {teacher['bleu']:.2f} ({delta:+.2f})")
+        if r.get("bits") == 4:
+            line += f" (4-bit goal, within 2.0: {'met' if delta >= -2.0 else 'not met'})"
+        control = by_name.get(r.get("baseline") or "")
+        if control is not None and control is not teacher:
+            line += (f"; its control `{control['variant']}` (float, same recipe) "
+                     f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f})")
+        if r.get("teacher_share") is not None:
+            line += f"; the teacher's forward pass takes {r['teacher_share']:.0%} of update time"
+        out.append(line + ".")
+    for r in rows:
         if not r["variant"].endswith(" native"):
             continue
         fake = by_name.get(r["variant"].split(" int")[0])

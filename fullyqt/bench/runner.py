@@ -27,6 +27,7 @@ class TrainResult:
     num_updates: int
     sec_per_update: float
     wall_seconds: float
+    teacher_share: Optional[float] = None  # distillation: the teacher's share of update time
 
 
 def device_flags() -> List[str]:
@@ -68,7 +69,7 @@ def _train_record(line: str):
 
 def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
           max_update: Optional[int] = None, finetune_from: Optional[str] = None,
-          threads: int = 2, say=print) -> TrainResult:
+          extra_flags: List[str] = (), threads: int = 2, say=print) -> TrainResult:
     """fairseq-train one experiment; reuses a finished run found in save_dir."""
     done = os.path.join(save_dir, "train_result.json")
     if os.path.exists(done):
@@ -80,7 +81,7 @@ def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
     cmd = [os.path.join(BIN, "fairseq-train"), data_bin, "--user-dir", USER_DIR,
            "--save-dir", save_dir, *exp.flags(), *device_flags(), "--seed", "1",
            "--no-progress-bar", "--log-format", "json", "--log-interval", "10",
-           "--no-epoch-checkpoints", "--keep-last-epochs", "1"]
+           "--no-epoch-checkpoints", "--keep-last-epochs", "1", *extra_flags]
     if max_update:
         cmd += ["--max-update", str(max_update)]
     if minutes:
@@ -105,11 +106,27 @@ def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
     best = os.path.join(save_dir, "checkpoint_best.pt")
     ckpt = best if os.path.exists(best) else os.path.join(save_dir, "checkpoint_last.pt")
     n = int(torch.load(ckpt, map_location="cpu")["optimizer_history"][-1]["num_updates"])
+    shares = [float(r["teacher_share"]) for r in records[1:] if "teacher_share" in r]
     result = TrainResult(ckpt, n, statistics.median(steps) if steps else math.nan,
-                         time.time() - start)
+                         time.time() - start, statistics.median(shares) if shares else None)
     with open(done, "w") as f:
         json.dump(asdict(result), f)
     return result
+
+
+def distilled_data(teacher: str, data_bin: str, out_dir: str, *, threads: int,
+                   say=print) -> str:
+    """The training set translated by ``teacher`` (fullyqt-distill-data, beam 5); reused when
+    already made, resumed when stopped."""
+    if os.path.exists(os.path.join(out_dir, "distill.json")):
+        say(f"reusing the distilled training set {out_dir}")
+        return out_dir
+    say(f"translating the training set with the teacher into {out_dir}")
+    cmd = [os.path.join(BIN, "fullyqt-distill-data"), teacher, data_bin, "--out", out_dir,
+           "--beam", "5", "--batch-size", "64", "--threads", str(threads), "--no-progress-bar",
+           *(["--cpu"] if not torch.cuda.is_available() else [])]
+    run_logged(cmd, out_dir.rstrip("/") + ".log", env=thread_env(threads))
+    return out_dir
 
 
 @dataclass
@@ -132,7 +149,8 @@ def translate(checkpoint: str, data_bin: str, reference: str, out_path: str, *, 
     """fairseq-generate on the test split; BLEU of detokenized output against the raw text."""
     cmd = [os.path.join(BIN, "fairseq-generate"), data_bin, "--user-dir", USER_DIR,
            "--path", checkpoint, "--gen-subset", "test", "--beam", str(beam),
-           "--batch-size", str(batch_size), *device_flags(), *extra]
+           "--batch-size", str(batch_size), "--required-batch-size-multiple", "1",
+           *device_flags(), *extra]
     if post_process:
         cmd += ["--post-process", post_process]
     run_logged(cmd, out_path, env=thread_env(threads))

@@ -19,8 +19,9 @@ _HYP = re.compile(r"^D-(\d+)\t[^\t]*\t(.*)$")
 def hypotheses_from_generate(lines: Iterable[str], n: Optional[int] = None) -> List[str]:
     """Detokenized hypotheses of a fairseq-generate log in input order, one per sentence.
 
-    With ``n`` (the number of test sentences), a sentence fairseq produced no hypothesis for
-    counts as an empty translation instead of shifting the alignment.
+    With ``n`` (the number of references), every sentence must have one: fairseq-generate drops
+    the tail of a batch under its default ``--required-batch-size-multiple 8``, and scoring the
+    missing sentences as empty (or the rest against shifted references) would report a wrong BLEU.
     """
     by_id = {}
     for line in lines:
@@ -29,14 +30,15 @@ def hypotheses_from_generate(lines: Iterable[str], n: Optional[int] = None) -> L
             by_id.setdefault(int(m.group(1)), m.group(2))
     if not by_id:
         raise ValueError("no 'D-' lines found: is this the output of fairseq-generate?")
-    if n is None:
-        n = max(by_id) + 1
-        missing = sorted(set(range(n)) - set(by_id))
-        if missing:
-            raise ValueError(f"hypotheses missing for sentence ids {missing[:10]}")
-    elif max(by_id) >= n:
+    if n is not None and max(by_id) >= n:
         raise ValueError(f"sentence id {max(by_id)} in the output but only {n} references")
-    return [by_id.get(i, "") for i in range(n)]
+    n = max(by_id) + 1 if n is None else n
+    missing = sorted(set(range(n)) - set(by_id))
+    if missing:
+        raise ValueError(f"{len(by_id)} of {n} sentences translated (missing ids "
+                         f"{missing[:10]}{' ...' if len(missing) > 10 else ''}); run "
+                         "fairseq-generate with --required-batch-size-multiple 1")
+    return [by_id[i] for i in range(n)]
 
 
 def corpus_bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
@@ -62,7 +64,7 @@ def main(argv=None):
         score, sig = corpus_bleu(hyps, refs)
     except (OSError, ValueError) as e:
         sys.exit(f"bleu: error: {e}")
-    print(f"BLEU = {score:.2f}  ({sig})")
+    print(f"BLEU = {score:.2f}  ({len(hyps)} sentences; {sig})")
 
 
 if __name__ == "__main__":
