@@ -16,6 +16,7 @@ from tests.conftest import TINY, USER_DIR, build_model, cli
     ("--quant-ema-momentum", "1.5", "[0, 1)"),
     ("--quant-weight-buckets", "column", "row, tensor"),
     ("--quant-kernels", "int9", "exact, fake, int8, fake64"),
+    ("--quant-softmax-denominator-bits", "99", "integer from 2 to 16"),
 ])
 def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,
@@ -46,8 +47,19 @@ def test_overrides_and_float_switch(toy_data):
     assert attn.q_quant.bits == 8
     assert model.encoder.layers[0].fc2.output_quant.momentum == 0.9
 
-    float_model, _, _ = build_model(toy_data[1], "--no-quant")
+    model, _, _ = build_model(toy_data[1], "--quant-bits", "4",
+                              "--quant-softmax-denominator-bits", "8")
     from fullyqt.quant.coverage import quantization_points
+    bits = {}
+    for p in quantization_points(model):
+        bits.setdefault(p.name.endswith("softmax_denominator_quant"), set()).add(p.bits)
+    assert bits == {True: {8}, False: {4}}
+    n_attention = sum(1 for n, _ in model.named_modules() if n.endswith("attn"))
+    assert sum(1 for p in quantization_points(model)
+               if p.name.endswith("softmax_denominator_quant")) == n_attention > 0
+
+    float_model, _, _ = build_model(toy_data[1], "--no-quant", "--quant-softmax-denominator-bits",
+                                    "8")
     assert not any(p.active for p in quantization_points(float_model))
 
 

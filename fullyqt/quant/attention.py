@@ -30,7 +30,7 @@ class QuantMultiheadAttention(MultiheadAttention):
         self.k_quant = qcfg.act()
         self.v_quant = qcfg.act()
         self.softmax_numerator_quant = qcfg.act(unsigned=True)
-        self.softmax_denominator_quant = qcfg.act()
+        self.softmax_denominator_quant = qcfg.act(bits=qcfg.softmax_denominator_bits)
         self.softmax_output_quant = qcfg.act(unsigned=True)
         self.attn_output_quant = qcfg.act()
         self.out_proj.feed_from(self.attn_output_quant)

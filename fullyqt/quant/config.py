@@ -50,6 +50,10 @@ def add_quant_args(parser):
                    help="override --quant-bits for weights")
     g.add_argument("--quant-act-bits", action=checked_action(_parse_bits), metavar="B",
                    help="override --quant-bits for activations")
+    g.add_argument("--quant-softmax-denominator-bits", action=checked_action(_parse_bits),
+                   metavar="B", help="override the activation bits for the softmax denominators "
+                                     "(a sum of exponentials spanning orders of magnitude: the "
+                                     "point that collapses 4-bit activations first)")
     g.add_argument("--quant-start-update", action=checked_action(_parse_start), metavar="N",
                    help="train in float until update N, then quantize; activation ranges start "
                         "from the live statistics at that point (default 0)")
@@ -74,7 +78,7 @@ def set_quant_defaults(args):
     for name, default in (("quant_bits", 8), ("quant_weight_bits", None), ("quant_act_bits", None),
                           ("quant_start_update", 0), ("quant_ema_momentum", 0.9),
                           ("quant_weight_buckets", "row"), ("quant_kernels", "exact"),
-                          ("no_quant", False)):
+                          ("no_quant", False), ("quant_softmax_denominator_bits", None)):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
 
@@ -86,6 +90,7 @@ class QuantConfig:
     start_update: int = 0
     momentum: float = 0.9
     weight_buckets: str = "row"
+    softmax_denominator_bits: Optional[int] = None  # None: act_bits
 
     @classmethod
     def from_args(cls, args) -> "QuantConfig":
@@ -99,14 +104,19 @@ class QuantConfig:
             "--quant-weight-bits", args.quant_weight_bits)
         abits = bits if args.quant_act_bits is None else _parse_bits(
             "--quant-act-bits", args.quant_act_bits)
+        den = args.quant_softmax_denominator_bits
         return cls(wbits, abits,
                    _parse_start("--quant-start-update", args.quant_start_update),
                    _parse_momentum("--quant-ema-momentum", args.quant_ema_momentum),
-                   _parse_buckets("--quant-weight-buckets", args.quant_weight_buckets))
+                   _parse_buckets("--quant-weight-buckets", args.quant_weight_buckets),
+                   None if den is None else _parse_bits("--quant-softmax-denominator-bits", den))
 
     def weight(self, buckets: Optional[str] = None):
         return WeightQuantizer(self.weight_bits, buckets or self.weight_buckets, self.start_update)
 
-    def act(self, unsigned: bool = False, clip_gradient: bool = True):
-        return ActivationQuantizer(self.act_bits, self.momentum, unsigned, self.start_update,
+    def act(self, unsigned: bool = False, clip_gradient: bool = True,
+            bits: Optional[int] = None):
+        """An activation quantizer at ``act_bits`` (or ``bits``, when quantization is on)."""
+        bits = self.act_bits if bits is None or self.act_bits is None else bits
+        return ActivationQuantizer(bits, self.momentum, unsigned, self.start_update,
                                    clip_gradient)
