@@ -25,14 +25,16 @@ def integer(text: str) -> int:
     return int(text, 10)
 
 
-def checked_action(parse):
-    """An argparse action that validates with ``parse(option, value)`` and exits with one error
-    line (no usage dump) when it raises ``UserError``."""
+def checked_action(parse, with_namespace=False):
+    """An argparse action that validates with ``parse(option, value)`` (``with_namespace``:
+    ``parse(option, value, namespace)``, to check one option against another) and exits with
+    one error line (no usage dump) when it raises ``UserError``."""
 
     class CheckedAction(argparse.Action):
         def __call__(self, parser, namespace, values, option_string=None):
+            extra = (namespace,) if with_namespace else ()
             try:
-                setattr(namespace, self.dest, parse(option_string, values))
+                setattr(namespace, self.dest, parse(option_string, values, *extra))
             except UserError as e:
                 parser.exit(2, f"{parser.prog}: error: {e}\n")
 

@@ -6,7 +6,7 @@ from fairseq.sequence_generator import SequenceGenerator
 from torch.overrides import TorchFunctionMode
 
 from fullyqt.quant.coverage import format_table, quantization_points
-from tests.conftest import build_model, sample_batch
+from tests.conftest import TINY, build_model, cli, sample_batch, train
 
 MATMUL_LIKE = {F.linear: (0, 1), torch.matmul: (0, 1), torch.bmm: (0, 1),
                torch.Tensor.__matmul__: (0, 1), F.embedding: (1,), torch.einsum: None}
@@ -94,3 +94,13 @@ def test_coverage_listing_names_every_site(toy_data):
     assert all(p.bits == 6 and p.active for p in points)
     assert all(p.lo is not None and p.lo <= p.hi for p in points)
     assert "activation" in format_table(points)
+
+
+def test_coverage_of_a_stock_checkpoint_is_an_error(toy_data, tmp_path):
+    stock = ["--arch", "transformer", *TINY[2:]]
+    train(toy_data[1], tmp_path, *stock, "--max-update", "1", "--disable-validation",
+          user_dir=False)
+    proc = cli("fullyqt-coverage", tmp_path / "checkpoint_last.pt", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "architecture 'transformer' is not a fullyqt model; it has no quantization points")

@@ -29,6 +29,25 @@ def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, 
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--no-quant", "--quant-bits", "4"], "--quant-bits 4 contradicts --no-quant"),
+    (["--quant-act-bits", "4", "--no-quant"], "--no-quant contradicts --quant-act-bits"),
+    (["--quant-bits", "12", "--quant-kernels", "int8"],
+     "--quant-kernels int8: runs weights and activations of at most 8 bits (got 12-bit weights"),
+    (["--quant-act-bits", "10", "--quant-kernels", "int8"], "10-bit activations"),
+    (["--encoder-learned-pos"], "fullyqt_transformer does not support --encoder-learned-pos"),
+])
+def test_contradictions_and_unsupported_options_stop_with_one_line(toy_data, tmp_path, flags,
+                                                                    message):
+    proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, *flags,
+               "--save-dir", tmp_path, "--max-update", "1", "--cpu", "--max-tokens", "1000",
+               "--optimizer", "adam", "--lr", "1e-3", check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last.startswith("fairseq-train: error: ") and message in last, last
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_config_from_namespace_validates_too():
     ns = argparse.Namespace(quant_bits=1)
     with pytest.raises(QuantOptionError, match="--quant-bits: got 1"):
@@ -58,8 +77,7 @@ def test_overrides_and_float_switch(toy_data):
     assert sum(1 for p in quantization_points(model)
                if p.name.endswith("softmax_denominator_quant")) == n_attention > 0
 
-    float_model, _, _ = build_model(toy_data[1], "--no-quant", "--quant-softmax-denominator-bits",
-                                    "8")
+    float_model, _, _ = build_model(toy_data[1], "--no-quant")
     assert not any(p.active for p in quantization_points(float_model))
 
 

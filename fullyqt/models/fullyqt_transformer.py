@@ -35,7 +35,7 @@ from ..export.integer import is_packed, unpack_state
 from ..inference import prepare_for_inference, set_kernels
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
-from ..quant.config import QuantConfig, add_quant_args, set_quant_defaults
+from ..quant.config import QuantConfig, QuantOptionError, add_quant_args, set_quant_defaults
 from ..quant.embedding import QuantEmbedding, QuantSinusoidalPositionalEmbedding
 from ..quant.layer_norm import QuantLayerNorm
 from ..quant.linear import QuantLinear
@@ -57,8 +57,8 @@ def check_supported(args):
     for name in _UNSUPPORTED:
         value = getattr(args, name, None)
         if value:
-            raise ValueError(f"fullyqt_transformer does not support "
-                             f"--{name.replace('_', '-')} (got {value!r})")
+            raise QuantOptionError(f"fullyqt_transformer does not support "
+                                   f"--{name.replace('_', '-')} (got {value!r})")
 
 
 class EmbeddingSumQuantizer(ActivationQuantizer):

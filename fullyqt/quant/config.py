@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UserError, checked_action, integer, parse_number
+from .integer_form import MAX_BITS as MAX_INT8_BITS
 from .quantizer import WEIGHT_BUCKETS, ActivationQuantizer, WeightQuantizer
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -42,15 +43,34 @@ def _parse_kernels(option, value):
     return value
 
 
+# Options that set bits: with --no-quant, a contradiction refused at parse time (a saved
+# float checkpoint holds the defaults of both, so only the command line is checked).
+_BITS_OPTIONS = ("--quant-bits", "--quant-weight-bits", "--quant-act-bits",
+                 "--quant-softmax-denominator-bits")
+
+
+def _bits_option(option, value, namespace):
+    if getattr(namespace, "no_quant", False) is True:
+        raise QuantOptionError(f"{option} {value} contradicts --no-quant; drop one of them")
+    return _parse_bits(option, value)
+
+
+def _no_quant_flag(option, value, namespace):
+    given = [o for o in _BITS_OPTIONS if getattr(namespace, o[2:].replace("-", "_"), None)]
+    if given:
+        raise QuantOptionError(f"--no-quant contradicts {given[0]}; drop one of them")
+    return True
+
+
 def add_quant_args(parser):
     g = parser.add_argument_group("fullyqt quantization")
-    g.add_argument("--quant-bits", action=checked_action(_parse_bits), metavar="B",
+    g.add_argument("--quant-bits", action=checked_action(_bits_option, True), metavar="B",
                    help="bits for every weight and activation (2..16, default 8)")
-    g.add_argument("--quant-weight-bits", action=checked_action(_parse_bits), metavar="B",
+    g.add_argument("--quant-weight-bits", action=checked_action(_bits_option, True), metavar="B",
                    help="override --quant-bits for weights")
-    g.add_argument("--quant-act-bits", action=checked_action(_parse_bits), metavar="B",
+    g.add_argument("--quant-act-bits", action=checked_action(_bits_option, True), metavar="B",
                    help="override --quant-bits for activations")
-    g.add_argument("--quant-softmax-denominator-bits", action=checked_action(_parse_bits),
+    g.add_argument("--quant-softmax-denominator-bits", action=checked_action(_bits_option, True),
                    metavar="B", help="override the activation bits for the softmax denominators "
                                      "(a sum of exponentials spanning orders of magnitude: the "
                                      "point that collapses 4-bit activations first)")
@@ -69,7 +89,7 @@ def add_quant_args(parser):
                         "validation), fake (float matmuls on dequantized values), int8 (torch "
                         "integer matmuls; set by fullyqt-export int8/int6/int4), or fake64 (fake "
                         "with float64 accumulation: a slow numerical reference)")
-    g.add_argument("--no-quant", action="store_true",
+    g.add_argument("--no-quant", action=checked_action(_no_quant_flag, True), nargs=0,
                    help="switch quantization off: the same architecture trains in float")
 
 
@@ -104,6 +124,10 @@ class QuantConfig:
             "--quant-weight-bits", args.quant_weight_bits)
         abits = bits if args.quant_act_bits is None else _parse_bits(
             "--quant-act-bits", args.quant_act_bits)
+        if args.quant_kernels == "int8" and max(wbits, abits) > MAX_INT8_BITS:
+            raise QuantOptionError(f"--quant-kernels int8: runs weights and activations of at "
+                                   f"most {MAX_INT8_BITS} bits (got {wbits}-bit weights, "
+                                   f"{abits}-bit activations); use exact or fake")
         den = args.quant_softmax_denominator_bits
         return cls(wbits, abits,
                    _parse_start("--quant-start-update", args.quant_start_update),

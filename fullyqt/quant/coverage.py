@@ -75,8 +75,12 @@ def main(argv=None):
     p.add_argument("--data", help="data directory with the dictionaries (default: the one "
                                   "recorded in the checkpoint)")
     a = p.parse_args(argv)
-    from ..checkpoint import load_model
+    from ..checkpoint import arch_of, load_model, read_checkpoint
     try:
+        arch = arch_of(read_checkpoint(a.checkpoint))
+        if not str(arch).startswith("fullyqt"):
+            raise ValueError(f"{a.checkpoint}: architecture {arch!r} is not a fullyqt model; "
+                             "it has no quantization points")
         model = load_model(a.checkpoint, a.data)
     except (OSError, ValueError) as e:
         sys.exit(f"fullyqt-coverage: error: {e}")
