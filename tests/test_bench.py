@@ -189,6 +189,8 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60
+    assert all(r["scored"] == 60 for r in rows.values() if "scored" in r)
+    assert "Sentences scored: all 60 test sentences in every row." in md_text(out)
     md = (out / "report.md").read_text()
     assert "| fullyqt8 |" in md and "## Where decode time goes" in md
     assert "## Model time per decoding step by size" in md
@@ -203,3 +205,15 @@ def test_smoke_preset_end_to_end(tmp_path):
     distilled = json.loads((out / "data" / "distilled-float" / "distill.json").read_text())
     assert distilled["sentences"] == 3000 and distilled["beam"] == 5
     assert rows["seqkd"]["teacher"] == "float" and rows["seqkd"]["baseline"] == "float"
+
+
+def test_report_states_how_many_sentences_each_row_scored(tmp_path):
+    row = {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
+           "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
+           "sec_per_update": 1.0, "scored": 60}
+    meta = {"preset": "test", "test sentences": 60}
+    md = open(write_report(str(tmp_path), [row], meta)["md"]).read()
+    assert "Sentences scored: all 60 test sentences in every row." in md
+    short = {**row, "variant": "fullyqt8", "bits": 8, "scored": 59}
+    md = open(write_report(str(tmp_path), [row, short], meta)["md"]).read()
+    assert "Sentences scored: fewer than the 60 test sentences for `fullyqt8` 59." in md

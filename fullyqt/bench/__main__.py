@@ -76,7 +76,8 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
                                                                   fake.hypotheses),
                      "float_matmul_bleu": dec_float.bleu,
                      "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
-                     "decode_seconds": dec.seconds, "translated": dec.translated})
+                     "decode_seconds": dec.seconds, "translated": dec.translated,
+                     "scored": dec.scored})
     if v.bits == 8 or v.bits is None:
         name = f"{v.name} → CT2 int8" + (" (PTQ)" if v.bits is None else "")
         say(f"[{name}] converting and decoding with CTranslate2")
@@ -172,7 +173,7 @@ def main(argv=None):
                      "bleu": dec.bleu, "signature": dec.signature,
                      **model_size(result.checkpoint, v.bits),
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
-                     "translated": dec.translated,
+                     "translated": dec.translated, "scored": dec.scored,
                      "num_updates": result.num_updates, "sec_per_update": result.sec_per_update,
                      "train_minutes": result.wall_seconds / 60})
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")

@@ -52,4 +52,4 @@ def ct2_translate(model_dir: str, tok_src: str, spm_model: str, reference: str, 
     tokens = sum(len(r.hypotheses[0]) + 1 for r in results)  # + EOS, as fairseq counts
     score, sig = corpus_bleu(hyps, refs)
     return {"bleu": score, "signature": sig, "tokens_per_second": tokens / seconds,
-            "decode_seconds": seconds, "model_bytes": tree_bytes(model_dir)}
+            "decode_seconds": seconds, "model_bytes": tree_bytes(model_dir), "scored": len(hyps)}

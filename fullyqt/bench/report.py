@@ -102,6 +102,18 @@ def findings(rows: List[dict]) -> List[str]:
     return out
 
 
+def _scored(rows: List[dict], meta: dict) -> str:
+    """How many sentences each row's BLEU covers (all of them, or the rows that fall short)."""
+    n = meta.get("test sentences")
+    counts = {r["variant"]: r.get("scored") for r in rows}
+    short = [f"`{v}` {c}" for v, c in counts.items() if c is not None and c != n]
+    if short:
+        return f"Sentences scored: fewer than the {n} test sentences for " + ", ".join(short) + "."
+    if n and all(c is not None for c in counts.values()):
+        return f"Sentences scored: all {n} test sentences in every row."
+    return ""
+
+
 def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = ()):
     lines = [f"# fullyqt benchmark: preset `{meta['preset']}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("preset", "notes")]
@@ -114,7 +126,7 @@ def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = (
     for r in rows:
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
     lines += ["", "BLEU: sacrebleu on detokenized hypotheses against the raw reference text; "
-              f"signature `{rows[0]['signature'] if rows else ''}`.",
+              f"signature `{rows[0]['signature'] if rows else ''}`.  {_scored(rows, meta)}",
               "Model bytes: for trained variants, b-bit weights with an fp32 scale and minimum "
               "per row bucket and fp32 biases (float: 4 bytes a parameter), tied embeddings "
               "once; for export and CTranslate2 rows, the size on disk.",

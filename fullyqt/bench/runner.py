@@ -139,6 +139,11 @@ class DecodeResult:
     hypotheses: List[str] = field(default_factory=list, repr=False)
 
     @property
+    def scored(self) -> int:
+        """Sentences BLEU was computed on (every reference: fullyqt.eval.bleu refuses less)."""
+        return len(self.hypotheses)
+
+    @property
     def tokens_per_second(self):
         return self.target_tokens / self.seconds
 
