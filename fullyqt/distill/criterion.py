@@ -49,7 +49,7 @@ class DistillationCriterion(LabelSmoothedCrossEntropyCriterion):
         self.hidden_weight = float(getattr(args, "kd_hidden_weight", 0.0))
         self.layer_map = getattr(args, "kd_layer_map", None) or (None, None)
         model = load_teacher(args.teacher_path, task)
-        self.__dict__["teacher"] = Teacher(model)  # not a submodule: see Teacher
+        self.teacher = Teacher(model)  # a plain object, so not a submodule: see Teacher
         self.projections = nn.ModuleDict()
         self._pairs = {}
         if self.hidden_weight > 0:
