@@ -217,3 +217,34 @@ def test_report_states_how_many_sentences_each_row_scored(tmp_path):
     short = {**row, "variant": "fullyqt8", "bits": 8, "scored": 59}
     md = open(write_report(str(tmp_path), [row, short], meta)["md"]).read()
     assert "Sentences scored: fewer than the 60 test sentences for `fullyqt8` 59." in md
+
+
+def test_readme_block_is_generated_from_results(tmp_path):
+    rows = [
+        {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
+         "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
+         "sec_per_update": 1.0},
+        {"variant": "fullyqt4-kd", "description": "q", "bits": 4, "bleu": 28.75, "signature": "s",
+         "params": 1000, "model_bytes": 600, "tokens_per_second": 80.0, "num_updates": 3,
+         "sec_per_update": 1.5, "baseline": "float", "teacher": "float"},
+    ]
+    paths = write_report(str(tmp_path), rows, {"preset": "p", "date": "d", "machine": "m",
+                                               "test sentences": 60})
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold numbers\n<!-- results:end -->\nrest\n")
+    cmd = [sys.executable, "-m", "fullyqt.bench.readme", paths["json"], str(readme)]
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- results:begin -->\n") and text.endswith(
+        "<!-- results:end -->\nrest\n")
+    assert "old numbers" not in text
+    assert ("| fullyqt4-kd | 4 | 28.75 | -1.25 vs `float`; -1.25 vs teacher `float` | 0.15x | 80 "
+            "| 3 | 1.50x |") in text
+    assert "| float | float | 30.00 | – | 1.00x | 100 | 10 | 1.00x |" in text
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
+    assert readme.read_text() == text  # a rerun changes nothing
+    readme.write_text("no markers\n")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "needs one '<!-- results:begin -->' line before one" in proc.stderr
+    assert readme.read_text() == "no markers\n"

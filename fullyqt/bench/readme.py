@@ -1,0 +1,77 @@
+"""Write a benchmark's results table into a Markdown file between two markers, so the README's
+numbers come from ``results.json`` and cannot drift from the run they describe.
+
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md
+"""
+import argparse
+import json
+import os
+import sys
+from typing import List
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _num(value, fmt):
+    return "–" if value is None else format(value, fmt)
+
+
+def results_block(data: dict) -> List[str]:
+    """The table: every row of the run, its BLEU against its control and its teacher."""
+    meta, rows = data["meta"], data["rows"]
+    by_name = {r["variant"]: r for r in rows}
+    lines = [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`, "
+             f"{meta.get('test sentences')} test sentences; generated from `results.json` by "
+             "`python -m fullyqt.bench.readme`.", "",
+             "| variant | bits | BLEU | vs control | size vs float | decode tok/s | updates | "
+             "time/update vs float |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        control = by_name.get(r.get("baseline") or "")
+        versus = (f"{r['bleu'] - control['bleu']:+.2f} vs `{control['variant']}`"
+                  if control is not None and control is not r else "–")
+        teacher = by_name.get(r.get("teacher") or "")
+        if teacher is not None:
+            versus += f"; {r['bleu'] - teacher['bleu']:+.2f} vs teacher `{teacher['variant']}`"
+        engine = " (CT2)" if "→ CT2" in r["variant"] else ""
+        lines.append(" | ".join([
+            f"| {r['variant']}", str(r.get("bits") or "float"), f"{r['bleu']:.2f}", versus,
+            _num(r.get("size_vs_float"), ".2f") + "x",
+            _num(r.get("tokens_per_second"), ".0f") + engine,
+            _num(r.get("num_updates"), ",") if r.get("kind", "trained") == "trained" else "–",
+            (_num(r.get("time_per_update_vs_float"), ".2f") + "x")
+            if r.get("kind", "trained") == "trained" else "–"]) + " |")
+    return lines
+
+
+def update(results_path: str, markdown_path: str):
+    with open(results_path, encoding="utf-8") as f:
+        data = json.load(f)
+    with open(markdown_path, encoding="utf-8") as f:
+        text = f.read()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(f"{markdown_path}: needs one '{BEGIN}' line before one '{END}' line")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    new = head + BEGIN + "\n" + "\n".join(results_block(data)) + "\n" + END + tail
+    tmp = markdown_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(new)
+    os.replace(tmp, markdown_path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fullyqt.bench.readme",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("results", help="a benchmark's results.json")
+    p.add_argument("markdown", help="the file to update (e.g. README.md)")
+    a = p.parse_args(argv)
+    try:
+        update(a.results, a.markdown)
+    except (OSError, ValueError) as e:
+        sys.exit(f"{p.prog}: error: {e}")
+    except KeyError as e:
+        sys.exit(f"{p.prog}: error: {a.results}: not a benchmark results file (no {e})")
+
+
+if __name__ == "__main__":
+    main()
