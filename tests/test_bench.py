@@ -107,15 +107,16 @@ def test_kernel_timing_cli_names_a_bad_size():
     assert "--sizes: got 'huge'; allowed: cpu-small, base, big" in proc.stderr
 
 
+def row(variant, **fields):
+    """A trained row as the benchmark writes it (float-like defaults)."""
+    return {"variant": variant, "description": "d", "bits": None, "bleu": 30.0,
+            "signature": "s", "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0,
+            "num_updates": 10, "sec_per_update": 1.0, **fields}
+
+
 def test_report_writer(tmp_path):
-    rows = [
-        {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
-         "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
-         "sec_per_update": 1.0},
-        {"variant": "fullyqt8", "description": "q", "bits": 8, "bleu": 29.5, "signature": "s",
-         "params": 1000, "model_bytes": 1100, "tokens_per_second": 80.0, "num_updates": 10,
-         "sec_per_update": 1.3},
-    ]
+    rows = [row("float"), row("fullyqt8", bits=8, bleu=29.5, model_bytes=1100,
+                              tokens_per_second=80.0, sec_per_update=1.3)]
     paths = write_report(str(tmp_path), rows, {"preset": "test"})
     data = json.loads(open(paths["json"]).read())
     assert [r["variant"] for r in data["rows"]] == ["float", "fullyqt8"]
@@ -208,26 +209,19 @@ def test_smoke_preset_end_to_end(tmp_path):
 
 
 def test_report_states_how_many_sentences_each_row_scored(tmp_path):
-    row = {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
-           "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
-           "sec_per_update": 1.0, "scored": 60}
+    full = row("float", scored=60)
     meta = {"preset": "test", "test sentences": 60}
-    md = open(write_report(str(tmp_path), [row], meta)["md"]).read()
+    md = open(write_report(str(tmp_path), [full], meta)["md"]).read()
     assert "Sentences scored: all 60 test sentences in every row." in md
-    short = {**row, "variant": "fullyqt8", "bits": 8, "scored": 59}
-    md = open(write_report(str(tmp_path), [row, short], meta)["md"]).read()
+    short = row("fullyqt8", bits=8, scored=59)
+    md = open(write_report(str(tmp_path), [full, short], meta)["md"]).read()
     assert "Sentences scored: fewer than the 60 test sentences for `fullyqt8` 59." in md
 
 
 def test_readme_block_is_generated_from_results(tmp_path):
-    rows = [
-        {"variant": "float", "description": "d", "bits": None, "bleu": 30.0, "signature": "s",
-         "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0, "num_updates": 10,
-         "sec_per_update": 1.0},
-        {"variant": "fullyqt4-kd", "description": "q", "bits": 4, "bleu": 28.75, "signature": "s",
-         "params": 1000, "model_bytes": 600, "tokens_per_second": 80.0, "num_updates": 3,
-         "sec_per_update": 1.5, "baseline": "float", "teacher": "float"},
-    ]
+    rows = [row("float"), row("fullyqt4-kd", bits=4, bleu=28.75, model_bytes=600,
+                              tokens_per_second=80.0, num_updates=3, sec_per_update=1.5,
+                              baseline="float", teacher="float")]
     paths = write_report(str(tmp_path), rows, {"preset": "p", "date": "d", "machine": "m",
                                                "test sentences": 60})
     readme = tmp_path / "README.md"
