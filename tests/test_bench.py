@@ -41,6 +41,18 @@ def test_bad_preset_name_lists_the_allowed_ones():
     assert "preset 'nope': allowed:" in proc.stderr
 
 
+def test_missing_data_directory_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "wmt-base",
+                           "--data", str(tmp_path / "missing"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"python -m fullyqt.bench: error: --data {tmp_path / 'missing'}: not a prepared data "
+        "directory (missing ")
+    assert not out.exists()
+
+
 def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
     import shutil
 

@@ -134,6 +134,12 @@ def main(argv=None):
     out = os.path.abspath(a.out)
     if a.data:
         data = layout(os.path.abspath(a.data))
+        absent = [data[k] for k in ("bin", "spm", "test_ref", "test_tok")
+                  if not os.path.exists(data[k])]
+        if absent or not os.path.isfile(os.path.join(data["bin"], "dict.src.txt")):
+            p.exit(2, f"{p.prog}: error: --data {a.data}: not a prepared data directory (missing "
+                      f"{(absent or [os.path.join(data['bin'], 'dict.src.txt')])[0]}); make it "
+                      "with scripts/prepare-wmt14.sh\n")
     else:
         say(f"preparing the built-in corpus in {out}/data")
         data = prepare_bible(os.path.join(out, "data"), preset.bpe_vocab, preset.limits)
