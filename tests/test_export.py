@@ -175,4 +175,15 @@ def test_refuses_to_overwrite_and_non_fullyqt_and_corrupt(toy_data, trained_8bit
     proc = export(trained_8bit, "--format", "ctranslate2", "--out", tmp_path / "ct2",
                   "--data", tmp_path / "no-such-dir", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "exists.pt", "stock.pt"]
+    (tmp_path / "a-dir").mkdir()
+    for fmt, out, err in (
+            ("int8", tmp_path / "a-dir", "a-dir is a directory; --format int8 writes a file"),
+            ("ctranslate2", tmp_path / "stock.pt", "is a file; --format ctranslate2 writes a "
+                                                   "directory"),
+            ("int8", tmp_path / "nowhere" / "m.pt", "nowhere does not exist")):
+        proc = export(trained_8bit, "--format", fmt, "--out", out, "--force", check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert err in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not list((tmp_path / "a-dir").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "corrupt.pt", "exists.pt",
+                                                          "stock.pt"]

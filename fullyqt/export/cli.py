@@ -63,6 +63,15 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         raise ExportError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
     if os.path.exists(out) and not force:
         raise ExportError(f"{out} exists; pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise ExportError(f"--out {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"--out {out}: directory {parent} is not writable")
+    if fmt != "ctranslate2" and os.path.isdir(out):
+        raise ExportError(f"--out {out} is a directory; --format {fmt} writes a file")
+    if fmt == "ctranslate2" and os.path.isfile(out):
+        raise ExportError(f"--out {out} is a file; --format ctranslate2 writes a directory")
     state = read_checkpoint(checkpoint)
     arch = arch_of(state) or "unknown"
     if not arch.startswith("fullyqt_transformer"):
@@ -128,6 +137,8 @@ def main(argv=None):
         out = export(a.checkpoint, a.format, a.out, a.force, a.data)
     except (ExportError, CheckpointError, RuntimeError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except OSError as e:  # e.g. the disk filled up while writing: nothing was left behind
+        p.exit(2, f"{p.prog}: error: writing {a.out}: {e.strerror or e}\n")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs) \
         if os.path.isdir(out) else os.path.getsize(out)
     print(f"wrote {out} ({a.format}, {size:,} bytes)")
