@@ -18,7 +18,7 @@ import time
 import torch
 
 from ..errors import UserError, checked_action, integer, parse_number
-from .teacher import load_teacher
+from .teacher import load_teacher, read_teacher
 
 PART_SENTENCES = 2000  # translations per saved part (what a stopped run can lose at most)
 
@@ -70,19 +70,15 @@ def _split_prefix(data, subset, src, tgt):
 def _setup(args):
     """The teacher's task on ``args.data`` and the teacher model, dictionaries checked."""
     from fairseq import tasks
-    from fairseq.checkpoint_utils import load_checkpoint_to_cpu
 
-    from ..checkpoint import read_checkpoint
-
-    read_checkpoint(args.teacher)
-    cfg = load_checkpoint_to_cpu(args.teacher)["cfg"]
-    task_cfg = cfg.task
+    states = read_teacher(args.teacher)
+    task_cfg = states[1]["cfg"].task
     if hasattr(task_cfg, "data"):
         task_cfg.data = args.data
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: no such data directory")
     task = tasks.setup_task(task_cfg)
-    return task, load_teacher(args.teacher, task)
+    return task, load_teacher(args.teacher, task, states)
 
 
 class Parts:

@@ -49,8 +49,9 @@ def _check_dictionaries(path: str, state: dict, task):
                                    "teacher's binarized data")
 
 
-def load_teacher(path: str, task) -> FairseqEncoderDecoderModel:
-    """The frozen teacher model in eval mode, on CPU (``Teacher`` moves it on first use)."""
+def read_teacher(path: str):
+    """(the checkpoint as saved, as fairseq upgrades it), after the checks that name a missing,
+    unreadable or non-translation teacher."""
     state = read_checkpoint(path)
     arch = arch_of(state)
     cls = ARCH_MODEL_REGISTRY.get(arch)
@@ -59,13 +60,19 @@ def load_teacher(path: str, task) -> FairseqEncoderDecoderModel:
     if not issubclass(cls, FairseqEncoderDecoderModel):
         raise DistillError(f"{path}: architecture {arch!r} is not a translation "
                            "(encoder-decoder) model")
-    _check_dictionaries(path, state, task)
     from fairseq import checkpoint_utils
 
-    state = checkpoint_utils.load_checkpoint_to_cpu(path)
-    cfg = state["cfg"]
+    return state, checkpoint_utils.load_checkpoint_to_cpu(path)
+
+
+def load_teacher(path: str, task, states=None) -> FairseqEncoderDecoderModel:
+    """The frozen teacher model in eval mode, on CPU (``Teacher`` moves it on first use);
+    ``states``: what ``read_teacher(path)`` returned, if the caller has it already."""
+    state, upgraded = states or read_teacher(path)
+    _check_dictionaries(path, state, task)
+    cfg = upgraded["cfg"]
     model = task.build_model(cfg.model)
-    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    model.load_state_dict(upgraded["model"], strict=True, model_cfg=cfg.model)
     model.eval()
     model.requires_grad_(False)
     return model
