@@ -47,8 +47,8 @@ def arch_of(state: dict) -> str:
         args.get("arch") or args.get("_name") if isinstance(args, dict) else None)
 
 
-def load_model(path: str, data: Optional[str] = None, **model_overrides):
-    """Build the model of a checkpoint with its saved weights, in eval mode.
+def load_model_and_task(path: str, data: Optional[str] = None, **model_overrides):
+    """The model of a checkpoint with its saved weights, in eval mode, and its fairseq task.
 
     ``data`` overrides the data directory recorded in the checkpoint (the dictionaries are read
     from there); ``model_overrides`` override other saved options (``quant_kernels="fake"``).
@@ -57,6 +57,11 @@ def load_model(path: str, data: Optional[str] = None, **model_overrides):
     from fairseq import checkpoint_utils
 
     overrides = dict(model_overrides, **({"data": data} if data else {})) or None
-    models, _cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [path], arg_overrides=overrides)
-    return models[0].eval()
+    return models[0].eval(), task
+
+
+def load_model(path: str, data: Optional[str] = None, **model_overrides):
+    """``load_model_and_task``'s model."""
+    return load_model_and_task(path, data, **model_overrides)[0]

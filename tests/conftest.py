@@ -61,6 +61,23 @@ def trained_8bit(toy_data, tmp_path_factory):
     return save / "checkpoint_last.pt"
 
 
+def make_trainer(data, save_dir, *extra):
+    """A fairseq Trainer on TRAIN + TINY + extra that has loaded save_dir's last checkpoint."""
+    from fairseq import checkpoint_utils, options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [str(data), "--user-dir", USER_DIR, "--save-dir",
+                                                str(save_dir), *TRAIN, *TINY, *extra])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
+    checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
+    return trainer, model
+
+
 def build_model(data, *extra, arch_args=TINY):
     """Build a model through fairseq's own parser and task, as fairseq-train does."""
     from fairseq import options, tasks

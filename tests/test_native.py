@@ -208,3 +208,14 @@ def test_int_matmul_matches_an_integer_reference_for_any_row_count():
     b[:, 1] = torch.randint(-128, 128, (k,), dtype=torch.int8)
     ref = a.long() @ b.long()
     assert ref.abs().max() > 2**24 and torch.equal(int_matmul(a, b).long(), ref)
+
+
+@pytest.mark.parametrize("k,n", [(1, 24), (24, 1), (1, 1)])
+def test_integer_matmul_of_a_matrix_with_a_side_of_one(k, n):
+    """torch._int_mm on CPU misreads a (1, n) matrix with transposed strides; the integer form
+    hands it row-major tensors (a compacted FFN can keep a single unit)."""
+    from fullyqt.quant.integer_form import int_matmul
+
+    a = torch.randint(-128, 128, (5, k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), dtype=torch.int8).t()  # transposed view, as stored
+    assert torch.equal(int_matmul(a, b), (a.double() @ b.double()).to(torch.int32))

@@ -2,24 +2,8 @@
 import json
 
 import torch
-from fairseq import checkpoint_utils, options, tasks
-from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-from fairseq.trainer import Trainer
-
 from fullyqt.quant.quantizer import Quantizer
-from tests.conftest import TINY, TRAIN, USER_DIR, train
-
-
-def make_trainer(data, save_dir, *extra):
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, [str(data), "--user-dir", USER_DIR, "--save-dir",
-                                                str(save_dir), *TRAIN, *TINY, *extra])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    model = task.build_model(cfg.model)
-    trainer = Trainer(cfg, task, model, task.build_criterion(cfg.criterion))
-    checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
-    return trainer, model
+from tests.conftest import TINY, make_trainer, train
 
 
 def quantizer_state(model):

@@ -3,6 +3,7 @@
     fullyqt-export CKPT --format int8 --out model.int8.pt        # packed integer weights
     fullyqt-export CKPT --format fairseq --out model.stock.pt    # plain stock transformer
     fullyqt-export CKPT --format ctranslate2 --out ct2_model/    # CTranslate2 int8 directory
+    fullyqt-export CKPT --format compact --out model.compact.pt  # pruned heads / units removed
 """
 import argparse
 import os
@@ -12,15 +13,23 @@ import tempfile
 
 import torch
 
-from ..checkpoint import CheckpointError, arch_of, load_model, model_args, read_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    arch_of,
+    load_model,
+    load_model_and_task,
+    model_args,
+    read_checkpoint,
+)
+from ..errors import UserError
 from ..quant.config import QuantConfig
 from .integer import FORMAT_KEY, pack_state
 
-FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2")
+FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2", "compact")
 
 
-class ExportError(ValueError):
-    pass
+class ExportError(UserError):
+    """The checkpoint cannot be written in the format asked for, or not to that place."""
 
 
 def _atomic_save(obj, path):
@@ -81,6 +90,14 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         raise ExportError(f"{checkpoint}: already an export ({state[FORMAT_KEY]['format']}); "
                           "export from the training checkpoint")
     args = model_args(state)
+    if fmt == "compact":
+        return _compact(checkpoint, state, args, out, data)
+    if getattr(args, "prune_compact_shapes", None) and fmt == "fairseq":
+        raise ExportError(f"--format fairseq: {checkpoint} is a compacted model with per-layer "
+                          "head counts and FFN sizes, which a stock fairseq transformer cannot "
+                          "hold; use --format int8/int6/int4 or ctranslate2")
+    if getattr(args, "prune_compact_shapes", None) and fmt == "ctranslate2":
+        return _compact_ctranslate2(checkpoint, args, out, data)
     qcfg = QuantConfig.from_args(argparse.Namespace(**vars(args)))
     if fmt.startswith("int"):
         bits = int(fmt[3:])
@@ -122,6 +139,43 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
     return out
 
 
+def _compact(checkpoint, state, args, out, data):
+    if not getattr(args, "prune_method", None):
+        raise ExportError(f"--format compact: {checkpoint} was not trained with --prune-method; "
+                          "there is nothing to remove")
+    if getattr(args, "quant_weight_buckets", "row") != "row":
+        raise ExportError("--format compact: needs one weight range per row (the model was "
+                          f"trained with --quant-weight-buckets {args.quant_weight_buckets}): "
+                          "removing heads would move a per-tensor range")
+    from ..prune.compact import compact_state
+
+    model = load_model(checkpoint, data)
+    compact, shapes = compact_state(model)
+    saved = {k: v for k, v in state.items() if k == "extra_state"}
+    saved.update(with_model_args(state, prune_method=None,
+                                 prune_compact_shapes=shapes.to_json()))
+    saved.update(model=compact, last_optimizer_state=None, optimizer_history=[
+        {**state["optimizer_history"][-1], "num_updates":
+         state["optimizer_history"][-1].get("num_updates", 0)}])
+    _atomic_save(saved, out)
+    return out
+
+
+def _compact_ctranslate2(checkpoint, args, out, data):
+    from .ctranslate2_compact import check_supported, convert_compact
+
+    check_supported(args)
+    model, task = load_model_and_task(checkpoint, data)
+    tmp = tempfile.mkdtemp(prefix=".ct2-", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        convert_compact(model, args, task, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, out)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="fullyqt-export", description=__doc__.splitlines()[0],
                                 epilog="\n".join(__doc__.splitlines()[2:]),
@@ -135,7 +189,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         out = export(a.checkpoint, a.format, a.out, a.force, a.data)
-    except (ExportError, CheckpointError, RuntimeError, FileNotFoundError) as e:
+    except (UserError, CheckpointError, RuntimeError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except OSError as e:  # e.g. the disk filled up while writing: nothing was left behind
         p.exit(2, f"{p.prog}: error: writing {a.out}: {e.strerror or e}\n")

@@ -10,6 +10,7 @@ import copy
 import torch
 
 from ..quant.quantizer import Quantizer
+from ..quant.weight_source import WeightSource
 from ..quant.weights import dequantized_weights, quantized_parameters, storage_key
 
 STOCK_ARCH = {
@@ -26,7 +27,7 @@ def stock_args(args) -> argparse.Namespace:
     if arch is None:
         raise ValueError(f"architecture {ns.arch!r} has no stock equivalent "
                          f"(known: {', '.join(STOCK_ARCH)})")
-    for name in [k for k in vars(ns) if k.startswith("quant_")] + ["no_quant"]:
+    for name in [k for k in vars(ns) if k.startswith(("quant_", "prune_"))] + ["no_quant"]:
         if hasattr(ns, name):
             delattr(ns, name)
     ns.arch = ns._name = arch
@@ -37,16 +38,17 @@ def stock_args(args) -> argparse.Namespace:
 @torch.no_grad()
 def stock_state_dict(model) -> dict:
     """Float state dict: quantized tensors replaced by the dequantized weights the modules
-    report, quantizer state dropped.  A tied weight keeps the value of its first name."""
+    report; the state of quantizers, weight sources and other modules marked ``stock = False``
+    (the pruner) dropped.  A tied weight keeps the value of its first name."""
     model.eval()
     stored = quantized_parameters(model)
     dense = dequantized_weights(model)
-    quantizer_modules = {n for n, m in model.named_modules(remove_duplicate=False)
-                         if isinstance(m, Quantizer)}
+    plugin = tuple(f"{n}." for n, m in model.named_modules(remove_duplicate=False)
+                   if isinstance(m, (Quantizer, WeightSource)) or not getattr(m, "stock", True))
     out, first = {}, {}
     for name, t in model.state_dict().items():
-        if name.rsplit(".", 1)[0] in quantizer_modules or (name in stored and name not in dense):
-            continue  # quantizer state; a tensor a source multiplies into another weight
+        if name.startswith(plugin) or (name in stored and name not in dense):
+            continue  # quantizer, weight source or pruner state; a tensor a source multiplies
         if name in dense:
             t = first.setdefault(storage_key(stored[name][0]) if name in stored else name,
                                  dense[name].clone())

@@ -10,6 +10,7 @@ Once built, every linear layer is handed the quantizer whose output it receives
 (``feed_from``), following the data flow of fairseq's encoder and decoder layers (post- or
 pre-norm); ``tests/test_wiring.py`` checks each wire against what the layer really receives.
 """
+import copy
 import logging
 
 import torch
@@ -31,8 +32,15 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 from ..distill.options import add_guards
+from ..errors import UserError
 from ..export.integer import is_packed, unpack_state
 from ..inference import prepare_for_inference, set_kernels
+from ..prune.attach import attach_pruning, symmetric_weights
+from ..prune.options import PruneConfig, add_prune_args
+from ..prune.scores import BlockScores
+from ..prune.shapes import compact_shapes
+from ..prune.pruner import Pruner
+from ..prune.structure import describe
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
 from ..quant.config import QuantConfig, QuantOptionError, add_quant_args, set_quant_defaults
@@ -96,9 +104,16 @@ def _quant_positions(module, qcfg):
         module.padding_idx, qcfg=qcfg)
 
 
+def _layer_config(cfg, stack: str, ffn: int):
+    """A copy of ``cfg`` with one layer's FFN size (a compacted model's layers differ)."""
+    cfg = copy.deepcopy(cfg)
+    getattr(cfg, stack).ffn_embed_dim = ffn
+    return cfg
+
+
 class FullyQTEncoderLayer(TransformerEncoderLayerBase):
-    def __init__(self, cfg, qcfg: QuantConfig, pad: PaddingContext):
-        self.qcfg, self.pad = qcfg, pad
+    def __init__(self, cfg, qcfg: QuantConfig, pad: PaddingContext, heads=None):
+        self.qcfg, self.pad, self.heads = qcfg, pad, heads
         super().__init__(cfg)
         dim = self.embed_dim
         self.self_attn_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
@@ -115,7 +130,7 @@ class FullyQTEncoderLayer(TransformerEncoderLayerBase):
     def build_self_attention(self, embed_dim, cfg):
         return QuantMultiheadAttention(
             embed_dim, cfg.encoder.attention_heads, qcfg=self.qcfg, pad=self.pad,
-            dropout=cfg.attention_dropout, self_attention=True)
+            heads=self.heads, dropout=cfg.attention_dropout, self_attention=True)
 
     def feed_from(self, x_quant):
         """Wire the linears given the quantizer of the layer input; returns the quantizer of
@@ -129,8 +144,9 @@ class FullyQTEncoderLayer(TransformerEncoderLayerBase):
 
 
 class FullyQTDecoderLayer(TransformerDecoderLayerBase):
-    def __init__(self, cfg, qcfg: QuantConfig, pad: PaddingContext, no_encoder_attn=False):
-        self.qcfg, self.pad = qcfg, pad
+    def __init__(self, cfg, qcfg: QuantConfig, pad: PaddingContext, no_encoder_attn=False,
+                 heads=None, cross_heads=None):
+        self.qcfg, self.pad, self.heads, self.cross_heads = qcfg, pad, heads, cross_heads
         super().__init__(cfg, no_encoder_attn)
         dim = self.embed_dim
         self.self_attn_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
@@ -145,12 +161,12 @@ class FullyQTDecoderLayer(TransformerDecoderLayerBase):
     def build_self_attention(self, embed_dim, cfg, add_bias_kv=False, add_zero_attn=False):
         return QuantMultiheadAttention(
             embed_dim, cfg.decoder.attention_heads, qcfg=self.qcfg, pad=self.pad,
-            dropout=cfg.attention_dropout, self_attention=True)
+            heads=self.heads, dropout=cfg.attention_dropout, self_attention=True)
 
     def build_encoder_attention(self, embed_dim, cfg):
         return QuantMultiheadAttention(
             embed_dim, cfg.decoder.attention_heads, qcfg=self.qcfg, pad=self.pad,
-            kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim,
+            heads=self.cross_heads, kdim=cfg.encoder.embed_dim, vdim=cfg.encoder.embed_dim,
             dropout=cfg.attention_dropout, encoder_decoder_attention=True)
 
     def feed_from(self, x_quant, encoder_out_quant):
@@ -169,8 +185,8 @@ class FullyQTDecoderLayer(TransformerDecoderLayerBase):
 
 
 class FullyQTEncoder(TransformerEncoderBase):
-    def __init__(self, cfg, qcfg: QuantConfig, dictionary, embed_tokens):
-        self.qcfg, self.pad = qcfg, PaddingContext()
+    def __init__(self, cfg, qcfg: QuantConfig, dictionary, embed_tokens, shapes=None):
+        self.qcfg, self.pad, self.shapes = qcfg, PaddingContext(), shapes
         super().__init__(cfg, dictionary, embed_tokens)
         dim = embed_tokens.embedding_dim
         self.embed_positions = _quant_positions(self.embed_positions, qcfg)
@@ -179,7 +195,11 @@ class FullyQTEncoder(TransformerEncoderBase):
             self.layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=self.pad)
 
     def build_encoder_layer(self, cfg):
-        return FullyQTEncoderLayer(cfg, self.qcfg, self.pad)
+        if self.shapes is None:
+            return FullyQTEncoderLayer(cfg, self.qcfg, self.pad)
+        shape = self.shapes.pop(0)  # fairseq builds the layers in order
+        return FullyQTEncoderLayer(_layer_config(cfg, "encoder", shape.ffn), self.qcfg,
+                                   self.pad, heads=shape.heads)
 
     def wire(self):
         """Wire every layer; returns the quantizer of the encoder output (or None)."""
@@ -196,8 +216,9 @@ class FullyQTEncoder(TransformerEncoderBase):
 
 
 class FullyQTDecoder(TransformerDecoderBase):
-    def __init__(self, cfg, qcfg: QuantConfig, dictionary, embed_tokens, no_encoder_attn=False):
-        self.qcfg, self.pad = qcfg, PaddingContext()
+    def __init__(self, cfg, qcfg: QuantConfig, dictionary, embed_tokens, no_encoder_attn=False,
+                 shapes=None):
+        self.qcfg, self.pad, self.shapes = qcfg, PaddingContext(), shapes
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
         dim = self.embed_dim
         self.embed_positions = _quant_positions(self.embed_positions, qcfg)
@@ -217,7 +238,12 @@ class FullyQTDecoder(TransformerDecoderBase):
             quantize_input=not features_quantized)
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
-        return FullyQTDecoderLayer(cfg, self.qcfg, self.pad, no_encoder_attn)
+        if self.shapes is None:
+            return FullyQTDecoderLayer(cfg, self.qcfg, self.pad, no_encoder_attn)
+        shape = self.shapes.pop(0)
+        return FullyQTDecoderLayer(_layer_config(cfg, "decoder", shape.ffn), self.qcfg, self.pad,
+                                   no_encoder_attn, heads=shape.heads,
+                                   cross_heads=shape.cross_heads)
 
     def wire(self, encoder_out_quant):
         """Wire every layer and the output projection (``project_in_dim`` stays unwired: it reads
@@ -255,6 +281,7 @@ class FullyQTTransformerModel(TransformerModel):
     def add_args(parser):
         TransformerModel.add_args(parser)
         add_quant_args(parser)
+        add_prune_args(parser)
         add_guards(parser)
 
     @classmethod
@@ -263,6 +290,8 @@ class FullyQTTransformerModel(TransformerModel):
         set_quant_defaults(args)
         check_supported(args)
         QuantConfig.from_args(args)  # validate before building anything
+        PruneConfig.from_args(args)
+        compact_shapes(args)
         return super().build_model(args, task)
 
     @classmethod
@@ -275,19 +304,47 @@ class FullyQTTransformerModel(TransformerModel):
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
+        shapes = compact_shapes(args)
         return FullyQTEncoder(TransformerConfig.from_namespace(args), QuantConfig.from_args(args),
-                              src_dict, embed_tokens)
+                              src_dict, embed_tokens,
+                              shapes=None if shapes is None else list(shapes.encoder))
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
+        shapes = compact_shapes(args)
         return FullyQTDecoder(TransformerConfig.from_namespace(args), QuantConfig.from_args(args),
                               tgt_dict, embed_tokens,
-                              no_encoder_attn=getattr(args, "no_cross_attention", False))
+                              no_encoder_attn=getattr(args, "no_cross_attention", False),
+                              shapes=None if shapes is None else list(shapes.decoder))
 
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         decoder.wire(encoder.wire())
+        pcfg = PruneConfig.from_args(args)
+        self.pruner = attach_pruning(self, pcfg) if pcfg is not None else None
+        if compact_shapes(args) is not None:
+            symmetric_weights(self)
+        self._log_interval = max(1, getattr(args, "log_interval", 100) or 100)
+        self._sentence_avg = bool(getattr(args, "sentence_avg", False))
         set_kernels(self, getattr(args, "quant_kernels", "exact"))
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        """The transformer's forward; while pruning trains, the output also carries the L1
+        penalty's gradient (so it applies under any criterion), weighted by the sample size the
+        criterion divides by."""
+        out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        if self.pruner is None or not self.training:
+            return out
+        count = prev_output_tokens.new_tensor(prev_output_tokens.size(0)) if (
+            self._sentence_avg) else prev_output_tokens.ne(self.decoder.padding_idx).sum()
+        return (self.pruner.add_penalty(out[0], count),) + tuple(out[1:])
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        if (self.pruner is not None and self.training and num_updates > 0
+                and num_updates % self._log_interval == 0):
+            logger.info("prune: update %d %s | %s", num_updates, self.pruner.summary(),
+                        describe(self))
 
     def prepare_for_inference_(self, cfg):
         """fairseq-generate, fairseq-interactive and ``from_pretrained`` call this once the model
@@ -297,25 +354,30 @@ class FullyQTTransformerModel(TransformerModel):
         prepare_for_inference(self, getattr(self.args, "quant_kernels", "exact"))
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Unpack an integer export; start quantizer state fresh when loading a float (stock
-        transformer) checkpoint."""
+        """Unpack an integer export; start quantizer and pruning state fresh when loading a
+        checkpoint without it (a float or dense model to quantize or prune)."""
         if is_packed(state_dict):
             unpack_state(state_dict, self.encoder.qcfg.weight_bits)
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
+        if self.pruner is None and any(k.endswith(".source.scores.raw") for k in state_dict):
+            raise UserError("the checkpoint holds pruning masks but the model is built without "
+                            "--prune-method: export it with fullyqt-export --format compact, "
+                            "or pass the --prune-* options it was trained with")
         own = self.state_dict()
-        missing = [k for k in own if prefix + k not in state_dict and _is_quantizer_state(self, k)]
+        missing = [k for k in own if prefix + k not in state_dict and _is_fresh_state(self, k)]
         for k in missing:
             state_dict[prefix + k] = own[k].clone()
         if missing:
-            logger.info("fullyqt: %d quantizer buffers absent from the checkpoint start fresh",
-                        len(missing))
+            logger.info("fullyqt: %d quantizer / pruning tensors absent from the checkpoint "
+                        "start fresh", len(missing))
 
 
-def _is_quantizer_state(model, key):
+def _is_fresh_state(model, key):
+    """Quantizer state and pruning scores: what a checkpoint without them starts afresh."""
     module_name = key.rsplit(".", 1)[0]
     try:
-        return isinstance(model.get_submodule(module_name), Quantizer)
+        return isinstance(model.get_submodule(module_name), (Quantizer, BlockScores, Pruner))
     except AttributeError:
         return False
 

@@ -5,6 +5,9 @@ fairseq's ``MultiheadAttention.forward`` hands non-incremental calls to
 any fake quantization placed in them.  This subclass keeps fairseq's parameters, incremental
 state layout and reordering, and replaces the forward with one explicit path:
 Q, K, V, the softmax numerator / denominator / output and the attention output are quantized.
+
+``heads`` (a compacted model) keeps the head size of ``num_heads`` heads but holds only
+``heads`` of them: projections of ``heads * head_dim`` rows (Q, K, V) and columns (output).
 """
 from typing import Dict, Optional
 
@@ -19,13 +22,22 @@ from .padding import PaddingContext, valid_mask
 
 class QuantMultiheadAttention(MultiheadAttention):
     def __init__(self, embed_dim, num_heads, *, qcfg: QuantConfig, pad: Optional[PaddingContext],
-                 **kwargs):
+                 heads: Optional[int] = None, **kwargs):
         for unsupported in ("add_bias_kv", "add_zero_attn"):
             if kwargs.get(unsupported):
                 raise ValueError(f"fullyqt attention does not support {unsupported}")
         super().__init__(embed_dim, num_heads, **kwargs)
         for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
             setattr(self, name, QuantLinear.wrap(getattr(self, name), qcfg=qcfg))
+        if heads is not None and heads != num_heads:
+            if not 1 <= heads <= num_heads:
+                raise ValueError(f"heads {heads}: allowed 1..{num_heads}")
+            inner = heads * self.head_dim
+            self.num_heads = heads
+            self.q_proj = QuantLinear(embed_dim, inner, qcfg=qcfg)
+            self.k_proj = QuantLinear(self.kdim, inner, qcfg=qcfg)
+            self.v_proj = QuantLinear(self.vdim, inner, qcfg=qcfg)
+            self.out_proj = QuantLinear(inner, embed_dim, qcfg=qcfg)
         self.q_quant = qcfg.act()
         self.k_quant = qcfg.act()
         self.v_quant = qcfg.act()
@@ -58,7 +70,7 @@ class QuantMultiheadAttention(MultiheadAttention):
                 attn_mask: Optional[Tensor] = None, before_softmax: bool = False,
                 need_head_weights: bool = False):
         need_weights = need_weights or need_head_weights
-        tgt_len, bsz, embed_dim = query.shape
+        tgt_len, bsz, _ = query.shape
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else None
         if saved is not None and static_kv and "prev_key" in saved:
             key = value = None  # encoder keys/values were projected at the first step
@@ -97,7 +109,7 @@ class QuantMultiheadAttention(MultiheadAttention):
         probs = self._quantized_softmax(scores, q_valid)
         probs_dropped = self.dropout_module(probs)
         out = torch.matmul(probs_dropped, v)  # (batch, heads, tgt, head_dim)
-        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim)
+        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.num_heads * self.head_dim)
         out = self.out_proj(self.attn_output_quant(out, q_valid))
 
         weights = None

@@ -1,7 +1,8 @@
 """The b-bit grid: the one place that turns a range into a step, values into codes and back.
 
 A grid is ``2^b`` evenly spaced points ``lo + k * step``, ``k = 0 .. 2^b - 1``, with
-``step = (hi - lo) / (2^b - 1)`` (uniform, asymmetric min-max; zero is not nudged onto it).
+``step = (hi - lo) / (2^b - 1)`` (uniform, asymmetric min-max; zero is not nudged onto it), or
+symmetric around an exact 0.0 (``Grid.spanning(..., symmetric=True)``: weights with pruned entries).
 ``lo``/``hi`` are tensors that broadcast against the values: one pair per bucket of a weight, or
 one scalar pair for an activation (an unsigned activation's ``lo`` is 0).  Fake quantization,
 the weight quantizers, the integer form of a linear layer, the integer export and the int8
@@ -31,10 +32,12 @@ class Grid(NamedTuple):
     bits: int
 
     @classmethod
-    def spanning(cls, w: torch.Tensor, bits: int, buckets: str = "tensor") -> "Grid":
-        """The grid whose ends are the minimum and maximum of each bucket of ``w``."""
+    def spanning(cls, w: torch.Tensor, bits: int, buckets: str = "tensor",
+                 symmetric: bool = False) -> "Grid":
+        """The grid whose ends are the minimum and maximum of each bucket of ``w``; with
+        ``symmetric``, the narrowest symmetric grid holding them (see ``symmetric_grid``)."""
         lo, hi = bucket_range(w, buckets)
-        return cls(lo, hi, bits)
+        return symmetric_grid(lo, hi, bits) if symmetric else cls(lo, hi, bits)
 
     @property
     def top(self) -> int:
@@ -83,6 +86,23 @@ class Grid(NamedTuple):
         s = Grid(lo, self.hi.double(), self.bits).step()
         return (float(1.0 / s), float(lo / s + self.offset), float(-self.offset),
                 float(self.top - self.offset))
+
+
+def symmetric_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
+    """The grid ``k * step``, ``k = -2^(b-1) .. 2^(b-1) - 1``, narrowest covering [lo, hi]: 0.0
+    is its point ``offset``, exactly, so a pruned (zero) weight quantizes, dequantizes and
+    exports as 0.0.
+
+    The step is rounded up to ``24 - bits`` significant bits, so every point is an exact float32
+    product, ``(hi - lo) / top`` gives the step back bit for bit, and the largest magnitude
+    lands on an end of the grid: the grid of restored (dequantized) values is the same grid.
+    """
+    half = 2 ** (bits - 1)
+    step = torch.maximum(-lo.float() / half, hi.float() / (half - 1)).clamp_min(EPS)
+    mantissa, exponent = torch.frexp(step)
+    scale = 2.0 ** (24 - bits)
+    step = torch.ldexp(torch.ceil(mantissa * scale) / scale, exponent)
+    return Grid((-half * step).to(lo.dtype), ((half - 1) * step).to(hi.dtype), bits)
 
 
 class _FakeQuantize(torch.autograd.Function):

@@ -29,7 +29,15 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     m, k = a.shape
     if m == 0 or (a.is_cuda and (m <= 16 or k % 8 or b.shape[1] % 8)):
         return (a.double() @ b.double()).to(torch.int32)
-    return torch._int_mm(a.to(torch.int8), b)
+    return torch._int_mm(row_major(a.to(torch.int8)), row_major(b))
+
+
+def row_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with strides (columns, 1).  A matrix with a side of 1 counts as contiguous whatever
+    its strides, and ``torch._int_mm`` on CPU misreads such strides (wrong sums, no error)."""
+    if t.stride() == (t.shape[1], 1):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 class IntegerMatmul(nn.Module):
@@ -53,7 +61,7 @@ class IntegerMatmul(nn.Module):
         bias = bias.double() if bias is not None else 0.0
         c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
         # the int8 codes, stored (in, out) so that _int_mm reads them without a copy
-        self.register_buffer("weight_t", b.to(torch.int8).t().contiguous(), persistent=False)
+        self.register_buffer("weight_t", row_major(b.to(torch.int8).t()), persistent=False)
         self.register_buffer("alpha", (s_x * s_w).float(), persistent=False)
         self.register_buffer("beta", (s_x * w0).float(), persistent=False)
         self.register_buffer("c", c.float(), persistent=False)

@@ -40,7 +40,10 @@ class Quantizer(nn.Module):
 
 
 class WeightQuantizer(Quantizer):
-    """Fake-quantizes a weight on the min-max grid of each bucket (a row, or the whole tensor)."""
+    """Fake-quantizes a weight on the min-max grid of each bucket (a row, or the whole tensor).
+
+    ``symmetric`` (set where pruning masks apply) takes symmetric grids, which hold 0.0 exactly:
+    a pruned weight stays exactly zero once quantized."""
 
     kind = "weight"
 
@@ -49,6 +52,7 @@ class WeightQuantizer(Quantizer):
         if buckets not in WEIGHT_BUCKETS:
             raise ValueError(f"weight buckets {buckets!r}: allowed {', '.join(WEIGHT_BUCKETS)}")
         self.buckets = buckets
+        self.symmetric = False
         self._cache = None
 
     def forward(self, w: torch.Tensor, range_of: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -65,7 +69,7 @@ class WeightQuantizer(Quantizer):
 
     def grid(self, w: torch.Tensor) -> Grid:
         """The grid of each bucket of ``w``."""
-        return Grid.spanning(w, self.bits, self.buckets)
+        return Grid.spanning(w, self.bits, self.buckets, self.symmetric)
 
     @torch.no_grad()
     def codes(self, w: torch.Tensor):
@@ -74,7 +78,8 @@ class WeightQuantizer(Quantizer):
         return grid.codes(w.float()), grid
 
     def extra_repr(self):
-        return f"bits={self.bits}, buckets={self.buckets}, start_update={self.start_update}"
+        return (f"bits={self.bits}, buckets={self.buckets}, start_update={self.start_update}"
+                + (", symmetric=True" if self.symmetric else ""))
 
 
 class ActivationQuantizer(Quantizer):

@@ -1,0 +1,1 @@
+"""Block movement pruning (Lagunas et al. 2021): learned block masks, then a compacted model."""

@@ -1,0 +1,63 @@
+"""Put block-masked weights into every attention projection and FFN matrix of a transformer."""
+from .blocks import BlockShape
+from .masked_weight import BlockMaskedWeight
+from .options import PruneConfig
+from .pruner import Pruner
+from .scores import BlockScores
+from .structure import attentions
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+MODULE = {"self": "self_attn", "cross": "encoder_attn"}
+
+
+def _tiling(block: BlockShape, layer, label):
+    rows, cols = block.tiles((layer.out_features, layer.in_features), label)
+    return (rows, cols), (layer.out_features // rows, layer.in_features // cols)
+
+
+def _mask(pruner, group, label, layer, block, gate_from=None):
+    tiles, size = _tiling(block, layer, label)
+    scores = BlockScores(tiles, pruner.pcfg.score_scale)
+    layer.source = BlockMaskedWeight(scores, size, pruner, gate_from=gate_from)
+    pruner.register(group, label, layer, scores)
+
+
+def _mask_ffn(pruner, label, layer, block: BlockShape):
+    fc1, fc2 = layer.fc1, layer.fc2
+    if block.cols is not None:
+        _mask(pruner, "ffn", f"{label}.fc1", fc1, block)
+        _mask(pruner, "ffn", f"{label}.fc2", fc2, block, gate_from=fc1)
+        return
+    scores = BlockScores((fc1.out_features, 1), pruner.pcfg.score_scale)  # one per unit
+    fc1.source = BlockMaskedWeight(scores, (1, fc1.in_features), pruner)
+    fc2.source = BlockMaskedWeight(scores, (fc2.out_features, 1), pruner, owns_scores=False,
+                                   transpose=True)
+    pruner.register("ffn", f"{label}.fc1", fc1, scores)
+    pruner.register("ffn", f"{label}.fc2", fc2)
+
+
+def symmetric_weights(model):
+    """Symmetric weight grids (0.0 exact) on every matrix pruning applies to: a masked model and
+    the compact model made from it quantize alike."""
+    for layers in (model.encoder.layers, model.decoder.layers):
+        for layer in layers:
+            for _, attn in attentions(layer):
+                for name in PROJECTIONS:
+                    getattr(attn, name).weight_quant.symmetric = True
+            layer.fc1.weight_quant.symmetric = layer.fc2.weight_quant.symmetric = True
+
+
+def attach_pruning(model, pcfg: PruneConfig) -> Pruner:
+    """A ``Pruner`` for ``model`` (to be set as its child); raises PruneOptionError for a block
+    shape that does not divide a matrix."""
+    pruner = Pruner(pcfg)
+    for stack, layers in (("encoder", model.encoder.layers), ("decoder", model.decoder.layers)):
+        for i, layer in enumerate(layers):
+            for kind, attn in attentions(layer):
+                for name in PROJECTIONS:
+                    label = f"{stack}.layers.{i}.{MODULE[kind]}.{name}"
+                    _mask(pruner, "attn", label, getattr(attn, name), pcfg.attn_block,
+                          gate_from=attn.v_proj if name == "out_proj" else None)
+            _mask_ffn(pruner, f"{stack}.layers.{i}", layer, pcfg.ffn_block)
+    symmetric_weights(model)
+    return pruner

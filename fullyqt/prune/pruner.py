@@ -1,0 +1,115 @@
+"""The pruner: one child of the model holding the schedule's current values, making every
+layer's mask from its scores, and adding the L1 penalty to the training loss."""
+from typing import Dict
+
+import torch
+from fairseq.logging import metrics
+from torch import nn
+
+from .options import PruneConfig
+from .scores import BlockScores
+
+GROUPS = ("attn", "ffn")
+
+
+class _AddToLoss(torch.autograd.Function):
+    """Identity on the model output; in backward, also hands ``weight`` to ``penalty`` as its
+    gradient: the same gradients as adding ``weight * penalty`` to the criterion's loss, for any
+    criterion, without changing the loss it reports."""
+
+    @staticmethod
+    def forward(ctx, output, penalty, weight):
+        ctx.save_for_backward(weight)
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad, weight.to(grad.dtype), None
+
+
+class Pruner(nn.Module):
+    """``threshold`` (sigmoid), ``density`` (topk) and ``penalty_weight`` follow the schedule
+    from ``set_num_updates`` and are saved, so a loaded model masks as it did when saved."""
+
+    stock = False  # not part of a stock transformer: the stock export leaves it out
+
+    def __init__(self, pcfg: PruneConfig):
+        super().__init__()
+        self.pcfg = pcfg
+        self.register_buffer("threshold", torch.tensor(0.0))
+        self.register_buffer("density", torch.tensor(1.0))
+        self.register_buffer("penalty_weight", torch.tensor(0.0))
+        self._values = (0.0, 1.0, 0.0)
+        # references, not children: each BlockScores is saved by the layer that owns it
+        self.__dict__["scores"] = {g: [] for g in GROUPS}
+        self.__dict__["matrices"] = []  # (group, label, QuantLinear)
+
+    def register(self, group: str, label: str, layer, scores: BlockScores = None):
+        self.matrices.append((group, label, layer))
+        if scores is not None:
+            self.scores[group].append(scores)
+
+    def _sync(self):
+        self._values = (float(self.threshold), float(self.density), float(self.penalty_weight))
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._sync()
+
+    def set_num_updates(self, num_updates: int):
+        p, s = self.pcfg, self.pcfg.schedule
+        self.threshold.fill_(s.rising(p.threshold, num_updates) if p.method == "sigmoid" else 0)
+        self.density.fill_(s.falling(p.density, num_updates) if p.method == "topk" else 1.0)
+        self.penalty_weight.fill_(s.rising(p.penalty, num_updates)
+                                  if p.method == "sigmoid" else 0.0)
+        self._sync()
+
+    def version(self) -> tuple:
+        return self._values[:2]
+
+    def mask(self, scores: BlockScores) -> torch.Tensor:
+        threshold, density, _ = self._values
+        return scores.mask(self.pcfg.method, threshold, density)
+
+    def penalty(self) -> torch.Tensor:
+        """mean(sigmoid(score)) per matrix, averaged per group, averaged over the groups."""
+        means = [torch.stack([torch.sigmoid(s.scores()).mean() for s in group]).mean()
+                 for group in self.scores.values() if group]
+        return torch.stack(means).mean()
+
+    @torch.no_grad()
+    def densities(self) -> Dict[str, float]:
+        """Share of the weights kept per group (pruned inputs of gated layers included)."""
+        kept, total = {}, {}
+        for group, _, layer in self.matrices:
+            m = layer.source.element_mask(layer)
+            kept[group] = kept.get(group, 0.0) + float(m.sum())
+            total[group] = total.get(group, 0) + m.numel()
+        return {g: kept[g] / total[g] for g in kept}
+
+    def summary(self) -> str:
+        threshold, density, weight = self._values
+        where = (f"threshold {threshold:.4f} lambda {weight:.3g}" if self.pcfg.method == "sigmoid"
+                 else f"target density {density:.3f}")
+        kept = " ".join(f"{g} {d:.3f}" for g, d in self.densities().items())
+        return f"{where} | density {kept}"
+
+    def add_penalty(self, output: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """``output`` carrying the penalty's gradient, ``count`` times (the criterion's sample
+        size: its loss is a sum, divided by the whole update's sample size before the step);
+        logs the penalty and the densities."""
+        weight = self._values[2]
+        if weight > 0:
+            penalty = self.penalty()
+            output = _AddToLoss.apply(output, penalty, count.float() * weight)
+            metrics.log_scalar("prune_penalty", weight * float(penalty.detach()), priority=900, round=4)
+        for group, d in self.densities().items():
+            metrics.log_scalar(f"{group}_density", d, priority=910, round=3)
+        return output
+
+    def extra_repr(self):
+        p = self.pcfg
+        return (f"method={p.method}, attn_block={p.attn_block}, ffn_block={p.ffn_block}, "
+                f"schedule={tuple(p.schedule)}")
+
