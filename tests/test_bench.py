@@ -28,7 +28,8 @@ def test_every_config_parses_into_fairseq_args(preset, toy_data):
 def test_configs_build_models(preset, toy_data):
     for exp in load_preset(preset).variants:
         model, _, _ = build_model(toy_data[1], *exp.flags(), arch_args=[])
-        n_quant = sum(1 for n, _ in model.named_modules() if n.endswith("_quant"))
+        n_quant = sum(1 for n, m in model.named_modules()
+                      if n.endswith("_quant") and getattr(m, "bits", None) is not None)
         assert (n_quant > 0) == (exp.bits is not None), exp.name
 
 
@@ -218,6 +219,15 @@ def test_smoke_preset_end_to_end(tmp_path):
     distilled = json.loads((out / "data" / "distilled-float" / "distill.json").read_text())
     assert distilled["sentences"] == 3000 and distilled["beam"] == 5
     assert rows["seqkd"]["teacher"] == "float" and rows["seqkd"]["baseline"] == "float"
+    # pruning: trained masked, evaluated compacted against the dense model it started from
+    pruned = rows["pruned"]
+    assert pruned["dense"] == "float" and pruned["layer_params"] <= pruned["dense_layer_params"]
+    assert len(pruned["heads"]["enc"]) == 1 and len(pruned["ffn"]["dec"]) == 1
+    assert "pruned → CT2 int8 (PTQ)" in rows
+    (step,) = data["pruning"]
+    assert step["variant"] == "pruned" and step["dense_ms"]["decoder_layers_ms"] > 0
+    assert step["sentence_bound"] >= 1 and 0 < step["output_share"] < 1
+    assert "## Pruning" in md and "Pruning goal" in md
 
 
 def test_report_states_how_many_sentences_each_row_scored(tmp_path):

@@ -8,6 +8,7 @@ comparison); the time budget sets the float baseline's share and caps the others
 the same --out reuses finished training runs.
 """
 import argparse
+import dataclasses
 import datetime
 import logging
 import os
@@ -23,7 +24,8 @@ from .data import layout, prepare_bible
 from .kernels import measure
 from .profile import profile
 from .report import write_report
-from .runner import distilled_data, model_size, train, translate
+from .pruning import step_rows
+from .runner import compact_model, distilled_data, layer_shapes, model_size, train, translate
 
 
 def cpu_name():
@@ -37,6 +39,24 @@ def cpu_name():
 def agreement(a, b) -> float:
     """Share of sentences whose translations are identical."""
     return sum(x == y for x, y in zip(a, b)) / max(1, len(a))
+
+
+def selected(variants, names: List[str]):
+    """``names`` and the variants they need (fine-tuned from, matched to, taught by, judged
+    against), in the preset's order."""
+    by_name = {v.name: v for v in variants}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a variant (allowed: "
+                          f"{', '.join(by_name)})")
+    keep, todo = set(), list(names)
+    while todo:
+        v = by_name[todo.pop()]
+        if v.name not in keep:
+            keep.add(v.name)
+            todo += [d for d in (v.finetune_from, v.match_updates, v.teacher, v.distill_data,
+                                 v.baseline) if d in by_name]
+    return [v for v in variants if v.name in keep]
 
 
 def kernels(name: str) -> List[str]:
@@ -83,7 +103,8 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
         say(f"[{name}] converting and decoding with CTranslate2")
         try:
             ct2_dir = ctranslate2_model(checkpoint, os.path.join(vdir, "ct2-int8"), data["bin"],
-                                        from_fullyqt=v.bits is not None)
+                                        from_fullyqt=str(v.train.get("arch", "")).startswith(
+                                            "fullyqt"))
             res = ct2_translate(ct2_dir, data["test_tok"], data["spm"], data["test_ref"],
                                 threads=threads)
         except (ImportError, RuntimeError) as e:
@@ -109,6 +130,9 @@ def main(argv=None):
     p.add_argument("--full-grid", action="store_true",
                    help="also run the preset's extra variants (e.g. sequence-level "
                         "distillation), beyond the main job's")
+    p.add_argument("--variants", metavar="A,B,...",
+                   help="run only these variants of the main job and the full grid, with the "
+                        "ones they build on (finished runs in --out are reused)")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
                    help="CPU threads for training and decoding (default: min(cores, 4))")
     a = p.parse_args(argv)
@@ -143,7 +167,12 @@ def main(argv=None):
     else:
         say(f"preparing the built-in corpus in {out}/data")
         data = prepare_bible(os.path.join(out, "data"), preset.bpe_vocab, preset.limits)
-    variants = preset.variants + (preset.extra_variants if a.full_grid else [])
+    variants = preset.variants + (preset.extra_variants if a.full_grid or a.variants else [])
+    if a.variants:
+        try:
+            variants = selected(variants, a.variants.split(","))
+        except ConfigError as e:
+            p.exit(2, f"{p.prog}: error: --variants: {e}\n")
     # the main job's variants set the time unit, so --full-grid leaves their runs unchanged
     unit = budget / sum(v.cost for v in preset.variants) if budget else 0
     meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
@@ -164,6 +193,14 @@ def main(argv=None):
         result = train(v, train_bin, os.path.join(out, "checkpoints", v.name),
                        minutes=minutes, max_update=max_update, finetune_from=finetune,
                        extra_flags=teacher, threads=a.threads, say=say)
+        shapes = {}
+        if v.compact:  # from here on the variant is its compact model
+            say(f"[{v.name}] removing pruned heads and FFN units (fullyqt-export --format "
+                "compact)")
+            result = dataclasses.replace(result, checkpoint=compact_model(
+                result.checkpoint, os.path.join(out, "checkpoints", v.name)))
+            shapes = {**layer_shapes(result.checkpoint), "dense": v.finetune_from,
+                      "dense_layer_params": layer_shapes(finetune)["layer_params"]}
         trained[v.name] = result
         say(f"[{v.name}] translating the test set")
         dec = translate(result.checkpoint, data["bin"], data["test_ref"],
@@ -181,13 +218,14 @@ def main(argv=None):
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
                      "translated": dec.translated, "scored": dec.scored,
                      "num_updates": result.num_updates, "sec_per_update": result.sec_per_update,
-                     "train_minutes": result.wall_seconds / 60})
+                     "train_minutes": result.wall_seconds / 60, **shapes})
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
         if a.deploy:
             rows += deployment_rows(v, rows[-1], dec, result.checkpoint, data, out, a.threads,
                                     say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
+    profile_rows = kernel_rows = None
     q8 = next((n for n in ("fullyqt8", "fullyqt8-finetune") if n in trained), None)
     if a.deploy and "float" in trained and q8:
         say(f"profiling decoding: float, {q8} fake-quant and int8 kernels")
@@ -197,11 +235,14 @@ def main(argv=None):
                                 f"{q8} int8 native": os.path.join(out, "checkpoints", q8,
                                                                   "model.int8.pt")},
                                data["bin"], overrides={fake: {"quant_kernels": "fake"}})
-        kernel_rows = None
         if preset.kernel_sizes:
             say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")
             kernel_rows = measure(preset.kernel_sizes)
         paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows)
+    if any(r.get("dense") for r in rows):
+        say("timing decoding steps of the pruned models and their dense models")
+        paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows,
+                             step_rows(rows, trained, data["bin"]))
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

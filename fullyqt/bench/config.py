@@ -32,6 +32,7 @@ class Experiment:
     baseline: str = "float"  # the float variant its BLEU is judged against (same training)
     teacher: Optional[str] = None  # variant whose checkpoint is --teacher-path (word-level KD)
     distill_data: Optional[str] = None  # variant whose beam translations are the training data
+    compact: bool = False  # pruned: evaluated as its compact export, against finetune_from
 
     def flags(self) -> List[str]:
         return to_flags(self.train)
@@ -77,7 +78,7 @@ def _read(path):
 
 
 KEYS = {"description", "inherit", "train", "cost", "finetune_from", "match_updates",
-        "update_fraction", "baseline", "teacher", "distill_data"}
+        "update_fraction", "baseline", "teacher", "distill_data", "compact"}
 
 
 def _merged(preset_dir: str, filename: str, seen=()) -> dict:
@@ -104,7 +105,7 @@ def load_experiment(preset_dir: str, name: str) -> Experiment:
                       float(raw.get("cost", 1.0)), raw.get("finetune_from"),
                       raw.get("match_updates"), float(raw.get("update_fraction", 1.0)),
                       raw.get("baseline", Experiment.baseline), raw.get("teacher"),
-                      raw.get("distill_data"))
+                      raw.get("distill_data"), bool(raw.get("compact", False)))
 
 
 def presets(root: str = CONFIG_ROOT) -> List[str]:
@@ -121,6 +122,9 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     extra = [load_experiment(pdir, v) for v in raw.get("extra_variants", [])]
     names = {v.name for v in variants + extra}
     for v in variants + extra:
+        if v.compact and not (v.finetune_from and v.train.get("prune-method")):
+            raise ConfigError(f"{pdir}/{v.name}.yaml: compact needs prune-method in train and "
+                              "finetune_from (the dense model it is compared with)")
         names_here = {x.name for x in variants} if v in variants else names
         deps = (v.finetune_from, v.match_updates, v.teacher, v.distill_data) + (
             (v.baseline,) if v.bits else ())

@@ -181,11 +181,12 @@ def rewrite(out_dir: str):
     rows = [{k: v for k, v in r.items() if k not in ("size_vs_float", "time_per_update_vs_float")}
             for r in data["rows"]]
     return write_report(out_dir, rows, data["meta"], data.get("profile") or None,
-                        data.get("threads"), data.get("decoder_step") or None)
+                        data.get("threads"), data.get("decoder_step") or None,
+                        data.get("pruning") or None)
 
 
 def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None,
-                 kernel_rows=None):
+                 kernel_rows=None, prune_rows=None):
     """Write the three report files atomically; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     rows = add_relative_columns([dict(r) for r in rows])
@@ -194,7 +195,8 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump({"meta": meta, "rows": rows, "profile": profile_rows or [],
-                   "decoder_step": kernel_rows or [], "threads": threads}, f, indent=2)
+                   "decoder_step": kernel_rows or [], "pruning": prune_rows or [],
+                   "threads": threads}, f, indent=2)
     os.replace(tmp, paths["json"])
     extra = []
     if profile_rows:
@@ -205,6 +207,10 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
         from .kernels import markdown as kernel_markdown
 
         extra += [""] + kernel_markdown(kernel_rows, threads)
+    if prune_rows:
+        from .pruning import markdown as pruning_markdown
+
+        extra += [""] + pruning_markdown(prune_rows, threads)
     write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths

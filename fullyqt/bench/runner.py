@@ -104,7 +104,9 @@ def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
     run_logged(cmd, os.path.join(save_dir, "train.log"), progress, env=thread_env(threads))
     steps = [1.0 / float(r["ups"]) for r in records[1:] if float(r.get("ups", 0)) > 0]
     best = os.path.join(save_dir, "checkpoint_best.pt")
-    ckpt = best if os.path.exists(best) else os.path.join(save_dir, "checkpoint_last.pt")
+    # a pruned model is the one at the end of its schedule, not the best-validated (densest)
+    ckpt = best if os.path.exists(best) and not exp.train.get("prune-method") else os.path.join(
+        save_dir, "checkpoint_last.pt")
     n = int(torch.load(ckpt, map_location="cpu")["optimizer_history"][-1]["num_updates"])
     shares = [float(r["teacher_share"]) for r in records[1:] if "teacher_share" in r]
     result = TrainResult(ckpt, n, statistics.median(steps) if steps else math.nan,
@@ -172,6 +174,33 @@ def translate(checkpoint: str, data_bin: str, reference: str, out_path: str, *, 
                         int(m.group(2).replace(",", "")), float(m.group(3)), hyps)
 
 
+def compact_model(checkpoint: str, out_dir: str) -> str:
+    """The compact export of a pruned checkpoint (rewritten: seconds)."""
+    from ..export.cli import export
+
+    return export(checkpoint, "compact", os.path.join(out_dir, "model.compact.pt"), force=True)
+
+
+def layer_shapes(checkpoint: str) -> dict:
+    """Heads and FFN units per layer, and encoder/decoder layer parameters, of a checkpoint."""
+    from ..checkpoint import model_args, read_checkpoint
+    from ..prune.compact import parameter_count
+    from ..prune.shapes import CompactShapes
+
+    state = read_checkpoint(checkpoint)
+    args = model_args(state)
+    text = getattr(args, "prune_compact_shapes", None)
+    out = {"layer_params": parameter_count(state["model"])}
+    if text:
+        shapes = CompactShapes.parse(text)
+        out.update(heads={"enc": [s.heads for s in shapes.encoder],
+                          "dec-self": [s.heads for s in shapes.decoder],
+                          "dec-cross": [s.cross_heads for s in shapes.decoder]},
+                   ffn={"enc": [s.ffn for s in shapes.encoder],
+                        "dec": [s.ffn for s in shapes.decoder]})
+    return out
+
+
 def model_size(checkpoint: str, bits: Optional[int]) -> dict:
     """Parameters and deployable bytes: b-bit weights plus an fp32 (scale, min) per row bucket,
     fp32 biases; float models at 4 bytes a parameter.  Tied tensors count once."""
@@ -179,7 +208,8 @@ def model_size(checkpoint: str, bits: Optional[int]) -> dict:
     seen, params, nbytes = set(), 0, 0.0
     for name, t in state.items():
         if not t.is_floating_point() or t.dim() == 0 or "_quant" in name \
-                or name.endswith((".lo", ".hi", "_float_tensor", ".version")):
+                or name.endswith((".lo", ".hi", "_float_tensor", ".version")) \
+                or ".source." in name or name.startswith("pruner."):
             continue
         key = storage_key(t)
         if key in seen:

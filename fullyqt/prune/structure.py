@@ -11,13 +11,14 @@ import torch
 
 
 def _columns_alive(layer) -> torch.Tensor:
-    if hasattr(layer.source, "element_mask"):
+    """(A stock ``nn.Linear`` has no source: all alive.)"""
+    if hasattr(getattr(layer, "source", None), "element_mask"):
         return layer.source.element_mask(layer).sum(0) > 0
     return torch.ones(layer.in_features, dtype=torch.bool, device=layer.weight.device)
 
 
 def _rows_dead(layer) -> torch.Tensor:
-    if hasattr(layer.source, "dead_rows"):
+    if hasattr(getattr(layer, "source", None), "dead_rows"):
         return layer.source.dead_rows(layer)
     return torch.zeros(layer.out_features, dtype=torch.bool, device=layer.weight.device)
 
