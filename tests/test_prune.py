@@ -198,6 +198,9 @@ def test_options_contradictions_are_one_error(toy_data):
         build_model(toy_data[1], *PRUNE, "--prune-method", "topk")
     with pytest.raises(PruneOptionError, match="--prune-density 0.5 applies to"):
         build_model(toy_data[1], *PRUNE, "--prune-density", "0.5")
+    with pytest.raises(PruneOptionError, match="sigmoid with --fp16: the loss scaling"):
+        PruneConfig.from_args(argparse.Namespace(prune_method="sigmoid", fp16=True,
+                                                 max_update=100, lr=[1e-3]))
     with pytest.raises(PruneOptionError, match="leave no ramp"):
         build_model(toy_data[1], *PRUNE, "--prune-warmup-updates", "60",
                     "--prune-cooldown-updates", "40")

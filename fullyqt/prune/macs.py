@@ -32,8 +32,8 @@ def dims_of(model) -> Dims:
         dec.append((heads(att["self"]), heads(att["cross"]) if "cross" in att else 0,
                     int(units_alive(layer).sum())))
     attn = model.encoder.layers[0].self_attn
-    return Dims(model.decoder.embed_dim, attn.head_dim, model.decoder.output_projection.out_features,
-                enc, dec)
+    vocab = model.decoder.output_projection.out_features
+    return Dims(model.decoder.embed_dim, attn.head_dim, vocab, enc, dec)
 
 
 def step_macs(d: Dims, position: int, src_len: int) -> Dict[str, int]:

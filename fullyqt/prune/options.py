@@ -123,6 +123,12 @@ class PruneConfig:
             raise PruneOptionError(f"--prune-density {args.prune_density} applies to "
                                    "--prune-method topk; with sigmoid the L1 penalty "
                                    "(--prune-lambda) sets the density")
+        scaled = [f"--{n.replace('_', '-')}" for n in ("fp16", "memory_efficient_fp16", "amp")
+                  if getattr(args, n, False)]
+        if method == "sigmoid" and scaled and (args.prune_lambda or 0) > 0:
+            raise PruneOptionError(f"--prune-method sigmoid with {scaled[0]}: the loss scaling "
+                                   "does not reach the L1 penalty (it is added in backward); "
+                                   "use --bf16 or float32, or --prune-method topk")
         total = getattr(args, "max_update", 0) or 0
         if total <= 0:
             raise PruneOptionError("--prune-method needs --max-update N: the pruning schedule "

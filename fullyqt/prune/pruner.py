@@ -84,9 +84,10 @@ class Pruner(nn.Module):
         kept, total = {}, {}
         for group, _, layer in self.matrices:
             m = layer.source.element_mask(layer)
-            kept[group] = kept.get(group, 0.0) + float(m.sum())
+            kept.setdefault(group, []).append(m.sum())
             total[group] = total.get(group, 0) + m.numel()
-        return {g: kept[g] / total[g] for g in kept}
+        sums = torch.stack([torch.stack(v).sum() for v in kept.values()]).tolist()  # one sync
+        return {g: k / total[g] for g, k in zip(kept, sums)}
 
     def summary(self) -> str:
         threshold, density, weight = self._values
@@ -103,7 +104,8 @@ class Pruner(nn.Module):
         if weight > 0:
             penalty = self.penalty()
             output = _AddToLoss.apply(output, penalty, count.float() * weight)
-            metrics.log_scalar("prune_penalty", weight * float(penalty.detach()), priority=900, round=4)
+            metrics.log_scalar("prune_penalty", weight * float(penalty.detach()), priority=900,
+                               round=4)
         for group, d in self.densities().items():
             metrics.log_scalar(f"{group}_density", d, priority=910, round=3)
         return output
