@@ -78,6 +78,13 @@ def test_compact_translates_like_the_masked_model_and_exports_to_int8(toy_data, 
     assert args.prune_method is None and args.prune_compact_shapes
     masked = _hypotheses(toy_data[1], ckpt)
     assert _hypotheses(toy_data[1], compact) == masked
+    from fairseq.models.transformer import TransformerModel
+
+    hubs = [TransformerModel.from_pretrained(str(p.parent), checkpoint_file=p.name,
+                                             data_name_or_path=str(toy_data[1]),
+                                             user_dir=USER_DIR) for p in (ckpt, compact)]
+    assert hubs[1].models[0].encoder.layers[0].fc1.out_features < 128  # really compact
+    assert hubs[0].translate("w5 w6 w7 w8", beam=3) == hubs[1].translate("w5 w6 w7 w8", beam=3)
     int8 = tmp_path / "compact.int8.pt"
     cli("fullyqt-export", compact, "--format", "int8", "--out", int8)
     assert os.path.getsize(int8) < os.path.getsize(compact) / 2

@@ -1,6 +1,9 @@
 """Where a decoding step's model time goes (decoder layers, output projection, the rest of the
-decoder), timed by forward hooks during fairseq's beam search on test batches, and the
-multiply-add bound that a pruned model's shapes allow against its dense teacher."""
+decoder), timed by forward hooks on fixed-shape incremental steps at the lengths beam search
+gives on test batches, and the multiply-add bound a pruned model's shapes allow against its
+dense model."""
+import argparse
+import copy
 import time
 from typing import Dict
 
@@ -30,61 +33,73 @@ class _Timer:
             h.remove()
 
 
-class _MethodTimer(_Timer):
-    """The same for the decoder, whose ``forward`` fairseq's beam search calls directly (no
-    hooks fire): wraps this one object's bound method, restored by ``remove``."""
-
-    def __init__(self, module):
-        self.seconds, self.calls, self._t0 = 0.0, 0, 0.0
-        self.module, self.original = module, module.forward
-
-        def timed(*args, **kwargs):
-            self._start()
-            try:
-                return self.original(*args, **kwargs)
-            finally:
-                self._stop()
-
-        module.forward = timed
-
-    def remove(self):
-        del self.module.forward  # the class's method again
+def step_split(checkpoint: str, data_bin: str, *, as_fullyqt: bool = False,
+               **kwargs) -> Dict[str, float]:
+    """``model_step_split`` of a checkpoint; ``as_fullyqt``: a stock float checkpoint run
+    through fullyqt's own (unquantized) layers, to time the same code path a compact model
+    runs."""
+    model, task = _load(checkpoint, data_bin)
+    if as_fullyqt:
+        model = _fullyqt_float(checkpoint, model, task)
+    return model_step_split(model, task, **kwargs)
 
 
-def step_split(checkpoint: str, data_bin: str, *, batches: int = 4, batch_size: int = 32,
-               beam: int = 5) -> Dict[str, float]:
-    """Milliseconds per decoder call (one step of a whole beam batch) in the decoder layers,
-    the output projection and the rest of the decoder, plus the mean source and target lengths
-    and the model's shapes."""
+def _fullyqt_float(checkpoint, stock, task):
+    from ..checkpoint import model_args, read_checkpoint
+
+    saved = model_args(read_checkpoint(checkpoint))
+    args = argparse.Namespace(**{**vars(copy.deepcopy(saved)), "arch": "fullyqt_transformer",
+                                 "_name": "fullyqt_transformer", "no_quant": True,
+                                 "quant_bits": None, "quant_kernels": "fake"})
+    model = task.build_model(args)
+    result = model.load_state_dict(stock.state_dict(), strict=False)
+    missing = [k for k in result.missing_keys
+               if not k.endswith((".lo", ".hi", ".active", ".initialized"))]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"stock weights do not fit the fullyqt layers: missing {missing[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}")
+    return model.eval()
+
+
+def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, beam: int = 5,
+                     repeats: int = 3) -> Dict[str, float]:
+    """Milliseconds per incremental decoding step of ``batch_size x beam`` hypotheses in the
+    decoder layers, the output projection and the rest of the decoder.  The lengths come from
+    beam search on test batches (mean source and translation length); the timing runs fixed-shape
+    steps (``kernels._step_ms``) at those lengths, so that every model is timed on the same
+    work whatever it translates."""
     from fairseq.sequence_generator import SequenceGenerator
 
-    model, task = _load(checkpoint, data_bin)
+    from .kernels import _step_ms
+
     bs = _batches(task, batches, batch_size)
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam)
-    with torch.no_grad():
-        gen.generate([model], bs[0])  # warm-up
-    timers = {"decoder": _MethodTimer(model.decoder), "output_projection": _Timer(
-        model.decoder.output_projection)}
-    layers = [_Timer(layer) for layer in model.decoder.layers]
     src = tgt = sentences = 0
-    try:
-        with torch.no_grad():
-            for b in bs:
-                for hyps in gen.generate([model], b):
-                    tgt += len(hyps[0]["tokens"])
-                src += int(b["net_input"]["src_lengths"].sum())
-                sentences += b["nsentences"]
-    finally:
-        for t in list(timers.values()) + layers:
-            t.remove()
-    steps = timers["decoder"].calls
-    in_layers = sum(t.seconds for t in layers)
-    out = timers["output_projection"].seconds
-    return {"decoder_layers_ms": 1e3 * in_layers / steps,
-            "output_projection_ms": 1e3 * out / steps,
-            "rest_ms": 1e3 * (timers["decoder"].seconds - in_layers - out) / steps,
-            "steps": steps, "src_len": src / sentences, "tgt_len": tgt / sentences,
-            "dims": dims_of(model)}
+    with torch.no_grad():
+        for b in bs:
+            for hyps in gen.generate([model], b):
+                tgt += len(hyps[0]["tokens"])
+            src += int(b["net_input"]["src_lengths"].sum())
+            sentences += b["nsentences"]
+    src_len, tgt_len = src / sentences, tgt / sentences
+    shape = (task.target_dictionary, batch_size, beam, max(1, round(src_len)),
+             max(2, round(tgt_len)))
+    _step_ms(model, *shape)  # warm-up
+    totals, parts = [], []
+    for _ in range(repeats):
+        layers = [_Timer(layer) for layer in model.decoder.layers]
+        out = _Timer(model.decoder.output_projection)
+        try:
+            totals.append(_step_ms(model, *shape))
+        finally:
+            for t in layers + [out]:
+                t.remove()
+        parts.append((1e3 * sum(t.seconds / t.calls for t in layers), 1e3 * out.seconds / out.calls))
+    best = min(range(repeats), key=lambda i: totals[i])  # the least disturbed repeat
+    in_layers, in_out = parts[best]
+    return {"decoder_layers_ms": in_layers, "output_projection_ms": in_out,
+            "rest_ms": max(0.0, totals[best] - in_layers - in_out),
+            "src_len": src_len, "tgt_len": tgt_len, "dims": dims_of(model)}
 
 
 def mac_bound(dense, compact, src_len: float, tgt_len: float) -> Dict[str, float]:
