@@ -82,8 +82,9 @@ def markdown(prune_rows: List[dict], threads) -> List[str]:
         return []
     lines = ["## Pruning", "",
              f"Compact models (pruned heads and FFN units removed) against their dense models; "
-             f"model time per incremental decoding step of 32 x 5 hypotheses (fixed-shape steps at "
-             f"the mean source and translation lengths of beam search on the first test batches, {threads} threads, compact "
+             "model time per incremental decoding step of 32 x 5 hypotheses (fixed-shape steps at "
+             "the mean source and translation lengths of beam search on the first test batches), "
+             f"split by forward hooks, {threads} threads, compact "
              "(dense) where the dense model runs through fullyqt's own unquantized layers, the "
              "code path the compact model takes (a stock dense model's own time is in "
              "results.json, `dense_stock_ms`); MAC bound = dense multiply-adds / compact "

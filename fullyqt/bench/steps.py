@@ -94,7 +94,8 @@ def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, bea
         finally:
             for t in layers + [out]:
                 t.remove()
-        parts.append((1e3 * sum(t.seconds / t.calls for t in layers), 1e3 * out.seconds / out.calls))
+        parts.append((1e3 * sum(t.seconds / t.calls for t in layers),
+                      1e3 * out.seconds / out.calls))
     best = min(range(repeats), key=lambda i: totals[i])  # the least disturbed repeat
     in_layers, in_out = parts[best]
     return {"decoder_layers_ms": in_layers, "output_projection_ms": in_out,
