@@ -176,6 +176,7 @@ def test_stock_export_has_zeros_and_no_pruning_state(toy_data):
         mask = layer.source.element_mask(layer)
         w = stock[label + ".weight"]
         assert torch.equal(w[mask == 0], torch.zeros(int((mask == 0).sum())))
+        assert float(layer.source.kept(layer)) == float(mask.sum())  # counted from the blocks
         pruned += int((mask == 0).sum())
     assert pruned > 0
 

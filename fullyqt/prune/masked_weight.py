@@ -58,6 +58,15 @@ class BlockMaskedWeight(WeightSource):
         gate = self._gate()
         return m if gate is None else m * gate.to(m.dtype)
 
+    @torch.no_grad()
+    def kept(self, layer) -> torch.Tensor:
+        """How many weight entries ``element_mask`` keeps, from the block mask alone."""
+        m, (r, c) = self.block_mask(), self.block
+        gate = self._gate()
+        if gate is None:
+            return m.sum() * (r * c)
+        return (m @ gate.to(m.dtype).view(m.shape[1], c).sum(1)).sum() * r
+
     def masked(self, layer) -> torch.Tensor:
         w = layer.weight
         rows, cols = w.shape

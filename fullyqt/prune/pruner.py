@@ -83,9 +83,8 @@ class Pruner(nn.Module):
         """Share of the weights kept per group (pruned inputs of gated layers included)."""
         kept, total = {}, {}
         for group, _, layer in self.matrices:
-            m = layer.source.element_mask(layer)
-            kept.setdefault(group, []).append(m.sum())
-            total[group] = total.get(group, 0) + m.numel()
+            kept.setdefault(group, []).append(layer.source.kept(layer))
+            total[group] = total.get(group, 0) + layer.weight.numel()
         sums = torch.stack([torch.stack(v).sum() for v in kept.values()]).tolist()  # one sync
         return {g: k / total[g] for g, k in zip(kept, sums)}
 
