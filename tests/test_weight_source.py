@@ -32,7 +32,7 @@ class RowMaskedWeight(WeightSource):
     def dense_weights(self, layer):
         return {"weight": layer.weight_quant(self._masked(layer))}
 
-    def linear(self, layer, x, bias):
+    def linear(self, layer, x, bias, valid=None):
         return F.linear(x, layer.weight_quant(self._masked(layer)).to(x.dtype), bias)
 
     def integer_form(self, layer, input_grid):

@@ -209,7 +209,7 @@ def model_size(checkpoint: str, bits: Optional[int]) -> dict:
     for name, t in state.items():
         if not t.is_floating_point() or t.dim() == 0 or "_quant" in name \
                 or name.endswith((".lo", ".hi", "_float_tensor", ".version")) \
-                or ".source." in name or name.startswith("pruner."):
+                or ".source.scores." in name or name.startswith("pruner."):
             continue
         key = storage_key(t)
         if key in seen:

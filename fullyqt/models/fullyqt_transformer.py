@@ -35,6 +35,8 @@ from ..distill.options import add_guards
 from ..errors import UserError
 from ..export.integer import is_packed, unpack_state
 from ..inference import prepare_for_inference, set_kernels
+from ..kron.attach import attach_kronecker, convert_dense_state, holds_factors
+from ..kron.options import KronConfig, add_kron_args
 from ..prune.attach import attach_pruning, symmetric_weights
 from ..prune.options import PruneConfig, add_prune_args
 from ..prune.scores import BlockScores
@@ -282,6 +284,7 @@ class FullyQTTransformerModel(TransformerModel):
         TransformerModel.add_args(parser)
         add_quant_args(parser)
         add_prune_args(parser)
+        add_kron_args(parser)
         add_guards(parser)
 
     @classmethod
@@ -291,6 +294,7 @@ class FullyQTTransformerModel(TransformerModel):
         check_supported(args)
         QuantConfig.from_args(args)  # validate before building anything
         PruneConfig.from_args(args)
+        KronConfig.from_args(args)
         compact_shapes(args)
         return super().build_model(args, task)
 
@@ -320,6 +324,8 @@ class FullyQTTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         decoder.wire(encoder.wire())
+        kcfg = KronConfig.from_args(args)
+        self.factorized = attach_kronecker(self, kcfg, encoder.qcfg) if kcfg else []
         pcfg = PruneConfig.from_args(args)
         self.pruner = attach_pruning(self, pcfg) if pcfg is not None else None
         if compact_shapes(args) is not None:
@@ -355,11 +361,17 @@ class FullyQTTransformerModel(TransformerModel):
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Unpack an integer export; start quantizer and pruning state fresh when loading a
-        checkpoint without it (a float or dense model to quantize or prune)."""
+        checkpoint without it (a float or dense model to quantize or prune); a dense weight of a
+        factorized matrix becomes its nearest Kronecker factors."""
         if is_packed(state_dict):
             unpack_state(state_dict, self.encoder.qcfg.weight_bits)
         super().upgrade_state_dict_named(state_dict, name)
         prefix = f"{name}." if name else ""
+        if not self.factorized and holds_factors(state_dict):
+            raise UserError("the checkpoint holds Kronecker factors but the model is built "
+                            "without --kron-layers: pass the --kron-* options it was trained "
+                            "with")
+        convert_dense_state(self, state_dict, prefix)
         if self.pruner is None and any(k.endswith(".source.scores.raw") for k in state_dict):
             raise UserError("the checkpoint holds pruning masks but the model is built without "
                             "--prune-method: export it with fullyqt-export --format compact, "

@@ -1,4 +1,8 @@
-"""Put block-masked weights into every attention projection and FFN matrix of a transformer."""
+"""Put block-masked weights into every attention projection and FFN matrix of a transformer
+(but those held in another form, Kronecker factors: pruning leaves them as they are)."""
+import logging
+
+from ..quant.weight_source import DenseWeight
 from .blocks import BlockShape
 from .masked_weight import BlockMaskedWeight
 from .options import PruneConfig
@@ -8,6 +12,12 @@ from .structure import attentions
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 MODULE = {"self": "self_attn", "cross": "encoder_attn"}
+logger = logging.getLogger(__name__)
+
+
+def prunable(layer) -> bool:
+    """A matrix pruning applies to: one held as a dense weight (masked or not yet)."""
+    return isinstance(layer.source, (DenseWeight, BlockMaskedWeight))
 
 
 def _tiling(block: BlockShape, layer, label):
@@ -16,6 +26,10 @@ def _tiling(block: BlockShape, layer, label):
 
 
 def _mask(pruner, group, label, layer, block, gate_from=None):
+    if not prunable(layer):
+        return
+    if gate_from is not None and not prunable(gate_from):
+        gate_from = None
     tiles, size = _tiling(block, layer, label)
     scores = BlockScores(tiles, pruner.pcfg.score_scale)
     layer.source = BlockMaskedWeight(scores, size, pruner, gate_from=gate_from)
@@ -24,6 +38,8 @@ def _mask(pruner, group, label, layer, block, gate_from=None):
 
 def _mask_ffn(pruner, label, layer, block: BlockShape):
     fc1, fc2 = layer.fc1, layer.fc2
+    if not (prunable(fc1) and prunable(fc2)):
+        return
     if block.cols is not None:
         _mask(pruner, "ffn", f"{label}.fc1", fc1, block)
         _mask(pruner, "ffn", f"{label}.fc2", fc2, block, gate_from=fc1)
@@ -36,15 +52,19 @@ def _mask_ffn(pruner, label, layer, block: BlockShape):
     pruner.register("ffn", f"{label}.fc2", fc2)
 
 
-def symmetric_weights(model):
-    """Symmetric weight grids (0.0 exact) on every matrix pruning applies to: a masked model and
-    the compact model made from it quantize alike."""
+def _matrices(model):
     for layers in (model.encoder.layers, model.decoder.layers):
         for layer in layers:
             for _, attn in attentions(layer):
-                for name in PROJECTIONS:
-                    getattr(attn, name).weight_quant.symmetric = True
-            layer.fc1.weight_quant.symmetric = layer.fc2.weight_quant.symmetric = True
+                yield from (getattr(attn, name) for name in PROJECTIONS)
+            yield from (layer.fc1, layer.fc2)
+
+
+def symmetric_weights(model):
+    """Symmetric weight grids (0.0 exact) on every matrix pruning applies to: a masked model and
+    the compact model made from it quantize alike."""
+    for matrix in _matrices(model):
+        matrix.weight_quant.symmetric = prunable(matrix)
 
 
 def attach_pruning(model, pcfg: PruneConfig) -> Pruner:
@@ -59,5 +79,8 @@ def attach_pruning(model, pcfg: PruneConfig) -> Pruner:
                     _mask(pruner, "attn", label, getattr(attn, name), pcfg.attn_block,
                           gate_from=attn.v_proj if name == "out_proj" else None)
             _mask_ffn(pruner, f"{stack}.layers.{i}", layer, pcfg.ffn_block)
+    skipped = sum(not prunable(m) for m in _matrices(model))
+    if skipped:
+        logger.info("prune: %d matrices held as Kronecker factors are not pruned", skipped)
     symmetric_weights(model)
     return pruner

@@ -12,6 +12,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from .attach import PROJECTIONS, prunable
 from .shapes import CompactShapes, LayerShape
 from .structure import attentions, heads_alive, units_alive
 
@@ -27,6 +28,8 @@ def _weight(layer) -> torch.Tensor:
 
 
 def _slice_attention(out: Dict[str, torch.Tensor], prefix: str, attn) -> int:
+    if not all(prunable(getattr(attn, p)) for p in PROJECTIONS):
+        return attn.num_heads  # factorized: pruning left it whole
     keep = _kept(heads_alive(attn))
     cols = (keep[:, None] * attn.head_dim + torch.arange(attn.head_dim)).flatten()
     for name in ("q_proj", "k_proj", "v_proj"):
@@ -38,6 +41,8 @@ def _slice_attention(out: Dict[str, torch.Tensor], prefix: str, attn) -> int:
 
 
 def _slice_ffn(out, prefix, layer) -> int:
+    if not (prunable(layer.fc1) and prunable(layer.fc2)):
+        return layer.fc1.out_features
     keep = _kept(units_alive(layer))
     out[f"{prefix}.fc1.weight"] = _weight(layer.fc1)[keep].clone()
     out[f"{prefix}.fc1.bias"] = layer.fc1.bias.detach()[keep].clone()
@@ -46,7 +51,7 @@ def _slice_ffn(out, prefix, layer) -> int:
 
 
 def _is_pruning_state(name: str) -> bool:
-    return name.startswith("pruner.") or ".source." in name
+    return name.startswith("pruner.") or ".source.scores." in name
 
 
 @torch.no_grad()

@@ -92,7 +92,7 @@ class BlockMaskedWeight(WeightSource):
     def dense_weights(self, layer):
         return {"weight": layer.weight_quant(self._masked_cached(layer).detach())}
 
-    def linear(self, layer, x, bias):
+    def linear(self, layer, x, bias, valid=None):
         return F.linear(x, layer.weight_quant(self._masked_cached(layer)).to(x.dtype), bias)
 
     def integer_form(self, layer, input_grid):

@@ -99,7 +99,7 @@ class QuantLinear(nn.Linear):
             y = self.source.linear(self, x2.double(), None if b is None else b.double())
             y = y.to(x.dtype)
         else:
-            y = self.source.linear(self, x2, b)
+            y = self.source.linear(self, x2, b, valid)
         y = y.view(*x.shape[:-1], y.shape[-1])
         if self.output_quant is not None:
             y = self.output_quant(y, valid)

@@ -36,8 +36,9 @@ class WeightSource(nn.Module):
         """The float weights a stock ``nn.Linear`` holds for this layer (``{"weight": ...}``)."""
         raise NotImplementedError
 
-    def linear(self, layer, x: torch.Tensor, bias) -> torch.Tensor:
-        """``x @ Q(W)^T + bias`` of a 2-D input (fake quantization: training, fake eval)."""
+    def linear(self, layer, x: torch.Tensor, bias, valid=None) -> torch.Tensor:
+        """``x @ Q(W)^T + bias`` of a 2-D input (fake quantization: training, fake eval);
+        ``valid`` marks the rows that are not padding, for a source with quantizers of its own."""
         raise NotImplementedError
 
     def integer_form(self, layer, input_grid) -> nn.Module:
@@ -62,7 +63,7 @@ class DenseWeight(WeightSource):
     def dense_weights(self, layer):
         return {"weight": layer.weight_quant(layer.weight)}
 
-    def linear(self, layer, x, bias):
+    def linear(self, layer, x, bias, valid=None):
         return F.linear(x, layer.weight_quant(layer.weight).to(x.dtype), bias)
 
     def integer_form(self, layer, input_grid):

@@ -1,0 +1,1 @@
+"""Kronecker-factorized layers (KroneckerBERT): weights as sums of Kronecker products."""
