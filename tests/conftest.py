@@ -61,6 +61,22 @@ def trained_8bit(toy_data, tmp_path_factory):
     return save / "checkpoint_last.pt"
 
 
+# A stock fairseq transformer teacher, two layers of width 64.
+TEACHER_ARCH = ["--arch", "transformer", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+                "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+                "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-attention-heads", "4",
+                "--decoder-attention-heads", "4", "--share-all-embeddings"]
+
+
+@pytest.fixture(scope="session")
+def teacher(toy_data, tmp_path_factory):
+    """A float teacher trained on the reversal task (about 20 s)."""
+    save = tmp_path_factory.mktemp("teacher")
+    train(toy_data[1], save, *TEACHER_ARCH, "--max-update", "300", "--disable-validation",
+          user_dir=False)
+    return save / "checkpoint_last.pt"
+
+
 def make_trainer(data, save_dir, *extra):
     """A fairseq Trainer on TRAIN + TINY + extra that has loaded save_dir's last checkpoint."""
     from fairseq import checkpoint_utils, options, tasks

@@ -173,6 +173,27 @@ def test_report_writer(tmp_path):
                                                           "results.json"]
 
 
+def test_report_kronecker_section_judges_the_goals(tmp_path):
+    dense = dict(ffn_attn_params=8000, embed_params=2000, kind="trained")
+    rows = [row("float", **dense), row("float-finetune", bleu=31.0, **dense),
+            row("kron4-kd", bleu=29.6, teacher="float-finetune", kron_layers="ffn,attn",
+                ffn_attn_params=1990, embed_params=2000, kind="trained"),
+            row("kron4-ce", bleu=29.0, kron_layers="ffn,attn", ffn_attn_params=1990,
+                embed_params=2000, kind="trained"),
+            row("kron-prune8", bits=8, bleu=28.0, teacher="float-finetune", model_bytes=200,
+                kron_layers="ffn,embed", ffn_attn_params=3000, embed_params=250,
+                dense="float-finetune", kind="trained")]
+    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
+    assert "## Kronecker-factorized layers" in md
+    # 8000 / 1990 = 4.02x fewer; 29.6 - 31.0 = -1.4 (within 1.5)
+    assert "met by `kron4-kd`: 4.02x fewer, 29.60 vs `float-finetune` 31.00 (-1.40)" in md
+    assert "Distillation goal (≥ 0.5 BLEU over the same updates without it) met by " \
+           "`kron4-kd`: 29.60 vs 29.00 (+0.60)" in md
+    # 200 / 4000 bytes = 0.05x (within 0.06) but 3.0 BLEU below the teacher (more than 2)
+    assert "missed by `kron-prune8`: 0.050x, 28.00 vs `float-finetune` 31.00 (-3.00)" in md
+    assert "| kron-prune8 | ffn,embed | 8 | 28.00 | -3.00 | 2.67x | 8.00x |" in md
+
+
 def md_text(out):
     return (out / "report.md").read_text()
 

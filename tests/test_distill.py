@@ -14,31 +14,18 @@ from fullyqt.distill.layer_map import evenly_spaced, parse_layer_map, resolve
 from fullyqt.distill.losses import soft_target_loss, state_mse
 from fullyqt.distill.teacher import DistillError, load_teacher
 from fullyqt.errors import UserError
-from tests.conftest import TRAIN, USER_DIR, build_model, cli, sample_batch, train
+from tests.conftest import (TEACHER_ARCH, TRAIN, USER_DIR, build_model, cli, sample_batch,
+                            train)
 
 # fairseq-train flags without the criterion (each test names its own)
 _CRITERION = TRAIN.index("--criterion")
 FLAGS = TRAIN[:_CRITERION] + TRAIN[_CRITERION + 4:]
 
-# A stock fairseq transformer teacher, two layers of width 64.
-TEACHER_ARCH = ["--arch", "transformer", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
-                "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
-                "--encoder-layers", "2", "--decoder-layers", "2", "--encoder-attention-heads", "4",
-                "--decoder-attention-heads", "4", "--share-all-embeddings"]
 # A fullyqt student of another width and depth: 1+3 layers of width 32.
 STUDENT_ARCH = ["--arch", "fullyqt_transformer_tiny", "--encoder-embed-dim", "32",
                 "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                 "--decoder-ffn-embed-dim", "64", "--encoder-layers", "1", "--decoder-layers", "3",
                 "--share-all-embeddings"]
-
-
-@pytest.fixture(scope="session")
-def teacher(toy_data, tmp_path_factory):
-    """A float teacher trained on the reversal task (about 20 s)."""
-    save = tmp_path_factory.mktemp("teacher")
-    train(toy_data[1], save, *TEACHER_ARCH, "--max-update", "300", "--disable-validation",
-          user_dir=False)
-    return save / "checkpoint_last.pt"
 
 
 def distill_setup(data, teacher_path, *extra, arch=STUDENT_ARCH):

@@ -175,3 +175,31 @@ def test_options_are_checked_in_one_line(toy_data):
     kron, _, _ = build_model(toy_data[1], *KRON, "--quant-bits", "8")
     with pytest.raises(Exception, match="holds Kronecker factors"):
         dense.load_state_dict(kron.state_dict())
+
+
+def test_pruned_heads_and_kronecker_ffn_compact_into_one_model(toy_data):
+    from fullyqt.prune.compact import compact_state
+    from fullyqt.prune.structure import heads_alive
+
+    prune = ["--prune-method", "sigmoid", "--prune-attn-block", "16x16", "--max-update", "100",
+             "--warmup-updates", "10"]
+    kron = ["--kron-layers", "ffn,embed", "--kron-factor", "4", "--quant-bits", "8"]
+    model, task, _ = build_model(toy_data[1], *kron, *prune)
+    assert {group for group, _, _ in model.pruner.matrices} == {"attn"}  # FFN left factorized
+    model.set_num_updates(100)
+    attn = model.decoder.layers[0].self_attn
+    with torch.no_grad():
+        attn.out_proj.source.scores.raw[:, 1] = -10 / attn.out_proj.source.scores.scale
+    batch = sample_batch(task, "train")
+    model.train()
+    with torch.no_grad():
+        model(**batch["net_input"])
+    model.eval()
+    assert heads_alive(attn).tolist() == [True, False, True, True]
+    state, shapes = compact_state(model)
+    assert shapes.decoder[0].heads == 3 and shapes.decoder[0].ffn == 128
+    compact, _, _ = build_model(toy_data[1], *kron, "--prune-compact-shapes", shapes.to_json())
+    compact.load_state_dict(state)
+    compact.eval()
+    with torch.no_grad():
+        assert torch.equal(compact(**batch["net_input"])[0], model(**batch["net_input"])[0])

@@ -211,6 +211,11 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
         from .pruning import markdown as pruning_markdown
 
         extra += [""] + pruning_markdown(prune_rows, threads)
+    from .kronecker import kron_rows, markdown as kron_markdown
+
+    krows = kron_rows(rows)
+    if krows:
+        extra += [""] + kron_markdown(krows)
     write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths

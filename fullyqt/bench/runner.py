@@ -201,6 +201,26 @@ def layer_shapes(checkpoint: str) -> dict:
     return out
 
 
+_MATRIX = re.compile(r"layers\.\d+\.(self_attn|encoder_attn|fc1|fc2)\b.*"
+                     r"\.(weight|source\.a|source\.b)$")
+_EMBED = re.compile(r"(embed_tokens|output_projection)\.(weight|a|b|source\.a|source\.b)$")
+
+
+def matrix_params(checkpoint: str) -> dict:
+    """Numbers held by the FFN and attention matrices, and by the embeddings and output
+    projection (dense weights or Kronecker factors; tied tensors once)."""
+    state = torch.load(checkpoint, map_location="cpu")["model"]
+    seen, out = set(), {"ffn_attn_params": 0, "embed_params": 0}
+    for name, t in state.items():
+        kind = ("ffn_attn_params" if _MATRIX.search(name) else
+                "embed_params" if _EMBED.search(name) else None)
+        if kind is None or storage_key(t) in seen:
+            continue
+        seen.add(storage_key(t))
+        out[kind] += t.numel()
+    return out
+
+
 def model_size(checkpoint: str, bits: Optional[int]) -> dict:
     """Parameters and deployable bytes: b-bit weights plus an fp32 (scale, min) per row bucket,
     fp32 biases; float models at 4 bytes a parameter.  Tied tensors count once."""

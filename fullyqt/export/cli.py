@@ -6,6 +6,7 @@
     fullyqt-export CKPT --format compact --out model.compact.pt  # pruned heads / units removed
 """
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,8 @@ from ..checkpoint import (
 from ..errors import UserError
 from ..quant.config import QuantConfig
 from .integer import FORMAT_KEY, pack_state
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2", "compact")
 
@@ -108,6 +111,10 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
                                  else "--format fairseq"))
     model = load_model(checkpoint, data)
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
+    if getattr(args, "kron_layers", None) and not fmt.startswith("int"):
+        logger.warning("fullyqt-export: --format %s multiplies the Kronecker factors out "
+                       "into dense matrices (as big as a dense model's); the int8/int6/int4 "
+                       "export of a quantized model keeps them", fmt)
     if fmt.startswith("int"):
         packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
         # the export decodes with integer kernels unless --model-overrides says otherwise

@@ -51,8 +51,8 @@ def _pad_attention(state: dict, prefix: str, heads: int, head_dim: int):
 
 
 def padded_float_model(model, args, task):
-    """A float (``--no-quant``) fullyqt model holding the compact model's dequantized weights,
-    every attention padded to its stack's largest head count."""
+    """A float (``--no-quant``, dense) fullyqt model holding the compact model's dequantized
+    weights, every attention padded to its stack's largest head count."""
     shapes = CompactShapes.parse(args.prune_compact_shapes)
     padded = padded_shapes(shapes)
     state = stock_state_dict(model)
@@ -68,8 +68,8 @@ def padded_float_model(model, args, task):
                                        "quant_kernels": "fake",
                                        "prune_compact_shapes": padded.to_json()})
     for name in ("quant_bits", "quant_weight_bits", "quant_act_bits",
-                 "quant_softmax_denominator_bits"):
-        setattr(float_args, name, None)
+                 "quant_softmax_denominator_bits", "kron_layers", "kron_factor", "kron_shapes"):
+        setattr(float_args, name, None)  # Kronecker factors arrive multiplied out
     float_model = task.build_model(float_args)
     float_model.load_state_dict(state, strict=False)  # quantizer state: none in a float model
     return float_model.eval(), padded

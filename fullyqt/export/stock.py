@@ -27,7 +27,7 @@ def stock_args(args) -> argparse.Namespace:
     if arch is None:
         raise ValueError(f"architecture {ns.arch!r} has no stock equivalent "
                          f"(known: {', '.join(STOCK_ARCH)})")
-    for name in [k for k in vars(ns) if k.startswith(("quant_", "prune_"))] + ["no_quant"]:
+    for name in [k for k in vars(ns) if k.startswith(("quant_", "prune_", "kron_"))] + ["no_quant"]:
         if hasattr(ns, name):
             delattr(ns, name)
     ns.arch = ns._name = arch

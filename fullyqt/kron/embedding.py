@@ -44,4 +44,5 @@ class KroneckerEmbedding(nn.Module):
         return out.reshape(*tokens.shape, self.embedding_dim)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, {self.ks}"
+        return (f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
+                f"{self.ks}")

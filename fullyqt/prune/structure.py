@@ -11,16 +11,20 @@ import torch
 
 
 def _columns_alive(layer) -> torch.Tensor:
-    """(A stock ``nn.Linear`` has no source: all alive.)"""
+    """(A stock ``nn.Linear`` or a Kronecker-factorized one has no mask: all alive.)"""
     if hasattr(getattr(layer, "source", None), "element_mask"):
         return layer.source.element_mask(layer).sum(0) > 0
-    return torch.ones(layer.in_features, dtype=torch.bool, device=layer.weight.device)
+    return torch.ones(layer.in_features, dtype=torch.bool, device=_device(layer))
 
 
 def _rows_dead(layer) -> torch.Tensor:
     if hasattr(getattr(layer, "source", None), "dead_rows"):
         return layer.source.dead_rows(layer)
-    return torch.zeros(layer.out_features, dtype=torch.bool, device=layer.weight.device)
+    return torch.zeros(layer.out_features, dtype=torch.bool, device=_device(layer))
+
+
+def _device(layer) -> torch.device:
+    return next(layer.parameters()).device
 
 
 def heads_alive(attn) -> torch.Tensor:
