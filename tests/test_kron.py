@@ -14,7 +14,7 @@ from fullyqt.kron.nearest import nearest, stacked
 from fullyqt.native.convert import to_native_int8
 from fullyqt.quant.config import QuantConfig
 from fullyqt.quant.linear import QuantLinear
-from tests.conftest import TINY, build_model, sample_batch
+from tests.conftest import build_model, sample_batch
 
 KRON = ["--kron-layers", "ffn,attn,embed", "--kron-factor", "4"]
 

@@ -10,8 +10,6 @@ import logging
 from collections import OrderedDict
 from typing import Dict, List, Tuple
 
-from torch import nn
-
 from ..errors import UserError
 from ..prune.structure import attentions
 from ..quant.config import QuantConfig
@@ -151,7 +149,3 @@ def convert_dense_state(model, state_dict: dict, prefix: str = "") -> int:
 
 def holds_factors(state_dict: dict) -> bool:
     return any(k.endswith((".source.a", "embed_tokens.a")) for k in state_dict)
-
-
-def is_factorized(module: nn.Module) -> bool:
-    return bool(kronecker_modules(module))
