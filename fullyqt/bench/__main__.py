@@ -25,7 +25,7 @@ from .kernels import measure
 from .profile import profile
 from .report import write_report
 from .pruning import step_rows
-from .runner import (compact_model, distilled_data, layer_shapes, matrix_params, model_size,
+from .runner import (compact_model, distilled_data, layer_shapes, model_size,
                      train, translate)
 
 
@@ -216,7 +216,6 @@ def main(argv=None):
                      "teacher_share": result.teacher_share,
                      "bleu": dec.bleu, "signature": dec.signature,
                      **model_size(result.checkpoint, v.bits),
-                     **matrix_params(result.checkpoint),
                      "kron_layers": v.train.get("kron-layers"),
                      "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
                      "translated": dec.translated, "scored": dec.scored,

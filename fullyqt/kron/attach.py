@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 from ..errors import UserError
-from ..prune.structure import attentions
+from ..prune.structure import matrices
 from ..quant.config import QuantConfig
 from ..quant.linear import QuantLinear
 from .embedding import KroneckerEmbedding
@@ -21,7 +21,6 @@ from .nearest import nearest
 from .options import KronConfig
 
 logger = logging.getLogger(__name__)
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def _factorize(layer: QuantLinear, ks: KronShape, qcfg: QuantConfig):
@@ -29,19 +28,6 @@ def _factorize(layer: QuantLinear, ks: KronShape, qcfg: QuantConfig):
     init_factors(source.a, source.b, float(layer.weight.detach().std()), ks.rank)
     layer.source = source
     del layer.weight
-
-
-def _linears(model) -> List[Tuple[str, str, QuantLinear]]:
-    """(shape key, label, layer) of every attention projection and FFN matrix."""
-    out = []
-    for stack in ("encoder", "decoder"):
-        for i, layer in enumerate(getattr(model, stack).layers):
-            for kind, attn in attentions(layer):
-                sub = "self_attn" if kind == "self" else "encoder_attn"
-                out += [("attn", f"{stack}.layers.{i}.{sub}.{p}", getattr(attn, p))
-                        for p in PROJECTIONS]
-            out += [(fc, f"{stack}.layers.{i}.{fc}", getattr(layer, fc)) for fc in ("fc1", "fc2")]
-    return out
 
 
 def _factorize_embeddings(model, kcfg: KronConfig, qcfg: QuantConfig, made: list):
@@ -75,7 +61,7 @@ def attach_kronecker(model, kcfg: KronConfig, qcfg: QuantConfig) -> List[Tuple[s
     """Factorize what ``kcfg.layers`` names, in place; returns (label, shape) of each factorized
     matrix (a tied projection is its embedding's) and logs the shapes chosen."""
     made = []
-    for key, label, layer in _linears(model):
+    for key, label, layer in matrices(model):
         if ("ffn" if key in ("fc1", "fc2") else key) not in kcfg.layers:
             continue
         ks = kcfg.shape_for(key, (layer.out_features, layer.in_features), label)
@@ -116,6 +102,10 @@ def kronecker_modules(model):
     return out
 
 
+def _dims(shape) -> str:
+    return "x".join(map(str, shape))
+
+
 def convert_dense_state(model, state_dict: dict, prefix: str = "") -> int:
     """In place: every dense ``weight`` of a matrix the model factorizes is replaced by its
     nearest factors (each layer's relative error logged); returns how many.  A factor saved
@@ -128,17 +118,15 @@ def convert_dense_state(model, state_dict: dict, prefix: str = "") -> int:
             saved = state_dict.get(base + attr)
             own = getattr(module, attr.split(".")[-1])
             if saved is not None and tuple(saved.shape) != tuple(own.shape):
-                raise UserError(f"{base}{attr}: the checkpoint's factor is "
-                                f"{'x'.join(map(str, saved.shape))}, the model's is "
-                                f"{'x'.join(map(str, own.shape))} ({ks}); pass the --kron-* "
+                raise UserError(f"{base}{attr}: the checkpoint's factor is {_dims(saved.shape)}, "
+                                f"the model's is {_dims(own.shape)} ({ks}); pass the --kron-* "
                                 "options it was trained with")
         w = state_dict.get(base + "weight")
         if w is None or base + a_name in state_dict:
             continue
         if tuple(w.shape) != ks.shape:
-            raise UserError(f"{base}weight: the checkpoint's matrix is "
-                            f"{'x'.join(map(str, w.shape))}, the model factorizes "
-                            f"{'x'.join(map(str, ks.shape))}")
+            raise UserError(f"{base}weight: the checkpoint's matrix is {_dims(w.shape)}, "
+                            f"the model factorizes {_dims(ks.shape)}")
         a, b, rel = nearest(state_dict.pop(base + "weight"), ks)
         state_dict[base + a_name], state_dict[base + b_name] = a, b
         logger.info("kron: %s initialised from the dense weight as %s, relative error %.4f",

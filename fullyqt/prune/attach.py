@@ -8,10 +8,8 @@ from .masked_weight import BlockMaskedWeight
 from .options import PruneConfig
 from .pruner import Pruner
 from .scores import BlockScores
-from .structure import attentions
+from .structure import MODULE, PROJECTIONS, attentions, matrices
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
-MODULE = {"self": "self_attn", "cross": "encoder_attn"}
 logger = logging.getLogger(__name__)
 
 
@@ -52,18 +50,10 @@ def _mask_ffn(pruner, label, layer, block: BlockShape):
     pruner.register("ffn", f"{label}.fc2", fc2)
 
 
-def _matrices(model):
-    for layers in (model.encoder.layers, model.decoder.layers):
-        for layer in layers:
-            for _, attn in attentions(layer):
-                yield from (getattr(attn, name) for name in PROJECTIONS)
-            yield from (layer.fc1, layer.fc2)
-
-
 def symmetric_weights(model):
     """Symmetric weight grids (0.0 exact) on every matrix pruning applies to: a masked model and
     the compact model made from it quantize alike."""
-    for matrix in _matrices(model):
+    for _, _, matrix in matrices(model):
         matrix.weight_quant.symmetric = prunable(matrix)
 
 
@@ -79,7 +69,7 @@ def attach_pruning(model, pcfg: PruneConfig) -> Pruner:
                     _mask(pruner, "attn", label, getattr(attn, name), pcfg.attn_block,
                           gate_from=attn.v_proj if name == "out_proj" else None)
             _mask_ffn(pruner, f"{stack}.layers.{i}", layer, pcfg.ffn_block)
-    skipped = sum(not prunable(m) for m in _matrices(model))
+    skipped = sum(not prunable(m) for _, _, m in matrices(model))
     if skipped:
         logger.info("prune: %d matrices held as Kronecker factors are not pruned", skipped)
     symmetric_weights(model)

@@ -12,9 +12,9 @@ from typing import Dict, Tuple
 
 import torch
 
-from .attach import PROJECTIONS, prunable
+from .attach import prunable
 from .shapes import CompactShapes, LayerShape
-from .structure import attentions, heads_alive, units_alive
+from .structure import PROJECTIONS, attentions, heads_alive, units_alive
 
 
 def _kept(alive: torch.Tensor) -> torch.Tensor:

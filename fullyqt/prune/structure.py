@@ -5,9 +5,12 @@ column off, see ``masked_weight.py``); a head whose Q or K slice is pruned whole
 is not attends uniformly and still contributes: it is kept and counted as ``uniform``.  An FFN
 unit is gone when its fc2 column is pruned.
 """
-from typing import List
+from typing import Iterator, List, Tuple
 
 import torch
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+MODULE = {"self": "self_attn", "cross": "encoder_attn"}
 
 
 def _columns_alive(layer) -> torch.Tensor:
@@ -51,6 +54,18 @@ def attentions(layer):
     if getattr(layer, "encoder_attn", None) is not None:
         out.append(("cross", layer.encoder_attn))
     return out
+
+
+def matrices(model) -> Iterator[Tuple[str, str, object]]:
+    """(kind ``attn``/``fc1``/``fc2``, state-dict label, layer) of every attention projection and
+    FFN matrix of a transformer."""
+    for stack in ("encoder", "decoder"):
+        for i, layer in enumerate(getattr(model, stack).layers):
+            for kind, attn in attentions(layer):
+                for name in PROJECTIONS:
+                    yield "attn", f"{stack}.layers.{i}.{MODULE[kind]}.{name}", getattr(attn, name)
+            for fc in ("fc1", "fc2"):
+                yield fc, f"{stack}.layers.{i}.{fc}", getattr(layer, fc)
 
 
 def describe(model) -> str:
