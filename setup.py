@@ -23,7 +23,7 @@ setup(
         "matplotlib>=3.7",  # the benchmark's pareto plot
     ],
     extras_require={
-        "test": ["pytest>=7", "ctranslate2>=4.0"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ctranslate2>=4.0"],
         "deploy": ["ctranslate2>=4.0"],
     },
     entry_points={

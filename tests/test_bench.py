@@ -64,6 +64,16 @@ def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
         load_preset("smoke", root=str(tmp_path))
 
 
+@pytest.mark.parametrize("value", ["0", "forty", "2.5"])
+def test_bad_length_cap_in_a_preset_is_named(tmp_path, value):
+    import shutil
+
+    shutil.copytree(os.path.join(REPO, "configs", "smoke"), tmp_path / "smoke")
+    (tmp_path / "smoke" / "preset.yaml").write_text(f"variants: [float]\nmax_len: {value}\n")
+    with pytest.raises(ConfigError, match=r"max_len .*: allowed: an integer >= 1"):
+        load_preset("smoke", root=str(tmp_path))
+
+
 def test_experiment_files_inherit_through_a_chain(tmp_path):
     from fullyqt.bench.config import load_experiment
 
@@ -233,6 +243,13 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert step["size"] == "cpu-small" and all(
         step[k] > 0 for k in ("float ms", "fake-quant ms", "int8 kernels ms"))
     assert "[float] update" in proc.stdout  # progress is shown
+    # the preset's length cap reaches beam search: no hypothesis is longer (+ EOS)
+    cap = load_preset("smoke").max_len
+    assert data["meta"]["hypotheses cut at (target tokens)"] == cap
+    scores = [line.split("\t")[1].split() for line in (
+        out / "checkpoints" / "float" / "generate.txt").read_text().splitlines()
+        if line.startswith("P-")]
+    assert len(scores) == 60 and max(map(len, scores)) == cap + 1
     # distillation: word-level from the float model, sequence-level on its translations
     assert rows["fullyqt8-kd"]["teacher"] == "float"
     assert rows["fullyqt8-kd"]["num_updates"] == rows["fullyqt8-finetune"]["num_updates"]

@@ -20,6 +20,20 @@ def export(*args, check=True):
     return cli("fullyqt-export", *map(str, args), check=check)
 
 
+def export_here(capsys, *args):
+    """fullyqt-export's ``main`` in this process (no start-up cost): (exit code, stderr).  An
+    uncaught exception, the in-process form of a traceback, fails the test."""
+    from fullyqt.export.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def hyps(data, ckpt, n, user_dir=True, env=None, subset="test", log=None):
     args = [data, "--path", ckpt, "--beam", "5", "--batch-size", "64", "--cpu",
             "--required-batch-size-multiple", "1", "--gen-subset", subset]
@@ -151,39 +165,40 @@ def test_ctranslate2_export_translates(toy_data, trained_8bit, tmp_path):
     assert [r.hypotheses[0] for r in result] == [["W4", "W3", "W2", "W1"], ["W9", "W5", "W7"]]
 
 
-def test_refuses_to_overwrite_and_non_fullyqt_and_corrupt(toy_data, trained_8bit, tmp_path):
+def test_refuses_to_overwrite_and_non_fullyqt_and_corrupt(toy_data, trained_8bit, tmp_path,
+                                                          capsys):
     out = tmp_path / "exists.pt"
     out.write_text("keep me")
-    proc = export(trained_8bit, "--format", "int8", "--out", out, check=False)
+    proc = export(trained_8bit, "--format", "int8", "--out", out, check=False)  # the real CLI
     assert proc.returncode == 2 and "--force" in proc.stderr and out.read_text() == "keep me"
-    export(trained_8bit, "--format", "int8", "--out", out, "--force")
+    assert "Traceback" not in proc.stderr and "--force" in proc.stderr.strip().splitlines()[-1]
+    assert export_here(capsys, trained_8bit, "--format", "int8", "--out", out, "--force")[0] == 0
     assert torch.load(out)["fullyqt_export"]["format"] == "int8"
 
     stock = tmp_path / "stock.pt"
-    export(trained_8bit, "--format", "fairseq", "--out", stock)
-    proc = export(stock, "--format", "int8", "--out", tmp_path / "x.pt", check=False)
-    assert proc.returncode == 2 and "not a fullyqt model" in proc.stderr
+    assert export_here(capsys, trained_8bit, "--format", "fairseq", "--out", stock)[0] == 0
+    code, err = export_here(capsys, stock, "--format", "int8", "--out", tmp_path / "x.pt")
+    assert code == 2 and "not a fullyqt model" in err
 
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(open(trained_8bit, "rb").read()[:5000])
-    proc = export(bad, "--format", "int8", "--out", tmp_path / "y.pt", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    code, err = export_here(capsys, bad, "--format", "int8", "--out", tmp_path / "y.pt")
+    assert code == 2 and "corrupt.pt" in err
 
-    for fmt, err in (("int4", "trained with 8-bit"), ("int3", "allowed: int8")):
-        proc = export(trained_8bit, "--format", fmt, "--out", tmp_path / "z.pt", check=False)
-        assert proc.returncode == 2 and err in proc.stderr
-    proc = export(trained_8bit, "--format", "ctranslate2", "--out", tmp_path / "ct2",
-                  "--data", tmp_path / "no-such-dir", check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for fmt, want in (("int4", "trained with 8-bit"), ("int3", "allowed: int8")):
+        code, err = export_here(capsys, trained_8bit, "--format", fmt, "--out", tmp_path / "z.pt")
+        assert code == 2 and want in err
+    code, err = export_here(capsys, trained_8bit, "--format", "ctranslate2", "--out",
+                            tmp_path / "ct2", "--data", tmp_path / "no-such-dir")
+    assert code == 2 and "no-such-dir" in err
     (tmp_path / "a-dir").mkdir()
-    for fmt, out, err in (
+    for fmt, out, want in (
             ("int8", tmp_path / "a-dir", "a-dir is a directory; --format int8 writes a file"),
             ("ctranslate2", tmp_path / "stock.pt", "is a file; --format ctranslate2 writes a "
                                                    "directory"),
             ("int8", tmp_path / "nowhere" / "m.pt", "nowhere does not exist")):
-        proc = export(trained_8bit, "--format", fmt, "--out", out, "--force", check=False)
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-        assert err in proc.stderr.strip().splitlines()[-1], proc.stderr
+        code, err = export_here(capsys, trained_8bit, "--format", fmt, "--out", out, "--force")
+        assert code == 2 and want in err.strip().splitlines()[-1], err
     assert not list((tmp_path / "a-dir").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-dir", "corrupt.pt", "exists.pt",
                                                           "stock.pt"]

@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -19,9 +20,14 @@ PRUNE = ["--prune-method", "sigmoid", "--prune-attn-block", "16x16", "--prune-sc
 
 @pytest.fixture(scope="module")
 def pruned(toy_data, tmp_path_factory):
+    """Trained with a stop inside the density ramp and a resume: (final checkpoint, log of the
+    resumed run, a copy of the run directory as it was at the stop)."""
     save = tmp_path_factory.mktemp("pruned")
+    train(toy_data[1], save, *TINY, *PRUNE, "--max-epoch", "5")  # stops at update 75
+    stopped = tmp_path_factory.mktemp("pruned-stopped")
+    shutil.copy(save / "checkpoint_last.pt", stopped / "checkpoint_last.pt")
     proc = train(toy_data[1], save, *TINY, *PRUNE)
-    return save / "checkpoint_last.pt", proc.stdout + proc.stderr
+    return save / "checkpoint_last.pt", proc.stdout + proc.stderr, stopped
 
 
 def _scores(path):
@@ -30,23 +36,23 @@ def _scores(path):
 
 
 def test_log_shows_densities_and_what_is_left(pruned):
-    _, log = pruned
+    _, log, _ = pruned
     assert "attn_density" in log and "ffn_density" in log and "prune_penalty" in log
     line = [x for x in log.splitlines() if "prune: update 100" in x][0]
     assert "heads enc" in line and "dec-cross" in line and "ffn enc" in line
 
 
-def test_resume_continues_the_schedule_from_the_saved_scores(toy_data, tmp_path):
+def test_resume_continues_the_schedule_from_the_saved_scores(toy_data, pruned):
     """fairseq's own resume is not bit-exact on CPU (a float model drifts too), so this checks
     what pruning adds: the scores, masks and schedule position come back as saved."""
-    train(toy_data[1], tmp_path, *TINY, *PRUNE, "--max-epoch", "5")  # stops at update 75
-    saved = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu")
+    final_path, log, stopped = pruned
+    saved = torch.load(stopped / "checkpoint_last.pt", map_location="cpu")
     at = saved["optimizer_history"][-1]["num_updates"]
     assert 20 < at < 120  # inside the ramp
-    trainer, model = make_trainer(toy_data[1], tmp_path, *PRUNE[:-3])
+    trainer, model = make_trainer(toy_data[1], stopped, *PRUNE[:-3])
     assert trainer.get_num_updates() == at
     state = model.state_dict()
-    for k, v in _scores(tmp_path / "checkpoint_last.pt").items():
+    for k, v in _scores(stopped / "checkpoint_last.pt").items():
         assert torch.equal(state[k], v), k
     schedule = Schedule(warmup=20, cooldown=30, total=150)
     # as saved: the threshold of the last update trained (fairseq numbers it at - 1); the
@@ -54,9 +60,8 @@ def test_resume_continues_the_schedule_from_the_saved_scores(toy_data, tmp_path)
     assert model.pruner._values[0] == pytest.approx(schedule.rising(0.1, at - 1))
     masks = [layer.source.element_mask(layer) for _, _, layer in model.pruner.matrices]
     assert 0 < sum(float(m.sum()) for m in masks) < sum(m.numel() for m in masks)
-    proc = train(toy_data[1], tmp_path, *TINY, *PRUNE)
-    assert f"@ {at} updates)" in proc.stdout + proc.stderr  # resumed, not restarted
-    final = _scores(tmp_path / "checkpoint_last.pt")
+    assert f"@ {at} updates)" in log  # resumed, not restarted
+    final = _scores(final_path)
     assert float(final["pruner.threshold"]) == pytest.approx(0.1)
 
 
@@ -71,7 +76,7 @@ def _hypotheses(data, ckpt):
 
 def test_compact_translates_like_the_masked_model_and_exports_to_int8(toy_data, pruned,
                                                                        tmp_path):
-    ckpt, _ = pruned
+    ckpt = pruned[0]
     compact = tmp_path / "compact.pt"
     cli("fullyqt-export", ckpt, "--format", "compact", "--out", compact)
     args = model_args(torch.load(compact, map_location="cpu"))

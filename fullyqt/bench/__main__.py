@@ -66,7 +66,7 @@ def kernels(name: str) -> List[str]:
     return ["--model-overrides", repr({"quant_kernels": name})]
 
 
-def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
+def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
     """Rows for the shipped forms of a variant: CTranslate2 int8 of the float model (PTQ); the
     integer export decoded with integer kernels (compared with ``fake``, the fake-quant model's
     exact decode, and with its float-matmul decode)
@@ -81,12 +81,13 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
         say(f"[{v.name}] int{b} export, decoded with integer kernels by fairseq-generate")
         path = export_int(checkpoint, b, os.path.join(vdir, f"model.int{b}.pt"))
         dec = translate(path, data["bin"], data["test_ref"],
-                        os.path.join(vdir, f"generate.int{b}.txt"), threads=threads)
+                        os.path.join(vdir, f"generate.int{b}.txt"), threads=threads,
+                        max_len=max_len)
         same = agreement(dec.hypotheses, fake.hypotheses)
         say(f"[{v.name}] reference: the fake-quant model with float matmuls on dequantized values")
         dec_float = translate(checkpoint, data["bin"], data["test_ref"],
                               os.path.join(vdir, "generate.fake.txt"), threads=threads,
-                              extra=kernels("fake"))
+                              max_len=max_len, extra=kernels("fake"))
         rows.append({**base, "variant": f"{v.name} int{b} native", "kind": "deploy", "bits": b,
                      "description": f"the fullyqt-export int{b} file (packed weights) decoded by "
                                     "fairseq-generate --user-dir fullyqt with int8 matmul "
@@ -107,7 +108,7 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, say):
                                         from_fullyqt=str(v.train.get("arch", "")).startswith(
                                             "fullyqt"))
             res = ct2_translate(ct2_dir, data["test_tok"], data["spm"], data["test_ref"],
-                                threads=threads)
+                                threads=threads, max_len=max_len)
         except (ImportError, RuntimeError) as e:
             say(f"[{name}] skipped: {e}")
             return rows
@@ -179,6 +180,9 @@ def main(argv=None):
     meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
             "machine": f"{cpu_name()}, {a.threads} threads",
             "torch": torch.__version__, "test sentences": None, "training budget (min)": budget}
+    length = preset.max_len
+    if length:
+        meta["hypotheses cut at (target tokens)"] = length
     rows, trained = [], {}
     for v in variants:
         dep = trained.get(v.match_updates)
@@ -190,7 +194,7 @@ def main(argv=None):
         if v.distill_data:
             train_bin = distilled_data(trained[v.distill_data].checkpoint, data["bin"],
                                        os.path.join(out, "data", f"distilled-{v.distill_data}"),
-                                       threads=a.threads, say=say)
+                                       threads=a.threads, max_len=length, say=say)
         result = train(v, train_bin, os.path.join(out, "checkpoints", v.name),
                        minutes=minutes, max_update=max_update, finetune_from=finetune,
                        extra_flags=teacher, threads=a.threads, say=say)
@@ -206,7 +210,8 @@ def main(argv=None):
         say(f"[{v.name}] translating the test set")
         dec = translate(result.checkpoint, data["bin"], data["test_ref"],
                         os.path.join(out, "checkpoints", v.name, "generate.txt"),
-                        threads=a.threads, extra=kernels("exact") if v.bits else [])
+                        threads=a.threads, max_len=length,
+                        extra=kernels("exact") if v.bits else [])
         with open(data["test_ref"], encoding="utf-8") as f:
             meta["test sentences"] = sum(1 for _ in f)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
@@ -224,7 +229,7 @@ def main(argv=None):
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
         if a.deploy:
             rows += deployment_rows(v, rows[-1], dec, result.checkpoint, data, out, a.threads,
-                                    say)
+                                    length, say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
     profile_rows = kernel_rows = None
@@ -236,7 +241,8 @@ def main(argv=None):
                                 fake: trained[q8].checkpoint,
                                 f"{q8} int8 native": os.path.join(out, "checkpoints", q8,
                                                                   "model.int8.pt")},
-                               data["bin"], overrides={fake: {"quant_kernels": "fake"}})
+                               data["bin"], overrides={fake: {"quant_kernels": "fake"}},
+                               max_len=length)
         if preset.kernel_sizes:
             say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")
             kernel_rows = measure(preset.kernel_sizes)
@@ -244,7 +250,7 @@ def main(argv=None):
     if any(r.get("dense") for r in rows):
         say("timing decoding steps of the pruned models and their dense models")
         paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows,
-                             step_rows(rows, trained, data["bin"]))
+                             step_rows(rows, trained, data["bin"], length))
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

@@ -54,6 +54,7 @@ class Preset:
     time_budget_minutes: float = 0.0
     kernel_sizes: List[str] = field(default_factory=list)  # decoder-step timing, see kernels.py
     extra_variants: List[Experiment] = field(default_factory=list)  # the full grid (--full-grid)
+    max_len: Optional[int] = None  # beam search stops at this many target tokens (else fairseq's 200)
 
 
 def to_flags(options: Dict[str, object]) -> List[str]:
@@ -139,6 +140,10 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     bad = [k for k in kernel_sizes if k not in SIZES]
     if bad:
         raise ConfigError(f"{pdir}/preset.yaml: kernel_sizes {bad}: allowed: {', '.join(SIZES)}")
+    max_len = raw.get("max_len")
+    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+        raise ConfigError(f"{pdir}/preset.yaml: max_len {max_len!r}: allowed: an integer >= 1 "
+                          "(target tokens)")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
                   dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)),
-                  kernel_sizes, extra)
+                  kernel_sizes, extra, max_len)

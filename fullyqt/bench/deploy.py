@@ -2,7 +2,7 @@
 models (int8 post-training quantization of the float model, and conversion of a QAT model)."""
 import os
 import time
-from typing import List
+from typing import List, Optional
 
 import sentencepiece as spm
 
@@ -34,7 +34,8 @@ def ctranslate2_model(checkpoint: str, out: str, data_bin: str, *, from_fullyqt:
 
 
 def ct2_translate(model_dir: str, tok_src: str, spm_model: str, reference: str, *,
-                  threads: int, beam: int = 5, batch_size: int = 32) -> dict:
+                  threads: int, beam: int = 5, batch_size: int = 32,
+                  max_len: Optional[int] = None) -> dict:
     """Decode the tokenized test source with CTranslate2; BLEU of the detokenized output."""
     import ctranslate2
 
@@ -45,7 +46,9 @@ def ct2_translate(model_dir: str, tok_src: str, spm_model: str, reference: str, 
     translator = ctranslate2.Translator(model_dir, device="cpu", inter_threads=1,
                                         intra_threads=threads)
     start = time.perf_counter()
-    results = translator.translate_batch(batch, beam_size=beam, max_batch_size=batch_size)
+    results = translator.translate_batch(batch, beam_size=beam, max_batch_size=batch_size,
+                                         **({} if max_len is None else
+                                            {"max_decoding_length": max_len}))
     seconds = time.perf_counter() - start
     sp = spm.SentencePieceProcessor(model_file=spm_model)
     hyps = [sp.decode(r.hypotheses[0]) for r in results]

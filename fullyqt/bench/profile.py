@@ -28,6 +28,15 @@ def _batches(task, n: int, batch_size: int):
     return [b for _, b in zip(range(n), it)]
 
 
+def generator(model, task, beam: int, max_len: Optional[int]):
+    """fairseq's beam search; ``max_len`` caps the hypotheses' length (fairseq's own cap
+    otherwise)."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    cap = {} if max_len is None else {"max_len_a": 0, "max_len_b": max_len}
+    return SequenceGenerator([model], task.target_dictionary, beam_size=beam, **cap)
+
+
 def _decode(gen, model, batches) -> int:
     tokens = 0
     with torch.no_grad():
@@ -38,16 +47,15 @@ def _decode(gen, model, batches) -> int:
 
 def profile(checkpoints: Dict[str, str], data_bin: str, *, batches: int = 4,
             batch_size: int = 32, beam: int = 5,
-            overrides: Optional[Dict[str, dict]] = None) -> List[dict]:
+            overrides: Optional[Dict[str, dict]] = None,
+            max_len: Optional[int] = None) -> List[dict]:
     """One row per named checkpoint (loaded with ``overrides[name]``, if any): shares of the
     decode wall time."""
-    from fairseq.sequence_generator import SequenceGenerator
-
     rows = []
     for name, path in checkpoints.items():
         model, task = _load(path, data_bin, (overrides or {}).get(name))
         bs = _batches(task, batches, batch_size)
-        gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam)
+        gen = generator(model, task, beam, max_len)
         _decode(gen, model, bs[:1])  # warm-up
         start = time.perf_counter()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

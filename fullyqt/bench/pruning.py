@@ -16,8 +16,10 @@ def _ct2_speed(rows: List[dict], variant: str) -> Optional[float]:
     return None
 
 
-def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str) -> List[dict]:
-    """One record per compacted variant (``rows`` holding its ``dense`` model's row too)."""
+def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str,
+              max_len: Optional[int] = None) -> List[dict]:
+    """One record per compacted variant (``rows`` holding its ``dense`` model's row too);
+    ``max_len`` caps the beam search that sets the timed lengths."""
     by_name = {r["variant"]: r for r in rows}
     timed, out = {}, []
     for r in rows:
@@ -27,9 +29,11 @@ def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str) -> Li
         if dense not in timed:
             path = trained[dense].checkpoint
             stock = not (arch_of(read_checkpoint(path)) or "").startswith("fullyqt")
-            timed[dense] = (step_split(path, data_bin),
-                            step_split(path, data_bin, as_fullyqt=True) if stock else None)
-        (d, same), c = timed[dense], step_split(trained[r["variant"]].checkpoint, data_bin)
+            timed[dense] = (step_split(path, data_bin, max_len=max_len),
+                            step_split(path, data_bin, as_fullyqt=True, max_len=max_len)
+                            if stock else None)
+        (d, same), c = timed[dense], step_split(trained[r["variant"]].checkpoint, data_bin,
+                                                max_len=max_len)
         same = same or d
         out.append({
             "variant": r["variant"], "dense": dense, "bleu": r["bleu"],

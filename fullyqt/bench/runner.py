@@ -116,8 +116,13 @@ def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
     return result
 
 
+def length_flags(max_len: Optional[int]) -> List[str]:
+    """fairseq's flags for hypotheses of at most ``max_len`` target tokens (none: its own)."""
+    return [] if max_len is None else ["--max-len-a", "0", "--max-len-b", str(max_len)]
+
+
 def distilled_data(teacher: str, data_bin: str, out_dir: str, *, threads: int,
-                   say=print) -> str:
+                   max_len: Optional[int] = None, say=print) -> str:
     """The training set translated by ``teacher`` (fullyqt-distill-data, beam 5); reused when
     already made, resumed when stopped."""
     if os.path.exists(os.path.join(out_dir, "distill.json")):
@@ -126,7 +131,7 @@ def distilled_data(teacher: str, data_bin: str, out_dir: str, *, threads: int,
     say(f"translating the training set with the teacher into {out_dir}")
     cmd = [os.path.join(BIN, "fullyqt-distill-data"), teacher, data_bin, "--out", out_dir,
            "--beam", "5", "--batch-size", "64", "--threads", str(threads), "--no-progress-bar",
-           *(["--cpu"] if not torch.cuda.is_available() else [])]
+           *length_flags(max_len), *(["--cpu"] if not torch.cuda.is_available() else [])]
     run_logged(cmd, out_dir.rstrip("/") + ".log", env=thread_env(threads))
     return out_dir
 
@@ -152,12 +157,12 @@ class DecodeResult:
 
 def translate(checkpoint: str, data_bin: str, reference: str, out_path: str, *, threads: int,
               beam: int = 5, batch_size: int = 32, post_process="sentencepiece",
-              extra: List[str] = ()) -> DecodeResult:
+              max_len: Optional[int] = None, extra: List[str] = ()) -> DecodeResult:
     """fairseq-generate on the test split; BLEU of detokenized output against the raw text."""
     cmd = [os.path.join(BIN, "fairseq-generate"), data_bin, "--user-dir", USER_DIR,
            "--path", checkpoint, "--gen-subset", "test", "--beam", str(beam),
            "--batch-size", str(batch_size), "--required-batch-size-multiple", "1",
-           *device_flags(), *extra]
+           *device_flags(), *length_flags(max_len), *extra]
     if post_process:
         cmd += ["--post-process", post_process]
     run_logged(cmd, out_path, env=thread_env(threads))

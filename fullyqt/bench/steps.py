@@ -5,12 +5,12 @@ dense model."""
 import argparse
 import copy
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
 from ..prune.macs import dims_of, sentence_macs, step_macs
-from .profile import _batches, _load
+from .profile import _batches, _load, generator
 
 
 class _Timer:
@@ -62,18 +62,16 @@ def _fullyqt_float(checkpoint, stock, task):
 
 
 def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, beam: int = 5,
-                     repeats: int = 3) -> Dict[str, float]:
+                     repeats: int = 3, max_len: Optional[int] = None) -> Dict[str, float]:
     """Milliseconds per incremental decoding step of ``batch_size x beam`` hypotheses in the
     decoder layers, the output projection and the rest of the decoder.  The lengths come from
     beam search on test batches (mean source and translation length); the timing runs fixed-shape
     steps (``kernels._step_ms``) at those lengths, so that every model is timed on the same
     work whatever it translates."""
-    from fairseq.sequence_generator import SequenceGenerator
-
     from .kernels import _step_ms
 
     bs = _batches(task, batches, batch_size)
-    gen = SequenceGenerator([model], task.target_dictionary, beam_size=beam)
+    gen = generator(model, task, beam, max_len)
     src = tgt = sentences = 0
     with torch.no_grad():
         for b in bs:
