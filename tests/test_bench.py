@@ -64,7 +64,7 @@ def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
         load_preset("smoke", root=str(tmp_path))
 
 
-@pytest.mark.parametrize("value", ["0", "forty", "2.5"])
+@pytest.mark.parametrize("value", ["0", "forty", "2.5", "true"])
 def test_bad_length_cap_in_a_preset_is_named(tmp_path, value):
     import shutil
 

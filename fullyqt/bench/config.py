@@ -141,7 +141,7 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     if bad:
         raise ConfigError(f"{pdir}/preset.yaml: kernel_sizes {bad}: allowed: {', '.join(SIZES)}")
     max_len = raw.get("max_len")
-    if max_len is not None and (not isinstance(max_len, int) or max_len < 1):
+    if max_len is not None and (type(max_len) is not int or max_len < 1):  # not a YAML bool
         raise ConfigError(f"{pdir}/preset.yaml: max_len {max_len!r}: allowed: an integer >= 1 "
                           "(target tokens)")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
