@@ -41,6 +41,14 @@ def model_args(state: dict):
     return model
 
 
+def recorded_data(state: dict) -> Optional[str]:
+    """The data directory the checkpoint was trained on (its dictionaries are read from there)."""
+    if state.get("args") is not None:
+        return getattr(state["args"], "data", None)
+    task = (state.get("cfg") or {}).get("task")
+    return getattr(task, "data", None) if not isinstance(task, dict) else task.get("data")
+
+
 def arch_of(state: dict) -> str:
     args = model_args(state)
     return getattr(args, "arch", None) or getattr(args, "_name", None) or (
@@ -53,7 +61,13 @@ def load_model_and_task(path: str, data: Optional[str] = None, **model_overrides
     ``data`` overrides the data directory recorded in the checkpoint (the dictionaries are read
     from there); ``model_overrides`` override other saved options (``quant_kernels="fake"``).
     """
-    read_checkpoint(path)
+    state = read_checkpoint(path)
+    where = data or recorded_data(state)
+    if where and not os.path.isdir(where):
+        said = f"--data {where}" if data else (f"{path}: its data directory {where} (recorded "
+                                                "when it was trained)")
+        raise CheckpointError(f"{said}: no such directory; pass --data DIR, a directory with "
+                              "the model's dictionaries")
     from fairseq import checkpoint_utils
 
     overrides = dict(model_overrides, **({"data": data} if data else {})) or None

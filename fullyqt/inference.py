@@ -7,17 +7,18 @@ known by an ``Int8Linear`` holding only integer codes.  The fullyqt model calls 
 """
 from torch import nn
 
+from .quant.attention import QuantMultiheadAttention
 from .quant.config import KERNELS
 from .quant.linear import QuantLinear
 
 
 def set_kernels(model: nn.Module, kernels: str):
-    """The arithmetic of every quantized linear; ``int8`` evaluates exactly (the same numbers)
-    until ``prepare_for_inference`` swaps the modules."""
+    """The arithmetic of every quantized linear and attention product; ``int8`` evaluates
+    exactly (the same numbers) until ``prepare_for_inference`` swaps the linears."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels {kernels!r}: allowed {', '.join(KERNELS)}")
     for m in model.modules():
-        if isinstance(m, QuantLinear):
+        if isinstance(m, (QuantLinear, QuantMultiheadAttention)):
             m.set_kernels("exact" if kernels == "int8" else kernels)
 
 

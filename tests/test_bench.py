@@ -204,6 +204,20 @@ def test_report_kronecker_section_judges_the_goals(tmp_path):
     assert "| kron-prune8 | ffn,embed | 8 | 28.00 | -3.00 | 2.67x | 8.00x |" in md
 
 
+def detokenized(path):
+    """{sentence id: D- line text} of a fairseq-generate log."""
+    hyps = {}
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("D-"):
+            sid, _score, text = line.rstrip("\n").split("\t", 2)
+            hyps[int(sid[2:])] = text
+    return hyps
+
+
+def same_share(a, b):
+    return sum(a[i] == b[i] for i in b) / len(b)
+
+
 def md_text(out):
     return (out / "report.md").read_text()
 
@@ -222,7 +236,14 @@ def test_smoke_preset_end_to_end(tmp_path):
     native = rows["fullyqt8 int8 native"]
     assert native["same_as_fake_quant"] == 1.0
     assert native["bleu"] == rows["fullyqt8"]["bleu"]
-    assert 0 <= native["float_matmul_same_as_fake_quant"] <= 1
+    # the agreements the row reports, counted again from the fairseq-generate logs on disk
+    logs = out / "checkpoints" / "fullyqt8"
+    exact = detokenized(logs / "generate.txt")
+    assert len(exact) == 60
+    assert native["same_as_fake_quant"] == same_share(detokenized(logs / "generate.int8.txt"),
+                                                      exact)
+    assert native["float_matmul_same_as_fake_quant"] == same_share(
+        detokenized(logs / "generate.fake.txt"), exact)
     assert "--quant-kernels fake" in md_text(out)
     shares = [sum(v for k, v in p.items() if k not in ("model", "tokens", "wall_ms"))
               for p in data["profile"]]

@@ -6,6 +6,7 @@ from fairseq.sequence_generator import SequenceGenerator
 from torch.overrides import TorchFunctionMode
 
 from fullyqt.quant.coverage import format_table, quantization_points
+from fullyqt.quant.quantizer import ActivationQuantizer
 from tests.conftest import TINY, build_model, cli, sample_batch, train
 
 MATMUL_LIKE = {F.linear: (0, 1), torch.matmul: (0, 1), torch.bmm: (0, 1),
@@ -72,6 +73,69 @@ def test_the_check_catches_an_unquantized_model(toy_data):
     assert any(c[2] > 16 for c in calls)
 
 
+class GridRecorder(TorchFunctionMode):
+    """Each activation quantizer's grid as it quantized (forward hooks), and the activation
+    operands of every linear and matmul (weights have per-row grids of their own)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.grids, self.operands = set(), []
+        self.handles = [m.register_forward_hook(self._grid) for m in model.modules()
+                        if isinstance(m, ActivationQuantizer)]
+
+    def _grid(self, q, _inputs, _out):
+        if q.has_range:
+            lo, hi, step = q.grid.scalars()
+            self.grids.add((lo, hi, step))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear:
+            self.operands.append((func.__name__, args[0].detach().clone()))
+        elif func is torch.matmul:
+            self.operands += [(func.__name__, a.detach().clone()) for a in args[:2]]
+        return func(*args, **(kwargs or {}))
+
+
+def on_grid(x, grid, tol=1e-3):
+    """Every value of x is a point of grid (exact zeros aside: fairseq's padding masks)."""
+    lo, hi, step = grid
+    v = x[x != 0].double()
+    k = (v - lo) / step
+    return bool(((k - k.round()).abs() < tol).all() and (k > -tol).all()
+                and (v <= hi + step * tol).all())
+
+
+@pytest.mark.parametrize("extra", [[], ["--encoder-normalize-before", "--decoder-normalize-before"],
+                                   ["--layernorm-embedding", "--activation-fn", "gelu"]])
+def test_training_operands_are_on_a_grid_with_dropout(toy_data, extra):
+    """Dropout (embedding, attention, activation) comes before its quantizer, so in training
+    every activation a linear or matmul receives is a point of the grid that produced it."""
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8", "--dropout", "0.3",
+                                 "--attention-dropout", "0.3", "--activation-dropout", "0.3",
+                                 *extra)
+    batch = sample_batch(task)
+    calibrated(model, batch).train()
+    rec = GridRecorder(model)
+    with rec:
+        model(**batch["net_input"])[0].sum().backward()
+    for h in rec.handles:
+        h.remove()
+    assert len(rec.operands) > 40 and len(rec.grids) > 40
+    off = [(name, tuple(x.shape)) for name, x in rec.operands
+           if not any(on_grid(x, g) for g in rec.grids)]
+    assert not off, off[:5]
+
+
+def test_the_grid_check_catches_dropout_after_a_quantizer():
+    """Dropout's 1/(1-p) applied to quantized values leaves the grid (so the check can fail)."""
+    q = ActivationQuantizer(8)
+    x = torch.randn(64, 32)
+    y = q(x)
+    grid = q.grid.scalars()
+    assert on_grid(y, grid)
+    assert not on_grid(F.dropout(y, 0.3, training=True), grid)
+
+
 def test_coverage_listing_names_every_site(toy_data):
     model, task, _ = build_model(toy_data[1], "--quant-bits", "6")
     calibrated(model, sample_batch(task), steps=1)
@@ -104,3 +168,16 @@ def test_coverage_of_a_stock_checkpoint_is_an_error(toy_data, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "architecture 'transformer' is not a fullyqt model; it has no quantization points")
+
+
+def test_a_missing_data_directory_is_one_error_line(tmp_path):
+    """The legacy fixture recorded a data directory that is gone: name it, or the bad --data."""
+    from fullyqt.quant.coverage import main
+    from tests.test_legacy_checkpoint import CKPT, FIXTURE
+
+    with pytest.raises(SystemExit, match=r"its data directory .* \(recorded when it was trained\)"
+                                         r": no such directory; pass --data DIR"):
+        main([CKPT])
+    with pytest.raises(SystemExit, match=f"--data {tmp_path}/none: no such directory"):
+        main([CKPT, "--data", f"{tmp_path}/none"])
+    main([CKPT, "--data", FIXTURE])  # the dictionaries are there

@@ -1,29 +1,95 @@
 """Incremental decoding runs the same quantized path as full-sequence decoding."""
+import pytest
 import torch
 
 from tests.conftest import build_model, sample_batch
 from tests.test_coverage import calibrated
 
 
-def test_incremental_equals_full_sequence(toy_data):
-    model, task, _ = build_model(toy_data[1], "--quant-bits", "8")
-    batch = sample_batch(task, n=8)
-    model = calibrated(model.double(), batch)
+def decode_both_ways(model, task, batch, steps=6):
+    """Decoder outputs of the first ``steps`` target positions: the full sequence at once, and
+    one position at a time with an incremental state; and the mask of real (non-pad) ones."""
     net = batch["net_input"]
     with torch.no_grad():
         enc = model.encoder(net["src_tokens"], net["src_lengths"])
-        prev = batch["net_input"]["prev_output_tokens"][:, :6]
+        prev = net["prev_output_tokens"][:, :steps]
         full, _ = model.decoder(prev, encoder_out=enc)
         state = {}
-        steps = [model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)[0]
-                 for t in range(prev.size(1))]
-    inc = torch.cat(steps, dim=1)
-    assert inc.shape == full.shape
+        inc = torch.cat([model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)[0]
+                         for t in range(prev.size(1))], dim=1)
     # Padding positions get different positional embeddings in the two modes (in stock fairseq
     # too); every real target position must agree.
     real = prev.ne(task.target_dictionary.pad())
-    assert (~real).any() and real.sum() > 30
-    torch.testing.assert_close(inc[real], full[real], rtol=1e-9, atol=1e-9)
+    assert inc.shape == full.shape and (~real).any() and real.sum() > 30
+    return inc, full, real
+
+
+@pytest.mark.parametrize("extra", [[], ["--encoder-normalize-before", "--decoder-normalize-before"]])
+def test_exact_incremental_decoding_is_bit_identical_in_float32(toy_data, extra):
+    """Exact evaluation multiplies integer codes (linears, Q·Kᵀ, P·V, the softmax sum): one
+    position decoded alone gets the bits it gets in the full sequence."""
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8", *extra)
+    batch = sample_batch(task, n=8)
+    model = calibrated(model, batch)
+    assert next(model.parameters()).dtype == torch.float32
+    inc, full, real = decode_both_ways(model, task, batch)
+    assert torch.equal(inc[real], full[real])
+
+
+SITES = ("softmax_numerator_quant", "softmax_denominator_quant", "attn_output_quant")
+
+
+def quantizer_inputs(model, run):
+    """``{(attention, site): [input of each call]}`` of the decoder attentions' quantizers that
+    take Q·Kᵀ (through exp), the softmax sum and P·V, recorded while ``run()`` runs."""
+    seen, handles = {}, []
+    for name, m in model.decoder.named_modules():
+        for site in SITES if name.endswith("attn") else ():
+            def hook(_q, inputs, key=(name, site)):
+                seen.setdefault(key, []).append(inputs[0].detach().clone())
+            handles.append(getattr(m, site).register_forward_pre_hook(hook))
+    with torch.no_grad():
+        run()
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_exact_attention_products_do_not_depend_on_the_sequence_shape(toy_data):
+    """Before any quantizer rounds them: Q·Kᵀ, the softmax sum and P·V of one position decoded
+    alone equal that position's in the full sequence (float matmuls of other shapes differ)."""
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8")
+    batch = sample_batch(task, n=8)
+    model = calibrated(model, batch)
+    net = batch["net_input"]
+    enc = model.encoder(net["src_tokens"], net["src_lengths"])
+    prev = net["prev_output_tokens"][:, :8]
+    full = quantizer_inputs(model, lambda: model.decoder(prev, encoder_out=enc))
+    state = {}
+    inc = quantizer_inputs(model, lambda: [
+        model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
+        for t in range(prev.size(1))])
+    real = prev.ne(task.target_dictionary.pad())
+    assert len(full) == 2 * 3 * 2  # two layers, self and encoder attention, three sites
+    compared = 0
+    for key, (whole,) in full.items():
+        for t, step in enumerate(inc[key]):
+            rows = real[:, t]
+            if key[1] == "attn_output_quant":  # (time, batch, dim)
+                a, b = whole[t][rows], step[0][rows]
+            else:  # (batch, heads, time, keys): self-attention sees keys up to t
+                a, b = whole[rows][:, :, t, : step.shape[-1]], step[rows][:, :, 0]
+            assert torch.equal(a, b), (key, t)
+            compared += a.numel()
+    assert compared > 5000
+
+
+def test_fake_incremental_decoding_differs_only_in_the_low_bits(toy_data):
+    """Float matmuls of other shapes round differently (why exact mode exists), within 1e-4."""
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8", "--quant-kernels", "fake")
+    batch = sample_batch(task, n=8)
+    inc, full, real = decode_both_ways(calibrated(model, batch), task, batch)
+    torch.testing.assert_close(inc[real], full[real], rtol=1e-4, atol=1e-4)
 
 
 def test_attention_never_takes_the_fused_path(toy_data, monkeypatch):

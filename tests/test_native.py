@@ -1,8 +1,11 @@
-"""Integer kernels: Int8Linear against the fake-quant layer, exact evaluation against Int8Linear
-(bit for bit), model conversion, and the int8 export decoded natively through fairseq-generate."""
+"""Integer kernels: Int8Linear against the fake-quant layer, exact evaluation and Int8Linear
+against a float64 reference written here, model conversion, and the int8 export decoded
+natively through fairseq-generate (exact == int8 bit for bit on separately loaded models:
+``test_export.py``)."""
 import pytest
 import torch
 
+from fullyqt.inference import set_kernels
 from fullyqt.native import Int8Linear, NativeConversionError, to_native_int8
 from fullyqt.quant.config import QuantConfig
 from fullyqt.quant.linear import QuantLinear
@@ -47,22 +50,41 @@ def test_output_quantizer_kept_and_training_refused():
         native.train()(x)
 
 
+def float64_reference(lin, x, wbits, abits, buckets):
+    """``x @ Q(W)^T + b`` from the scheme's definition, in float64: min-max grids of the weight
+    (per row or per tensor) and of the input quantizer's running range, round half to even."""
+    def on_grid(t, lo, hi, bits):
+        step = (hi - lo) / (2**bits - 1)
+        return lo + step * torch.round((t.clamp(lo, hi) - lo) / step)
+
+    w = lin.weight.detach().double()
+    if buckets == "row":
+        lo, hi = w.min(1, keepdim=True).values, w.max(1, keepdim=True).values
+    else:
+        lo, hi = w.min(), w.max()
+    xq = on_grid(x.double(), float(lin.input_quant.lo), float(lin.input_quant.hi), abits)
+    return xq @ on_grid(w, lo, hi, wbits).T + lin.bias.detach().double()
+
+
 @pytest.mark.parametrize("wbits,abits,buckets", [(8, 8, "row"), (8, 8, "tensor"), (4, 8, "row"),
                                                  (6, 5, "row")])
-def test_exact_evaluation_is_int8_linear_bit_for_bit(wbits, abits, buckets):
-    lin = calibrated_linear(wbits, abits, buckets, out_quant=True)
-    native = Int8Linear(lin).eval()
-    x = torch.randn(7, 5, 48) * 3
+def test_integer_path_equals_a_float64_reference(wbits, abits, buckets):
+    """Exact evaluation and the int8 kernels, each against the product written out in float64."""
+    lin = calibrated_linear(wbits, abits, buckets)
+    x = torch.randn(7, 5, 48) * 3  # values beyond the calibrated range are clamped alike
+    ref = float64_reference(lin, x, wbits, abits, buckets)
     with torch.no_grad():
         fake = lin(x)
         lin.kernels = "exact"
         exact = lin(x)
         with torch.enable_grad():  # with gradients wanted, eval falls back to fake quantization
             assert torch.equal(lin(x), fake)
-    assert torch.equal(exact, native(x))
-    # and both are the fake-quant layer up to float rounding (one output step at most)
-    _, _, step = lin.output_quant.frozen_range()
-    assert (exact - fake).abs().max() <= step * 1.001
+        native = Int8Linear(lin)(x)
+    tol = 2e-6 * ref.abs().max().item()
+    for y in (exact, native):
+        assert y.dtype == torch.float32
+        assert (y.double() - ref).abs().max() <= tol
+    assert not torch.equal(exact, fake)  # exact is not the float32 matmul of dequantized values
 
 
 def _trained_tiny(toy_data, *extra):
@@ -77,8 +99,10 @@ def _trained_tiny(toy_data, *extra):
 
 def test_model_conversion_covers_every_linear_and_keeps_logits(toy_data):
     model, batch = _trained_tiny(toy_data, "--quant-bits", "8")
+    set_kernels(model, "fake64")  # the reference: dequantized values multiplied in float64
     with torch.no_grad():
         ref = model(**batch["net_input"])[0]
+    set_kernels(model, "exact")
     linears = sum(isinstance(m, QuantLinear) for m in model.modules())
     assert to_native_int8(model) == linears
     assert not any(isinstance(m, QuantLinear) for m in model.modules())
@@ -92,25 +116,6 @@ def test_model_conversion_covers_every_linear_and_keeps_logits(toy_data):
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
     assert (out - ref).abs().median() <= 1e-4 * ref.abs().max()
     assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
-
-
-def test_exact_evaluation_equals_int8_kernels(toy_data):
-    import copy
-
-    model, batch = _trained_tiny(toy_data, "--quant-bits", "8")
-    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    assert all(m.kernels == "exact" and m.integer_form() is not None for m in linears)
-    native = copy.deepcopy(model)
-    to_native_int8(native)
-    with torch.no_grad():
-        exact, out = model(**batch["net_input"])[0], native(**batch["net_input"])[0]
-        for m in linears:
-            m.kernels = "fake"
-        fake = model(**batch["net_input"])[0]
-    real = batch["net_input"]["prev_output_tokens"].ne(1)
-    assert torch.equal(exact[real], out[real])
-    assert not torch.equal(exact[real], fake[real])  # exact is a different computation ...
-    assert (exact - fake)[real].abs().median() <= 1e-4 * fake.abs().max()  # ... of the same model
 
 
 def test_validation_between_updates_sees_the_new_weights_and_ranges(toy_data):
@@ -219,3 +224,31 @@ def test_integer_matmul_of_a_matrix_with_a_side_of_one(k, n):
     a = torch.randint(-128, 128, (5, k), dtype=torch.int8)
     b = torch.randint(-128, 128, (n, k), dtype=torch.int8).t()  # transposed view, as stored
     assert torch.equal(int_matmul(a, b), (a.double() @ b.double()).to(torch.int32))
+
+
+def test_code_matmul_equals_a_float64_product_and_ignores_zero_probabilities():
+    """Attention's exact products: against the float64 product of the grid values; and keys
+    whose probability is the code 0 of a ``lo = 0`` grid (masked ones) change no bit."""
+    from fullyqt.quant.grid import Grid
+    from fullyqt.quant.integer_form import code_matmul, code_sum
+
+    gq, gk = Grid(torch.tensor(-1.3), torch.tensor(2.1), 8), Grid(torch.tensor(-0.7),
+                                                                torch.tensor(0.9), 8)
+    gp = Grid(torch.tensor(0.0), torch.tensor(1.0), 8)
+    q = gq.dequantize(torch.randint(0, 256, (2, 4, 9, 16)).float())
+    k = gk.dequantize(torch.randint(0, 256, (2, 4, 16, 12)).float())
+    scores = code_matmul(q, gq, k, gk)
+    ref = q.double() @ k.double()
+    assert (scores.double() - ref).abs().max() <= 1e-6 * ref.abs().max()
+    p = gp.dequantize(torch.randint(0, 256, (2, 4, 9, 12)).float())
+    v = gk.dequantize(torch.randint(0, 256, (2, 4, 12, 16)).float())
+    out = code_matmul(p, gp, v, gk)
+    ref = p.double() @ v.double()
+    assert (out.double() - ref).abs().max() <= 1e-6 * ref.abs().max()
+    padded = code_matmul(torch.cat([p, torch.zeros(2, 4, 9, 5)], -1), gp,
+                         torch.cat([v, torch.randn(2, 4, 5, 16)], -2), gk)
+    assert torch.equal(padded, out)
+    assert torch.equal(code_matmul(p[:, :, 3:4], gp, v, gk), out[:, :, 3:4])  # one query alone
+    total = code_sum(p, gp)
+    assert (total.double() - p.double().sum(-1, keepdim=True)).abs().max() <= 1e-6 * 12
+    assert torch.equal(code_sum(torch.cat([p, torch.zeros(2, 4, 9, 3)], -1), gp), total)

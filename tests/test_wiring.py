@@ -1,8 +1,8 @@
 """Each linear layer's wired input quantizer (``QuantLinear.input_grid``, set when the model is
 built) is the one whose output the layer really receives: checked with hooks, for every
 registered architecture and the structural options, in training, full-sequence evaluation and
-incremental decoding.  Dropout is 0 here: training-time dropout between a quantizer and its
-matmul is a separate concern (it scales the kept values)."""
+incremental decoding.  Dropout is 0 here (it is applied before its quantizer; the grid check
+in ``test_coverage.py`` covers training with dropout)."""
 import pytest
 import torch
 from fairseq.models import ARCH_MODEL_REGISTRY

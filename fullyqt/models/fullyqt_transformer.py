@@ -72,23 +72,27 @@ def check_supported(args):
 
 
 class EmbeddingSumQuantizer(ActivationQuantizer):
-    """Quantizes token embedding + position (batch-major), sitting in fairseq's
-    ``layernorm_embedding`` slot, the one hook applied right after that sum."""
+    """Quantizes token embedding + position (batch-major) after the stack's dropout, sitting in
+    fairseq's ``layernorm_embedding`` slot, the one hook applied right after that sum."""
 
-    def __init__(self, qcfg: QuantConfig, pad: PaddingContext):
+    def __init__(self, qcfg: QuantConfig, pad: PaddingContext, dropout: nn.Module):
         super().__init__(qcfg.act_bits, qcfg.momentum, False, qcfg.start_update)
         self.pad = pad
+        self.dropout = dropout
 
     def forward(self, x, valid=None):
         if valid is None and self.training:
             valid = self.pad.valid_for(x, time_major=False)
-        return super().forward(x, valid)
+        return super().forward(self.dropout(x), valid)
 
 
-def _embedding_sum_quantizer(cfg, qcfg, pad, dim):
+def _embedding_sum_quantizer(stack, cfg, qcfg, pad, dim):
+    """The quantizer of the embedding sum; it takes over the stack's dropout (fairseq applies
+    it after this slot) so that the first layer's linears receive quantized values."""
+    dropout, stack.dropout_module = stack.dropout_module, nn.Identity()
     if cfg.layernorm_embedding:
-        return QuantLayerNorm(dim, qcfg=qcfg, pad=pad, time_major=False)
-    return EmbeddingSumQuantizer(qcfg, pad)
+        return QuantLayerNorm(dim, qcfg=qcfg, pad=pad, time_major=False, dropout=dropout)
+    return EmbeddingSumQuantizer(qcfg, pad, dropout)
 
 
 def _output_quantizer(module):
@@ -120,7 +124,9 @@ class FullyQTEncoderLayer(TransformerEncoderLayerBase):
         dim = self.embed_dim
         self.self_attn_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
         self.final_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
-        self.activation_fn = QuantActivation(cfg.activation_fn, qcfg=qcfg, pad=pad)
+        self.activation_fn = QuantActivation(cfg.activation_fn, qcfg=qcfg, pad=pad,
+                                             dropout=self.activation_dropout_module)
+        self.activation_dropout_module = nn.Identity()  # inside activation_fn now
 
     def build_fc1(self, input_dim, output_dim, q_noise, qn_block_size):
         return QuantLinear(input_dim, output_dim, qcfg=self.qcfg, pad=self.pad)
@@ -155,7 +161,9 @@ class FullyQTDecoderLayer(TransformerDecoderLayerBase):
         if self.encoder_attn_layer_norm is not None:
             self.encoder_attn_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
         self.final_layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=pad)
-        self.activation_fn = QuantActivation(cfg.activation_fn, qcfg=qcfg, pad=pad)
+        self.activation_fn = QuantActivation(cfg.activation_fn, qcfg=qcfg, pad=pad,
+                                             dropout=self.activation_dropout_module)
+        self.activation_dropout_module = nn.Identity()  # inside activation_fn now
 
     build_fc1 = FullyQTEncoderLayer.build_fc1
     build_fc2 = FullyQTEncoderLayer.build_fc2
@@ -192,7 +200,7 @@ class FullyQTEncoder(TransformerEncoderBase):
         super().__init__(cfg, dictionary, embed_tokens)
         dim = embed_tokens.embedding_dim
         self.embed_positions = _quant_positions(self.embed_positions, qcfg)
-        self.layernorm_embedding = _embedding_sum_quantizer(cfg, qcfg, self.pad, dim)
+        self.layernorm_embedding = _embedding_sum_quantizer(self, cfg, qcfg, self.pad, dim)
         if self.layer_norm is not None:
             self.layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=self.pad)
 
@@ -224,7 +232,7 @@ class FullyQTDecoder(TransformerDecoderBase):
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
         dim = self.embed_dim
         self.embed_positions = _quant_positions(self.embed_positions, qcfg)
-        self.layernorm_embedding = _embedding_sum_quantizer(cfg, qcfg, self.pad, dim)
+        self.layernorm_embedding = _embedding_sum_quantizer(self, cfg, qcfg, self.pad, dim)
         if self.layer_norm is not None:
             self.layer_norm = QuantLayerNorm(dim, qcfg=qcfg, pad=self.pad)
         if self.project_in_dim is not None:

@@ -9,19 +9,22 @@ from .padding import PaddingContext, valid_mask
 
 
 class QuantActivation(nn.Module):
-    """The FFN non-linearity followed by its output quantizer (unsigned after ReLU)."""
+    """The FFN non-linearity, the layer's activation dropout, then the output quantizer
+    (unsigned after ReLU): fc2 receives exactly the quantized values, in training too."""
 
-    def __init__(self, name: str, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None):
+    def __init__(self, name: str, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
+                 dropout: Optional[nn.Module] = None):
         super().__init__()
         self.name = name
         self.fn = utils.get_activation_fn(name)
+        self.dropout = dropout if dropout is not None else nn.Identity()
         self.quant = qcfg.act(unsigned=name == "relu")
         self.pad = pad
         self.time_major = True
 
     def forward(self, x):
         valid = valid_mask(self, x)
-        return self.quant(self.fn(x), valid)
+        return self.quant(self.dropout(self.fn(x)), valid)
 
     def extra_repr(self):
         return self.name

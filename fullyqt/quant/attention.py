@@ -5,6 +5,10 @@ fairseq's ``MultiheadAttention.forward`` hands non-incremental calls to
 any fake quantization placed in them.  This subclass keeps fairseq's parameters, incremental
 state layout and reordering, and replaces the forward with one explicit path:
 Q, K, V, the softmax numerator / denominator / output and the attention output are quantized.
+Attention dropout runs before the softmax output quantizer: P·V multiplies quantized values in
+training too (the returned weights are those P).  In exact evaluation (``--quant-kernels exact``
+or ``int8``) Q·Kᵀ, P·V and the softmax sum are computed from integer codes
+(``integer_form.code_matmul``), so incremental decoding gives the full pass's bits.
 
 ``heads`` (a compacted model) keeps the head size of ``num_heads`` heads but holds only
 ``heads`` of them: projections of ``heads * head_dim`` rows (Q, K, V) and columns (output).
@@ -16,7 +20,8 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
 from .config import QuantConfig
-from .linear import QuantLinear
+from .integer_form import code_matmul, code_sum
+from .linear import LAYER_KERNELS, QuantLinear
 from .padding import PaddingContext, valid_mask
 
 
@@ -48,6 +53,18 @@ class QuantMultiheadAttention(MultiheadAttention):
         self.out_proj.feed_from(self.attn_output_quant)
         self.pad = pad
         self.time_major = True
+        self.kernels = "fake"
+
+    def set_kernels(self, kernels: str):
+        if kernels not in LAYER_KERNELS:
+            raise ValueError(f"kernels {kernels!r}: allowed {', '.join(LAYER_KERNELS)}")
+        self.kernels = kernels
+
+    def _on_codes(self) -> bool:
+        """Whether this pass multiplies integer codes: exact evaluation with every range known."""
+        return self.kernels == "exact" and not self.training and not torch.is_grad_enabled() and all(
+            q.has_range for q in (self.q_quant, self.k_quant, self.v_quant,
+                                  self.softmax_numerator_quant, self.softmax_output_quant))
 
     def feed_from(self, query_quant, key_quant):
         """Wire the quantizers that produce the query and the key/value inputs."""
@@ -98,7 +115,11 @@ class QuantMultiheadAttention(MultiheadAttention):
             self._set_input_buffer(incremental_state, saved)
         assert k is not None and v is not None
 
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
+        codes = self._on_codes()
+        if codes:
+            scores = code_matmul(q, self.q_quant.grid, k.transpose(-1, -2), self.k_quant.grid)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
         if attn_mask is not None:
             scores = scores + attn_mask.to(scores.dtype)
         if key_padding_mask is not None:
@@ -106,9 +127,9 @@ class QuantMultiheadAttention(MultiheadAttention):
         if before_softmax:
             return scores, v
 
-        probs = self._quantized_softmax(scores, q_valid)
-        probs_dropped = self.dropout_module(probs)
-        out = torch.matmul(probs_dropped, v)  # (batch, heads, tgt, head_dim)
+        probs = self._quantized_softmax(scores, q_valid, codes)
+        out = code_matmul(probs, self.softmax_output_quant.grid, v, self.v_quant.grid) if (
+            codes) else torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.num_heads * self.head_dim)
         out = self.out_proj(self.attn_output_quant(out, q_valid))
 
@@ -117,12 +138,16 @@ class QuantMultiheadAttention(MultiheadAttention):
             weights = probs.transpose(1, 0) if need_head_weights else probs.mean(dim=1)
         return out, weights
 
-    def _quantized_softmax(self, scores: Tensor, q_valid: Optional[Tensor]) -> Tensor:
-        """softmax = Q(Q(exp(s - max)) / Q(sum)); rows whose keys are all masked give zeros."""
+    def _quantized_softmax(self, scores: Tensor, q_valid: Optional[Tensor],
+                           codes: bool = False) -> Tensor:
+        """softmax = Q(dropout(Q(exp(s - max)) / Q(sum))); rows whose keys are all masked give
+        zeros."""
         row_max = scores.detach().amax(dim=-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         valid = None
         if q_valid is not None:  # (tgt, batch) -> (batch, heads, tgt)
             valid = q_valid.t()[:, None, :].expand(scores.shape[:3])
         num = self.softmax_numerator_quant(torch.exp(scores - row_max), valid)
-        den = self.softmax_denominator_quant(num.sum(dim=-1, keepdim=True), valid)
-        return self.softmax_output_quant(num / den.clamp_min(1e-6), valid)
+        total = code_sum(num, self.softmax_numerator_quant.grid) if codes else num.sum(
+            dim=-1, keepdim=True)
+        den = self.softmax_denominator_quant(total, valid)
+        return self.softmax_output_quant(self.dropout_module(num / den.clamp_min(1e-6)), valid)

@@ -79,6 +79,11 @@ class Grid(NamedTuple):
         """(lo, hi, step) of a one-bucket grid as Python floats, for ``fake_quantize_frozen``."""
         return self.lo.item(), self.hi.item(), self.step().item()
 
+    def lo_step(self) -> Tuple[float, float]:
+        """(lo, step) of a one-bucket grid as Python floats, the step taken in float64."""
+        lo = self.lo.double()
+        return float(lo), float(Grid(lo, self.hi.double(), self.bits).step())
+
     def centred_code_affine(self) -> Tuple[float, float, float, float]:
         """(1/step, shift, min, max) with ``centred codes = clamp(round(x/step - shift), min,
         max)`` of a one-bucket grid: the codes minus ``offset``, step taken in float64."""

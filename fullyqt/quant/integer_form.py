@@ -20,6 +20,7 @@ from torch import nn
 from .grid import Grid, centred_codes
 
 MAX_BITS = 8  # codes centred into int8
+FLOAT32_INTEGERS = float(1 << 24)  # float32 holds every integer up to this one exactly
 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,3 +77,43 @@ class IntegerMatmul(nn.Module):
     def extra_repr(self):
         k, n = self.weight_t.shape
         return f"in_features={k}, out_features={n}"
+
+
+def code_matmul(x: torch.Tensor, x_grid: Grid, y: torch.Tensor, y_grid: Grid) -> torch.Tensor:
+    """``x @ y`` of two activations on one-bucket grids (attention's Q·Kᵀ and P·V in exact
+    evaluation), from their codes ``c``, ``d`` (0 .. 2^b - 1):
+
+        x @ y = s_x s_y (c @ d) + s_x lo_y C + s_y lo_x D + K lo_x lo_y
+
+    with ``C``, ``D`` the code sums of a row of x and a column of y.  The integer parts are
+    exact and each result element is one fixed float32 expression of them, so it depends on its
+    own row and column only: a query decoded incrementally gets the bits it gets in the full
+    sequence.  A zero code on a grid with ``lo = 0`` (a masked or padded probability) adds
+    nothing, so extra masked keys change nothing either."""
+    c, d = x_grid.codes(x.float()), y_grid.codes(y.float())
+    k = x.shape[-1]
+    exact32 = k * x_grid.top * y_grid.top <= FLOAT32_INTEGERS  # sums stay exact
+    cd = torch.matmul(c, d) if exact32 else torch.matmul(c.double(), d.double()).float()
+    (lo_x, s_x), (lo_y, s_y) = x_grid.lo_step(), y_grid.lo_step()
+    # one rounding per operation (no fused multiply-add), whatever the kernel's vector width
+    out = cd.mul_(s_x * s_y)
+    if lo_y:
+        out.add_(c.sum(-1, keepdim=True).mul_(s_x * lo_y))
+    if lo_x:
+        out.add_(d.sum(-2, keepdim=True).mul_(s_y * lo_x))
+    if lo_x and lo_y:
+        out.add_(k * lo_x * lo_y)
+    return out.to(x.dtype)
+
+
+def code_sum(x: torch.Tensor, grid: Grid, dim: int = -1) -> torch.Tensor:
+    """``x.sum(dim, keepdim=True)`` of values on a one-bucket grid from their integer codes:
+    exact, so independent of how many entries (and which zeros of a ``lo = 0`` grid) the row
+    holds."""
+    lo, s = grid.lo_step()
+    c = grid.codes(x.float())
+    n = x.shape[dim]
+    total = c.sum(dim, keepdim=True) if n * grid.top <= FLOAT32_INTEGERS else c.double().sum(
+        dim, keepdim=True).float()
+    return total.mul_(s).add_(n * lo).to(x.dtype)
+

@@ -11,12 +11,15 @@ class QuantLayerNorm(nn.LayerNorm):
     """y = Q(Q(Q(x - mean) / Q(sqrt(var + eps))) * Q(gain) + bias); the bias stays float.
 
     The variance is taken from the quantized numerator, so the integer path and this one see the
-    same values.  Parameter names match ``nn.LayerNorm``.
+    same values.  Parameter names match ``nn.LayerNorm``.  ``dropout`` (the embedding LayerNorm
+    only) runs before the output quantizer, so what follows receives quantized values.
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
-                 time_major=True, eps=1e-5):
+                 time_major=True, eps=1e-5, dropout: Optional[nn.Module] = None):
         super().__init__(dim, eps=eps)
+        if dropout is not None:
+            self.dropout = dropout
         self.gain_quant = qcfg.weight()
         self.numerator_quant = qcfg.act()
         # Straight-through: the denominator drifts steadily in training, the running range lags
@@ -40,5 +43,7 @@ class QuantLayerNorm(nn.LayerNorm):
         den = self.denominator_quant((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), valid)
         quot = self.quotient_quant(num / den, valid)
         out = quot * self.gain_quant(self.weight.float()) + self.bias.float()
+        if "dropout" in self._modules:
+            out = self.dropout(out)
         return self.output_quant(out, valid).type_as(x)
 
