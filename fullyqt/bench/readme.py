@@ -1,7 +1,8 @@
 """Write a benchmark's results table into a Markdown file between two markers, so the README's
 numbers come from ``results.json`` and cannot drift from the run they describe.
 
-    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md      # results:begin/end
+    python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md  # train-speed:...
 """
 import argparse
 import json
@@ -9,7 +10,9 @@ import os
 import sys
 from typing import List
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+def markers(name: str):
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
 
 
 def _num(value, fmt):
@@ -46,13 +49,19 @@ def results_block(data: dict) -> List[str]:
 def update(results_path: str, markdown_path: str):
     with open(results_path, encoding="utf-8") as f:
         data = json.load(f)
+    if data.get("kind") == "train_speed":
+        from .train_speed import table_lines
+
+        (begin, end), lines = markers("train-speed"), table_lines(data)
+    else:
+        (begin, end), lines = markers("results"), results_block(data)
     with open(markdown_path, encoding="utf-8") as f:
         text = f.read()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"{markdown_path}: needs one '{BEGIN}' line before one '{END}' line")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    new = head + BEGIN + "\n" + "\n".join(results_block(data)) + "\n" + END + tail
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"{markdown_path}: needs one '{begin}' line before one '{end}' line")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    new = head + begin + "\n" + "\n".join(lines) + "\n" + end + tail
     tmp = markdown_path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(new)

@@ -1,0 +1,271 @@
+"""Training speed: time and peak memory per update of stock float, ``--no-quant`` and 8/4-bit
+QAT, timed interleaved on the same batches in one process, as ratios to stock float; and the
+time of a validation step (exact evaluation for the quantized models).
+
+    python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
+                                                                          # the layers are the work)
+    python -m fullyqt.bench.train_speed --data runs/cpu-small/data/bin --out runs/train-speed-bible
+    python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md   # README block
+
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over three updates; on CPU the growth of
+the peak resident set (``VmHWM``, reset first) over the built model during three updates, each
+model in a process of its own (CPU tensors have no allocator statistics).
+"""
+import argparse
+import glob
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from ..errors import UserError
+from .runner import BIN, USER_DIR, thread_env
+
+SHAPES = {
+    "tiny": dict(layers=1, dim=32, ffn=64, heads=2),
+    "cpu-small": dict(layers=3, dim=128, ffn=512, heads=4),
+    "base": dict(layers=6, dim=512, ffn=2048, heads=8),
+}
+MODELS = {
+    "stock float": ["--arch", "transformer"],
+    "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
+    "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
+    "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
+}
+TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4", "--lr-scheduler",
+         "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.1", "--criterion",
+         "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--seed", "1",
+         "--share-all-embeddings", "--no-progress-bar"]
+
+
+def shape_flags(shape: dict) -> List[str]:
+    flags = []
+    for side in ("encoder", "decoder"):
+        flags += [f"--{side}-layers", str(shape["layers"]), f"--{side}-embed-dim",
+                  str(shape["dim"]), f"--{side}-ffn-embed-dim", str(shape["ffn"]),
+                  f"--{side}-attention-heads", str(shape["heads"])]
+    return flags
+
+
+def build_trainer(data: str, flags: List[str], max_tokens: int):
+    """A fairseq Trainer built as fairseq-train builds it (no checkpoint loaded)."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    device = [] if torch.cuda.is_available() else ["--cpu"]
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        data, "--user-dir", USER_DIR, *TRAIN, *device, "--max-tokens", str(max_tokens), *flags])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    return Trainer(cfg, task, model, task.build_criterion(cfg.criterion)), task
+
+
+def take_batches(task, max_tokens: int, n: int) -> list:
+    """``n`` training batches of at most ``max_tokens`` (repeated if the data has fewer)."""
+    task.load_dataset("train")
+    ds = task.dataset("train")
+    itr = task.get_batch_iterator(ds, max_tokens=max_tokens, seed=1,
+                                  max_positions=(1024, 1024)).next_epoch_itr(shuffle=True)
+    got = [b for _, b in zip(range(n), itr)]
+    if not got:
+        raise UserError("the training set gave no batch")
+    return [got[i % len(got)] for i in range(n)]
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_models(data: str, shape: dict, max_tokens: int, updates: int, warmup: int):
+    """Per model: update seconds (after ``warmup``), validation-step seconds, target tokens."""
+    trainers = {}
+    for name, flags in MODELS.items():
+        trainers[name] = build_trainer(data, flags + shape_flags(shape), max_tokens)[0]
+    batches = take_batches(next(iter(trainers.values())).task, max_tokens, warmup + updates)
+    names = list(trainers)
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    for i, batch in enumerate(batches):
+        order = names[i % len(names):] + names[:i % len(names)]  # no model always goes first
+        for name in order:
+            _sync()
+            start = time.perf_counter()
+            trainers[name].train_step([batch])
+            _sync()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    valid = {n: [] for n in names}
+    for batch in batches[warmup:]:
+        for name in names:
+            _sync()
+            start = time.perf_counter()
+            trainers[name].valid_step(batch)
+            _sync()
+            valid[name].append(time.perf_counter() - start)
+    tokens = statistics.mean(b["ntokens"] for b in batches[warmup:])
+    return times, valid, tokens
+
+
+def peak_memory_mib(data: str, flags: List[str], max_tokens: int) -> Optional[float]:
+    """MiB that three updates add to the peak memory over the built model (CUDA: allocated;
+    CPU: the resident set, on Linux; elsewhere None)."""
+    trainer, task = build_trainer(data, flags, max_tokens)
+    batches = take_batches(task, max_tokens, 3)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for b in batches:
+            trainer.train_step([b])
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    try:  # Linux: reset the peak resident set (VmHWM) to the current one
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    for b in batches:
+        trainer.train_step([b])
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def _peak_child(queue, data, flags, max_tokens, threads):
+    torch.set_num_threads(threads)
+    import fullyqt  # noqa: F401  (registers the models in the fresh process)
+
+    queue.put(peak_memory_mib(data, flags, max_tokens))
+
+
+def peak_in_own_process(data, flags, max_tokens, threads) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(queue, data, flags, max_tokens, threads))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def measure(data: str, shapes: List[str], max_tokens: int, updates: int, warmup: int,
+            threads: int, say=print) -> dict:
+    torch.set_num_threads(threads)
+    rows = []
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        say(f"[{shape_name}] timing {updates} updates of each model, interleaved")
+        times, valid, tokens = time_models(data, shape, max_tokens, updates, warmup)
+        for name, flags in MODELS.items():
+            say(f"[{shape_name}] peak memory of {name}")
+            rows.append({"shape": shape_name, "model": name,
+                         "sec_per_update": statistics.median(times[name]),
+                         "valid_sec": statistics.median(valid[name]),
+                         "words_per_second": tokens / statistics.median(times[name]),
+                         "peak_mib": peak_in_own_process(data, flags + shape_flags(shape),
+                                                         max_tokens, threads)})
+        stock = rows[-len(MODELS)]
+        for r in rows[-len(MODELS):]:
+            r["update_vs_stock"] = r["sec_per_update"] / stock["sec_per_update"]
+            r["valid_vs_stock"] = r["valid_sec"] / stock["valid_sec"]
+            r["peak_vs_stock"] = (r["peak_mib"] / stock["peak_mib"]
+                                  if r["peak_mib"] and stock["peak_mib"] else None)
+    return {"kind": "train_speed", "rows": rows, "meta": {
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "threads": threads, "max_tokens": max_tokens, "updates": updates, "warmup": warmup,
+        "data": data}}
+
+
+def table_lines(result: dict) -> List[str]:
+    meta = result["meta"]
+    lines = [f"Run of {meta['date']} ({meta['device']}, {meta['threads']} threads, "
+             f"`--max-tokens {meta['max_tokens']}`, median of {meta['updates']} updates after "
+             f"{meta['warmup']} warm-up, models interleaved); generated by "
+             "`python -m fullyqt.bench.train_speed`.", "",
+             "| shape | model | s/update | vs stock | words/s | validation vs stock | "
+             "peak memory MiB | vs stock |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        peak_ratio = "–" if r["peak_vs_stock"] is None else f"{r['peak_vs_stock']:.2f}x"
+        lines.append(f"| {r['shape']} | {r['model']} | {r['sec_per_update']:.3f} | "
+                     f"{r['update_vs_stock']:.2f}x | {r['words_per_second']:,.0f} | "
+                     f"{r['valid_vs_stock']:.2f}x | "
+                     f"{'–' if r['peak_mib'] is None else format(r['peak_mib'], '.0f')} | "
+                     f"{peak_ratio} |")
+    return lines
+
+
+def toy_data(dest: str) -> str:
+    """The reversal toy corpus, binarized into ``dest`` (reused when there)."""
+    import subprocess
+
+    from ..data.synthetic import write_reversal_task
+
+    binarized = os.path.join(dest, "bin")
+    if not os.path.exists(os.path.join(binarized, "dict.src.txt")):
+        raw = os.path.join(dest, "raw")
+        write_reversal_task(raw)
+        subprocess.run([os.path.join(BIN, "fairseq-preprocess"), "--source-lang", "src",
+                        "--target-lang", "tgt", "--trainpref", f"{raw}/train", "--validpref",
+                        f"{raw}/valid", "--destdir", binarized, "--joined-dictionary",
+                        "--workers", "1"], check=True, capture_output=True)
+    return binarized
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
+    return value
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fullyqt.bench.train_speed",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for train_speed.json / .md")
+    p.add_argument("--data", help="binarized data directory (default: the toy corpus)")
+    p.add_argument("--shapes", default="cpu-small,base",
+                   help=f"comma list of: {', '.join(SHAPES)} (default: cpu-small,base)")
+    p.add_argument("--max-tokens", type=_positive, default=4096)
+    p.add_argument("--updates", type=_positive, default=20, help="timed updates per model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed updates first")
+    p.add_argument("--threads", type=_positive, default=min(os.cpu_count() or 1, 4))
+    a = p.parse_args(argv)
+    shapes = [s for s in a.shapes.split(",") if s]
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad or not shapes:
+        p.error(f"--shapes: got {a.shapes!r}; allowed: a comma list of {', '.join(SHAPES)}")
+    if a.data and not glob.glob(os.path.join(a.data, "dict.*.txt")):
+        p.error(f"--data {a.data}: not a binarized data directory (no dict.*.txt)")
+    os.makedirs(a.out, exist_ok=True)
+    os.environ.update({k: v for k, v in thread_env(a.threads).items()
+                       if k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    data = a.data or toy_data(os.path.join(a.out, "toy"))
+    say = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
+    result = measure(data, shapes, a.max_tokens, a.updates, max(0, a.warmup), a.threads, say)
+    for name, text in (("train_speed.json", json.dumps(result, indent=1)),
+                       ("train_speed.md", "\n".join(["# Training speed", ""] + table_lines(result))
+                        + "\n")):
+        tmp = os.path.join(a.out, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(a.out, name))
+    print("\n".join(table_lines(result)))
+
+
+if __name__ == "__main__":
+    main()
