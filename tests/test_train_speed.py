@@ -32,6 +32,14 @@ def test_times_every_model_on_the_same_batches_and_writes_the_readme_block(toy_d
             stock["words_per_second"] * stock["sec_per_update"])
     md = (out / "train_speed.md").read_text()
     assert md.count("| tiny |") == 4 and "| tiny | fullyqt 8-bit |" in md
+    # run into a benchmark's folder, its table joins that report
+    from fullyqt.bench.report import write_report
+    from tests.test_bench import row
+
+    report = open(write_report(str(out), [row("float")], {"preset": "t"})["md"]).read()
+    assert "## Training speed" in report
+    assert [line for line in report.splitlines() if line.startswith("| tiny |")] == [
+        line for line in md.splitlines() if line.startswith("| tiny |")]
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- results:begin -->\nkept\n<!-- results:end -->\n"
                       "<!-- train-speed:begin -->\nold\n<!-- train-speed:end -->\nz\n")

@@ -216,6 +216,12 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
     krows = kron_rows(rows)
     if krows:
         extra += [""] + kron_markdown(krows)
+    speed = os.path.join(out_dir, "train_speed.json")  # python -m fullyqt.bench.train_speed --out
+    if os.path.isfile(speed):
+        from .train_speed import table_lines
+
+        with open(speed, encoding="utf-8") as f:
+            extra += ["", "## Training speed", ""] + table_lines(json.load(f))
     write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths
