@@ -165,5 +165,6 @@ class DistillationCriterion(LabelSmoothedCrossEntropyCriterion):
 
 
 def _teacher_share(meters):
-    step = meters["_step_seconds"].sum if "_step_seconds" in meters else 0
-    return round(meters["_teacher_seconds"].sum / step, 3) if step > 0 else 0.0
+    """Teacher seconds over update seconds (sums are tensors once ranks have all-reduced them)."""
+    step = float(meters["_step_seconds"].sum) if "_step_seconds" in meters else 0.0
+    return round(float(meters["_teacher_seconds"].sum) / step, 3) if step > 0 else 0.0

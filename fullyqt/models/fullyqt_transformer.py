@@ -32,6 +32,7 @@ from fairseq.modules.transformer_layer import (
 from torch import nn
 
 from ..distill.options import add_guards
+from ..distributed.range_sync import RangeSync, distributed_world
 from ..errors import UserError
 from ..export.integer import is_packed, unpack_state
 from ..inference import prepare_for_inference, set_kernels
@@ -341,17 +342,33 @@ class FullyQTTransformerModel(TransformerModel):
         self._log_interval = max(1, getattr(args, "log_interval", 100) or 100)
         self._sentence_avg = bool(getattr(args, "sentence_avg", False))
         set_kernels(self, getattr(args, "quant_kernels", "exact"))
+        self.range_sync = None
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """The transformer's forward; while pruning trains, the output also carries the L1
         penalty's gradient (so it applies under any criterion), weighted by the sample size the
         criterion divides by."""
+        sync = self._range_sync_for_this_forward()
         out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        if sync is not None:
+            sync.attach(out[0])
         if self.pruner is None or not self.training:
             return out
         count = prev_output_tokens.new_tensor(prev_output_tokens.size(0)) if (
             self._sentence_avg) else prev_output_tokens.ne(self.decoder.padding_idx).sum()
         return (self.pruner.add_penalty(out[0], count),) + tuple(out[1:])
+
+    def _range_sync_for_this_forward(self):
+        """On many processes, a training forward records its activation ranges for the ranks to
+        agree on them (``fullyqt.distributed.RangeSync``)."""
+        if not (self.training and torch.is_grad_enabled()):
+            return None
+        if self.range_sync is None:
+            if distributed_world() == 1:
+                return None
+            self.range_sync = RangeSync(self)
+        self.range_sync.begin()
+        return self.range_sync
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)

@@ -89,6 +89,8 @@ class ActivationQuantizer(Quantizer):
     ``clip_gradient=False`` lets the gradient through where the range clipped the value (used for
     the LayerNorm denominator, which drifts faster than a running range follows).
     ``valid`` (a bool mask over the leading dims of x) excludes padding from range updates.
+    ``record`` (set by ``fullyqt.distributed.RangeSync``) sees each batch's (lo, hi) before the
+    update, so that ranks can agree on it.
     """
 
     kind = "activation"
@@ -104,6 +106,7 @@ class ActivationQuantizer(Quantizer):
         self.register_buffer("initialized", torch.tensor(False))
         self._initialized = False
         self._frozen = None
+        self.record = None  # set by a distributed run: called with each batch's (lo, hi)
 
     def _sync_flags(self):
         super()._sync_flags()
@@ -117,9 +120,10 @@ class ActivationQuantizer(Quantizer):
         the device; a batch that is all padding leaves the range as it was.
         """
         x = x.detach()
-        if x.numel() == 0:
-            return
-        if valid is not None:
+        if x.numel() == 0:  # still an observation, so that every rank records as many
+            lo = torch.tensor(float("inf"), device=x.device)
+            hi = torch.tensor(float("-inf"), device=x.device)
+        elif valid is not None:
             v = valid.reshape(valid.shape + (1,) * (x.dim() - valid.dim()))
             lo = torch.where(v, x, float("inf")).amin().float()
             hi = torch.where(v, x, float("-inf")).amax().float()
@@ -127,6 +131,13 @@ class ActivationQuantizer(Quantizer):
             lo, hi = torch.aminmax(x.float())
         if self.unsigned:
             lo = torch.zeros_like(lo)
+        if self.record is not None:
+            self.record(self, lo, hi)
+        self.update_range(lo, hi)
+
+    @torch.no_grad()
+    def update_range(self, lo: torch.Tensor, hi: torch.Tensor):
+        """The running update from one batch's (lo, hi); +-inf (nothing seen) leaves it as it was."""
         seen = torch.isfinite(lo) & torch.isfinite(hi)
         m = self.momentum if self._initialized else 0.0
         self.lo.copy_(torch.where(seen, m * self.lo + (1 - m) * lo, self.lo))
