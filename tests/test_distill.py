@@ -1,6 +1,7 @@
 """Knowledge distillation: the losses against hand computations, the frozen teacher, the layer
 map, option and teacher errors, end-to-end fairseq-train runs, the distilled-corpus command."""
 import argparse
+import json
 import math
 import os
 
@@ -307,3 +308,35 @@ def test_distilled_corpus_refuses_changed_settings_on_resume(toy_data, teacher, 
     (partial / "settings.json").write_text('{"beam": 4}')
     with pytest.raises(UserError, match="beam 4 then, 2 now"):
         corpus.run([str(teacher), str(toy_data[1]), "--beam", "2", "--out", str(out)])
+
+
+def test_distilled_corpus_in_shards_merges_into_the_unsharded_directory(toy_data, teacher,
+                                                                        tmp_path):
+    """Shards translate alternate batches (as separate processes or machines would); the merge
+    writes the same files as one run, byte for byte."""
+    args = [str(teacher), str(toy_data[1]), "--subset", "valid", "--beam", "2", "--batch-size",
+            "16", "--threads", "1", "--no-progress-bar"]
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    corpus.run(args + ["--out", str(whole)])
+    with pytest.raises(UserError, match="--shard-id 3: allowed 0 to 2"):
+        corpus.run(args + ["--out", str(sharded), "--num-shards", "3", "--shard-id", "3"])
+    counts = [corpus.run(args + ["--out", str(sharded), "--num-shards", "3", "--shard-id", str(i)])
+              ["sentences"] for i in (0, 2)]
+    with pytest.raises(UserError, match=r"no shard folder .*sharded\.shard-1-of-3"):
+        corpus.run(args + ["--out", str(sharded), "--merge-shards", "3"])
+    (tmp_path / "sharded.shard-1-of-3").mkdir()
+    with pytest.raises(UserError, match=r"sharded\.shard-1-of-3 not finished"):
+        corpus.run(args + ["--out", str(sharded), "--merge-shards", "3"])
+    counts.append(corpus.run(args + ["--out", str(sharded), "--num-shards", "3", "--shard-id", "1"])
+                  ["sentences"])
+    assert all(c > 0 for c in counts) and sum(counts) == 200
+    corpus.run(args + ["--out", str(sharded), "--merge-shards", "3"])
+    assert sorted(p.name for p in sharded.iterdir()) == sorted(p.name for p in whole.iterdir())
+    for path in whole.iterdir():
+        if path.name != "distill.json":
+            assert (sharded / path.name).read_bytes() == path.read_bytes(), path.name
+    summaries = [json.loads((d / "distill.json").read_text()) for d in (whole, sharded)]
+    for s in summaries:
+        del s["translate_seconds"]
+    assert summaries[0] == summaries[1]
+    assert not list(tmp_path.glob("sharded.shard-*"))

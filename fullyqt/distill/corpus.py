@@ -5,6 +5,10 @@ directory ready for ``fairseq-train``: the same dictionaries and source side, th
 translations as targets, the other splits copied unchanged.  Translations are saved in parts
 as they are made, so a stopped run resumes where it was; the output directory appears only
 when it is complete.
+
+``--num-shards N --shard-id I`` translates every N-th batch (on another process or machine);
+``--merge-shards N`` then writes the one data directory an unsharded run writes, byte for byte
+(the batches are fixed by the data and settings, and each is translated whole).
 """
 import argparse
 import glob
@@ -21,10 +25,15 @@ from ..errors import UserError, checked_action, integer, parse_number
 from .teacher import load_teacher, read_teacher
 
 PART_SENTENCES = 2000  # translations per saved part (what a stopped run can lose at most)
+SHARD_DONE = "shard-done.json"  # written into a shard's folder once all its batches are done
 
 
 def _positive_int(option, value):
     return parse_number(option, value, integer, lambda n: n >= 1, "an integer >= 1")
+
+
+def _non_negative_int(option, value):
+    return parse_number(option, value, integer, lambda n: n >= 0, "an integer >= 0")
 
 
 def _non_negative_float(option, value):
@@ -52,6 +61,12 @@ def build_parser():
     p.add_argument("--threads", action=checked_action(_positive_int), default=None,
                    help="CPU threads (default: torch's)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is there")
+    p.add_argument("--num-shards", action=checked_action(_positive_int), default=1,
+                   help="split the batches into N shards (default 1: all of them)")
+    p.add_argument("--shard-id", action=checked_action(_non_negative_int), default=0,
+                   help="the shard this run translates, 0..N-1, into OUT.shard-I-of-N")
+    p.add_argument("--merge-shards", action=checked_action(_positive_int), default=None,
+                   metavar="N", help="write OUT from the N finished OUT.shard-*-of-N folders")
     p.add_argument("--no-progress-bar", action="store_true")
     p.add_argument("--user-dir", default=None,
                    help="another fairseq plugin to import (a teacher of a custom architecture)")
@@ -67,8 +82,8 @@ def _split_prefix(data, subset, src, tgt):
                     f"(looked for {subset}.{src}-{tgt}.{tgt}.idx)")
 
 
-def _setup(args):
-    """The teacher's task on ``args.data`` and the teacher model, dictionaries checked."""
+def _task(args):
+    """The teacher's task on ``args.data`` (with the split loaded) and the teacher's states."""
     from fairseq import tasks
 
     states = read_teacher(args.teacher)
@@ -78,15 +93,27 @@ def _setup(args):
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: no such data directory")
     task = tasks.setup_task(task_cfg)
+    task.load_dataset(args.subset)
+    return task, states
+
+
+def _setup(args):
+    """The teacher's task and the teacher model, dictionaries checked."""
+    task, states = _task(args)
     return task, load_teacher(args.teacher, task, states)
 
 
-class Parts:
-    """The translations made so far, in ``OUT.partial/``: one file per part, written atomically,
-    and the settings they were made with (a resumed run must use the same)."""
+def shard_dir(out, shard_id, num_shards):
+    return f"{out.rstrip('/')}.shard-{shard_id}-of-{num_shards}"
 
-    def __init__(self, out, settings):
-        self.dir = out.rstrip("/") + ".partial"
+
+class Parts:
+    """The translations made so far, in ``directory`` (``OUT.partial/`` or a shard's folder): one
+    file per part, written atomically, and the settings they were made with (a resumed run must
+    use the same)."""
+
+    def __init__(self, directory, settings):
+        self.dir = directory
         os.makedirs(self.dir, exist_ok=True)
         path = os.path.join(self.dir, "settings.json")
         if os.path.exists(path):
@@ -132,14 +159,13 @@ def translate(task, model, args, parts: Parts):
     from fairseq.dataclass.configs import GenerationConfig
 
     dataset = task.dataset(args.subset)
-    if len(parts.done) == len(dataset):
+    # A batch is redone whole, so a resumed run pads and decodes exactly as an unstopped one.
+    batches = [b for b in shard_batches(dataset, args)
+               if not all(int(i) in parts.done for i in b)]
+    if not batches:
         return 0
     generator = task.build_generator([model], GenerationConfig(
         beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a, max_len_b=args.max_len_b))
-    batches = dataset.batch_by_size(dataset.ordered_indices(), max_tokens=args.max_tokens,
-                                    max_sentences=args.batch_size, required_batch_size_multiple=1)
-    # A batch is redone whole, so a resumed run pads and decodes exactly as an unstopped one.
-    batches = [b for b in batches if not all(int(i) in parts.done for i in b)]
     device = next(model.parameters()).device
     todo = sum(len(b) for b in batches)
     bar = _progress(todo, args.no_progress_bar)
@@ -158,13 +184,25 @@ def translate(task, model, args, parts: Parts):
     return todo
 
 
+def shard_batches(dataset, args):
+    """This shard's batches: every ``num_shards``-th of the split's batches, which a fixed seed
+    makes the same in every run (the dataset breaks ties between equal lengths at random)."""
+    from fairseq.data import data_utils
+
+    with data_utils.numpy_seed(1):
+        order = dataset.ordered_indices()
+    batches = dataset.batch_by_size(order, max_tokens=args.max_tokens,
+                                    max_sentences=args.batch_size, required_batch_size_multiple=1)
+    return [b for k, b in enumerate(batches) if k % args.num_shards == args.shard_id]
+
+
 def _progress(total, disabled):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="sent", desc="translating", disable=disabled, file=sys.stderr)
 
 
-def write_data_dir(args, task, parts: Parts, seconds: float):
+def write_data_dir(args, task, translations: dict, seconds: float):
     """The distilled data directory, built in ``OUT.tmp`` and renamed into place."""
     from fairseq.data import indexed_dataset
 
@@ -183,7 +221,7 @@ def write_data_dir(args, task, parts: Parts, seconds: float):
                                            vocab_size=len(task.target_dictionary))
     lengths = []
     for i in range(len(dataset)):
-        tokens = parts.done[i]
+        tokens = translations[i]
         builder.add_item(tokens)
         lengths.append(len(tokens))
     builder.finalize(os.path.join(tmp, target_name + ".idx"))
@@ -194,7 +232,37 @@ def write_data_dir(args, task, parts: Parts, seconds: float):
                "reference_target_tokens": reference, "translate_seconds": round(seconds, 1)}
     Parts._write_json(os.path.join(tmp, "distill.json"), summary)
     os.replace(tmp, args.out)
-    shutil.rmtree(parts.dir)
+    return summary
+
+
+def merge(args, settings):
+    """OUT from the finished shard folders (checked: same settings, every sentence once)."""
+    n = args.merge_shards
+    dirs = [shard_dir(args.out, i, n) for i in range(n)]
+    missing = [d for d in dirs if not os.path.isdir(d)]
+    if missing:
+        raise UserError(f"--merge-shards {n}: no shard folder {', '.join(missing)}")
+    unfinished = [d for d in dirs if not os.path.exists(os.path.join(d, SHARD_DONE))]
+    if unfinished:
+        raise UserError(f"--merge-shards {n}: {', '.join(unfinished)} not finished (rerun "
+                        "its --shard-id: it resumes)")
+    task, _ = _task(args)
+    merged, seconds = {}, 0.0
+    for i, d in enumerate(dirs):
+        shard = Parts(d, dict(settings, num_shards=n, shard_id=i))
+        overlap = merged.keys() & shard.done.keys()
+        if overlap:
+            raise UserError(f"{d}: {len(overlap)} sentences are in an earlier shard too")
+        merged.update(shard.done)
+        with open(os.path.join(d, SHARD_DONE)) as f:
+            seconds += json.load(f)["translate_seconds"]
+    total = len(task.dataset(args.subset))
+    if len(merged) != total:
+        raise UserError(f"--merge-shards {n}: the shards hold {len(merged)} of {total} "
+                        f"sentences of {args.subset}")
+    summary = write_data_dir(args, task, merged, seconds)
+    for d in dirs:
+        shutil.rmtree(d)
     return summary
 
 
@@ -202,27 +270,52 @@ def run(argv=None):
     args = build_parser().parse_args(argv)
     if os.path.exists(args.out):
         raise UserError(f"--out {args.out}: already exists; choose a new directory")
+    if args.shard_id >= args.num_shards:
+        raise UserError(f"--shard-id {args.shard_id}: allowed 0 to {args.num_shards - 1} "
+                        f"(--num-shards {args.num_shards})")
+    if args.merge_shards and args.num_shards > 1:
+        raise UserError("--merge-shards: merges finished shards; run it without --num-shards")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.user_dir:
         from fairseq import utils
 
         utils.import_user_module(args)
-    task, model = _setup(args)
-    task.load_dataset(args.subset)
-    if torch.cuda.is_available() and not args.cpu:
-        model.cuda()
     settings = {"teacher": os.path.abspath(args.teacher), "data": os.path.abspath(args.data),
                 "subset": args.subset, "beam": args.beam, "lenpen": args.lenpen,
-                "max_len_a": args.max_len_a, "max_len_b": args.max_len_b}
-    parts = Parts(args.out, settings)
+                "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
+                "batch_size": args.batch_size, "max_tokens": args.max_tokens}
+    if args.merge_shards:
+        summary = merge(args, settings)
+        print(f"fullyqt-distill-data: {summary['sentences']} sentences from "
+              f"{args.merge_shards} shards -> {args.out}")
+        return summary
+    task, model = _setup(args)
+    if torch.cuda.is_available() and not args.cpu:
+        model.cuda()
+    sharded = args.num_shards > 1
+    if sharded:
+        settings.update(num_shards=args.num_shards, shard_id=args.shard_id)
+        parts = Parts(shard_dir(args.out, args.shard_id, args.num_shards), settings)
+    else:
+        parts = Parts(args.out.rstrip("/") + ".partial", settings)
     resumed = len(parts.done)
     if resumed:
-        print(f"fullyqt-distill-data: resuming, {resumed} of {len(task.dataset(args.subset))} "
-              "sentences already translated", file=sys.stderr)
+        print(f"fullyqt-distill-data: resuming, {resumed} sentences already translated",
+              file=sys.stderr)
     started = time.perf_counter()
     translated = translate(task, model, args, parts)
-    summary = write_data_dir(args, task, parts, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if sharded:
+        done = {"sentences": len(parts.done), "translate_seconds": round(seconds, 1)}
+        Parts._write_json(os.path.join(parts.dir, SHARD_DONE), done)
+        print(f"fullyqt-distill-data: shard {args.shard_id} of {args.num_shards}: "
+              f"{len(parts.done)} sentences -> {parts.dir}; when every shard is done, merge "
+              f"with the same command and --merge-shards {args.num_shards} instead of "
+              "--num-shards/--shard-id")
+        return done
+    summary = write_data_dir(args, task, parts.done, seconds)
+    shutil.rmtree(parts.dir)
     print(f"fullyqt-distill-data: {summary['sentences']} sentences ({translated} translated now, "
           f"{resumed} resumed), {summary['target_tokens']} target tokens "
           f"(references: {summary['reference_target_tokens']}) -> {args.out}")
