@@ -61,3 +61,33 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_two_process_benchmark_rows_ratios_and_report(toy_data, tmp_path):
+    """fairseq-train on one process and torchrun on two: rates read from the real logs."""
+    out = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.two_process", "--data",
+                           toy_data[1], "--out", out, "--shape", "tiny", "--updates", "10",
+                           "--max-tokens", "1000"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "two_process.json").read_text())
+    rows = {(r["model"], r["processes"]): r for r in data["rows"]}
+    assert set(rows) == {(m, p) for m in ("fullyqt 8-bit", "fullyqt --no-quant") for p in (1, 2)}
+    for (model, processes), r in rows.items():
+        one = rows[(model, 1)]
+        assert r["wps_vs_one"] == pytest.approx(r["wps"] / one["wps"])
+        assert r["ups"] > 0 and r["threads"] * processes == 2
+        logged = (out / "logs" / f"{model.replace(' ', '_')}-{processes}.log").read_text()
+        assert ("range_sync_ms" in logged) == (model == "fullyqt 8-bit" and processes == 2)
+        assert (r["range_sync_ms"] is not None) == (model == "fullyqt 8-bit" and processes == 2)
+    sync = rows[("fullyqt 8-bit", 2)]
+    assert sync["sync_share"] == pytest.approx(sync["range_sync_ms"] / 1000 * sync["ups"])
+    from fullyqt.bench.report import write_report
+    from tests.test_bench import row
+
+    md = (out / "two_process.md").read_text()
+    report = open(write_report(str(out), [row("float")], {"preset": "t"})["md"]).read()
+    assert "## Two-process training" in report
+    table = [line for line in md.splitlines() if line.startswith("| fullyqt")]
+    assert len(table) == 4 and table == [
+        line for line in report.splitlines() if line.startswith("| fullyqt")]

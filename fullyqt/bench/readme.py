@@ -3,12 +3,29 @@ numbers come from ``results.json`` and cannot drift from the run they describe.
 
     python -m fullyqt.bench.readme runs/cpu-small/results.json README.md      # results:begin/end
     python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md  # train-speed:...
+    python -m fullyqt.bench.readme runs/two-process/two_process.json README.md  # two-process:...
 """
 import argparse
 import json
 import os
 import sys
 from typing import List
+
+
+def _train_speed():
+    from .train_speed import table_lines
+
+    return "train-speed", table_lines
+
+
+def _two_process():
+    from .two_process import table_lines
+
+    return "two-process", table_lines
+
+
+# kind of a results file -> (README marker name, its table), imported when used
+TABLES = {"train_speed": _train_speed, "two_process": _two_process}
 
 
 def markers(name: str):
@@ -49,10 +66,9 @@ def results_block(data: dict) -> List[str]:
 def update(results_path: str, markdown_path: str):
     with open(results_path, encoding="utf-8") as f:
         data = json.load(f)
-    if data.get("kind") == "train_speed":
-        from .train_speed import table_lines
-
-        (begin, end), lines = markers("train-speed"), table_lines(data)
+    if data.get("kind") in TABLES:
+        marker, table_lines = TABLES[data["kind"]]()
+        (begin, end), lines = markers(marker), table_lines(data)
     else:
         (begin, end), lines = markers("results"), results_block(data)
     with open(markdown_path, encoding="utf-8") as f:

@@ -223,6 +223,16 @@ def toy_data(dest: str) -> str:
     return binarized
 
 
+def write_outputs(out: str, stem: str, title: str, result: dict, lines: List[str]):
+    """``OUT/STEM.json`` and ``OUT/STEM.md``, each written whole or not at all."""
+    for name, text in ((f"{stem}.json", json.dumps(result, indent=1)),
+                       (f"{stem}.md", "\n".join([f"# {title}", ""] + lines) + "\n")):
+        tmp = os.path.join(out, name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(out, name))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -257,13 +267,7 @@ def main(argv=None):
     data = a.data or toy_data(os.path.join(a.out, "toy"))
     say = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)  # noqa: E731
     result = measure(data, shapes, a.max_tokens, a.updates, max(0, a.warmup), a.threads, say)
-    for name, text in (("train_speed.json", json.dumps(result, indent=1)),
-                       ("train_speed.md", "\n".join(["# Training speed", ""] + table_lines(result))
-                        + "\n")):
-        tmp = os.path.join(a.out, name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(a.out, name))
+    write_outputs(a.out, "train_speed", "Training speed", result, table_lines(result))
     print("\n".join(table_lines(result)))
 
 
