@@ -237,10 +237,17 @@ def test_distributed_update_freq_and_resume_continue_exactly(toy_data, tmp_path)
     assert not differ, f"resumed run differs in {len(differ)} tensors, e.g. {differ[:3]}"
 
 
-def test_distributed_distillation_criterion_with_no_c10d(toy_data, teacher, tmp_path):
+def test_distributed_distillation_pruning_and_kronecker_with_no_c10d(toy_data, teacher,
+                                                                      tmp_path):
+    """The distillation criterion, pruning scores (their own learning rate) and masks, and
+    Kronecker factors, all in one 8-bit model on two processes."""
     log = torchrun_train(toy_data[1], tmp_path / "ckpt", tmp_path / "dump", "--quant-bits", "8",
                          "--criterion", "fullyqt_distill", "--teacher-path", teacher,
-                         "--kd-weight", "0.5", "--kd-hidden-weight", "1", "--max-update", "10",
-                         ddp_backend="no_c10d")
+                         "--kd-weight", "0.5", "--kd-hidden-weight", "1", "--max-update", "12",
+                         "--kron-layers", "ffn,embed", "--kron-factor", "4", "--prune-method",
+                         "topk", "--prune-density", "0.5", "--prune-attn-block", "16x16",
+                         "--prune-warmup-updates", "2", "--prune-cooldown-updates", "5",
+                         "--prune-score-lr", "0.01", ddp_backend="no_c10d")
     assert re.search(r"teacher_share=[0-9.]+", log)
+    assert re.search(r"prune: update 10 target density 0\.\d+", log)
     assert_ranks_identical_and_saved(tmp_path / "dump", tmp_path / "ckpt" / "checkpoint_last.pt")
