@@ -210,3 +210,36 @@ def test_fused_fake_quantize_equals_the_unfused_reference(bits, clip_gradient, c
     assert torch.equal(a.grad, b.grad)
     if case == "clipped" and clip_gradient:
         assert (a.grad == 0).any() and (a.grad != 0).any()
+
+
+def _straightforward_fake_quant(x, lo, hi, bits):
+    """Value and straight-through gradient mask written out op by op (float32, as the model)."""
+    step = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
+    clamped = torch.minimum(torch.maximum(x, lo), hi)
+    value = torch.round((clamped - lo) / step) * step + lo
+    return value, ((x >= lo) & (x <= hi)).float()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fused_fake_quant_values_and_gradients_equal_the_straightforward_ones(bits):
+    torch.manual_seed(bits)
+    cases = {"clipped": torch.randn(64, 33) * 4, "constant": torch.full((7, 5), 0.37),
+             "padded": torch.cat([torch.randn(10, 8), torch.zeros(6, 8)])}
+    for name, x in cases.items():
+        q = ActivationQuantizer(bits)
+        q.observe(x[: len(x) // 2])  # a range narrower than x: some values are clipped
+        q.eval()
+        x = x.clone().requires_grad_(True)
+        g = torch.randn_like(x)
+        with torch.enable_grad():
+            (q(x) * g).sum().backward()
+        value, inside = _straightforward_fake_quant(x.detach(), q.lo, q.hi, bits)
+        assert torch.equal(q(x.detach()), value), name
+        assert torch.equal(x.grad, g * inside), name
+    w = (torch.randn(16, 24) * torch.linspace(0.1, 2, 16)[:, None]).requires_grad_(True)
+    g = torch.randn_like(w)
+    (WeightQuantizer(bits, "row")(w) * g).sum().backward()
+    lo, hi = w.detach().aminmax(dim=1, keepdim=True)
+    value, inside = _straightforward_fake_quant(w.detach(), lo, hi, bits)
+    assert torch.equal(WeightQuantizer(bits, "row")(w.detach()), value)
+    assert inside.all() and torch.equal(w.grad, g)  # its own range clips nothing

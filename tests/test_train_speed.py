@@ -49,6 +49,13 @@ def test_times_every_model_on_the_same_batches_and_writes_the_readme_block(toy_d
     assert "old" not in text and "kept" in text
     assert [line for line in text.splitlines() if line.startswith("| tiny |")] == [
         line for line in md.splitlines() if line.startswith("| tiny |")]
+    # a second run of the same kind goes into a block of its own
+    readme.write_text(text + "<!-- train-speed-bible:begin -->\nold2\n<!-- train-speed-bible:end -->\n")
+    assert subprocess.run(cmd + ["--block", "train-speed-bible"], capture_output=True,
+                          cwd=REPO).returncode == 0
+    second = readme.read_text()
+    assert "old2" not in second and second.startswith(text.split("<!-- train-speed:end -->")[0])
+    assert second.count("| tiny | fullyqt 8-bit |") == 2
 
 
 @pytest.mark.parametrize("args,message", [

@@ -4,6 +4,8 @@ numbers come from ``results.json`` and cannot drift from the run they describe.
     python -m fullyqt.bench.readme runs/cpu-small/results.json README.md      # results:begin/end
     python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md  # train-speed:...
     python -m fullyqt.bench.readme runs/two-process/two_process.json README.md  # two-process:...
+    python -m fullyqt.bench.readme runs/train-speed-bible/train_speed.json README.md \
+        --block train-speed-bible                                              # a second block
 """
 import argparse
 import json
@@ -63,12 +65,12 @@ def results_block(data: dict) -> List[str]:
     return lines
 
 
-def update(results_path: str, markdown_path: str):
+def update(results_path: str, markdown_path: str, block: str = None):
     with open(results_path, encoding="utf-8") as f:
         data = json.load(f)
     if data.get("kind") in TABLES:
         marker, table_lines = TABLES[data["kind"]]()
-        (begin, end), lines = markers(marker), table_lines(data)
+        (begin, end), lines = markers(block or marker), table_lines(data)
     else:
         (begin, end), lines = markers("results"), results_block(data)
     with open(markdown_path, encoding="utf-8") as f:
@@ -89,9 +91,11 @@ def main(argv=None):
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("results", help="a benchmark's results.json")
     p.add_argument("markdown", help="the file to update (e.g. README.md)")
+    p.add_argument("--block", help="marker name of the block to fill (default: the table's "
+                                   "own, e.g. train-speed), for a second run of the same kind")
     a = p.parse_args(argv)
     try:
-        update(a.results, a.markdown)
+        update(a.results, a.markdown, a.block)
     except (OSError, ValueError) as e:
         sys.exit(f"{p.prog}: error: {e}")
     except KeyError as e:

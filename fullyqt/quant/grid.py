@@ -112,15 +112,17 @@ def symmetric_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
 
 class _FakeQuantize(torch.autograd.Function):
     """One fused operation: the value on the grid, and for backward only the 1-byte mask of
-    where the clamp let x through (the straight-through gradient)."""
+    where the clamp let x through (the straight-through gradient): ``clamp(x) == x``, one
+    comparison, exactly ``lo <= x <= hi``."""
 
     @staticmethod
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
         ctx.clip_gradient = clip_gradient
+        clamped = torch.clamp(x, lo, hi)
         if clip_gradient and ctx.needs_input_grad[0]:
-            ctx.save_for_backward((x >= lo) & (x <= hi))
-        return fake_quantize_frozen(x, lo, hi, s)
+            ctx.save_for_backward(clamped == x)
+        return _round_onto_grid_(clamped, lo, s)
 
     @staticmethod
     def backward(ctx, grad):
@@ -133,7 +135,12 @@ class _FakeQuantize(torch.autograd.Function):
 def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
     """``Grid.fake_quantize``'s value, no gradient, in place on one new buffer; ``lo``/``hi``/
     ``step`` are tensors or, for a frozen scalar grid in inference, Python floats."""
-    return torch.clamp(x, lo, hi).sub_(lo).div_(step).round_().mul_(step).add_(lo)
+    return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
+
+
+def _round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:
+    """The nearest grid point of values already clamped to the range, in place."""
+    return clamped.sub_(lo).div_(step).round_().mul_(step).add_(lo)
 
 
 def centred_codes(x: torch.Tensor, affine: Tuple[float, float, float, float]) -> torch.Tensor:

@@ -63,7 +63,9 @@ class WeightQuantizer(Quantizer):
         key = (w.data_ptr(), w._version, w.shape, w.dtype, w.device)
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        out = self.grid(w if range_of is None else range_of).fake_quantize(w)
+        # A range taken from w itself clips nothing: no gradient mask to compute or keep.
+        out = self.grid(w if range_of is None else range_of).fake_quantize(
+            w, clip_gradient=range_of is not None)
         self._cache = (key, out) if cacheable else None
         return out
 
