@@ -98,3 +98,16 @@ def test_two_process_benchmark_rows_ratios_and_report(toy_data, tmp_path):
     table = [line for line in md.splitlines() if line.startswith("| fullyqt")]
     assert len(table) == 4 and table == [
         line for line in report.splitlines() if line.startswith("| fullyqt")]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--updates", "0"], "argument --updates: got '0'; allowed: an integer >= 1"),
+    (["--shape", "huge"], "argument --shape: invalid choice: 'huge'"),
+    (["--data", "/nonexistent"], "--data /nonexistent: not a binarized data directory"),
+])
+def test_two_process_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.two_process", "--out",
+                           tmp_path / "out", *args], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import time
 from typing import List
 
 from .runner import BIN, USER_DIR, _train_record, run_logged, thread_env
-from .train_speed import SHAPES, TRAIN, shape_flags, toy_data, write_outputs
+from .train_speed import SHAPES, TRAIN, _positive, shape_flags, toy_data, write_outputs
 
 MODELS = {
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
@@ -96,13 +96,6 @@ def table_lines(result: dict) -> List[str]:
         lines.append(f"| {r['model']} | {r['processes']} × {r['threads']} | {r['ups']:.2f} | "
                      f"{r['wps']:,.0f} | {r['wps_vs_one']:.2f}x | {sync[0]} | {sync[1]} |")
     return lines
-
-
-def _positive(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
-    return value
 
 
 def main(argv=None):
