@@ -70,7 +70,10 @@ class IntegerMatmul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = centred_codes(x.reshape(-1, x.shape[-1]).float(), self.input_affine)
-        y = torch.addcmul(self.c, int_matmul(a, self.weight_t), self.alpha)
+        # the int32 sums converted once and the affine written over them: no second full-size
+        # tensor (the 8k-vocabulary output projection's is the largest of the model)
+        y = int_matmul(a, self.weight_t).float()
+        torch.addcmul(self.c, y, self.alpha, out=y)
         y.addr_(a.sum(1), self.beta)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
