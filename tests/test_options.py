@@ -4,6 +4,7 @@ import argparse
 import pytest
 
 from fullyqt.quant.config import QuantConfig, QuantOptionError
+from fullyqt.quant.quantizer import ActivationQuantizer
 from tests.conftest import TINY, USER_DIR, build_model, cli
 
 
@@ -17,6 +18,7 @@ from tests.conftest import TINY, USER_DIR, build_model, cli
     ("--quant-weight-buckets", "column", "row, tensor"),
     ("--quant-kernels", "int9", "exact, fake, int8, fake64"),
     ("--quant-softmax-denominator-bits", "99", "integer from 2 to 16"),
+    ("--quant-act-range", "percentile", "minmax, mse"),
 ])
 def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,
@@ -76,6 +78,13 @@ def test_overrides_and_float_switch(toy_data):
     n_attention = sum(1 for n, _ in model.named_modules() if n.endswith("attn"))
     assert sum(1 for p in quantization_points(model)
                if p.name.endswith("softmax_denominator_quant")) == n_attention > 0
+
+    model, _, _ = build_model(toy_data[1], "--quant-bits", "4", "--quant-act-range", "mse")
+    observers = {m.observer for m in model.modules() if isinstance(m, ActivationQuantizer)}
+    assert observers == {"mse"}
+    default, _, _ = build_model(toy_data[1], "--quant-bits", "4")
+    assert {m.observer for m in default.modules() if isinstance(m, ActivationQuantizer)} == {
+        "minmax"}
 
     float_model, _, _ = build_model(toy_data[1], "--no-quant")
     assert not any(p.active for p in quantization_points(float_model))

@@ -243,3 +243,70 @@ def test_fused_fake_quant_values_and_gradients_equal_the_straightforward_ones(bi
     value, inside = _straightforward_fake_quant(w.detach(), lo, hi, bits)
     assert torch.equal(WeightQuantizer(bits, "row")(w.detach()), value)
     assert inside.all() and torch.equal(w.grad, g)  # its own range clips nothing
+
+
+def mse_reference(x, valid, bits, unsigned, ratios):
+    """The least-squared-error clipping of the valid entries' min-max range, in float64 numpy,
+    by trying every ratio (ends pulled towards 0, or towards the end nearer 0)."""
+    vals = x[valid].astype(np.float64)
+    lo, hi = (0.0 if unsigned else vals.min()), vals.max()
+    centre = min(max(0.0, lo), hi)
+    best = None
+    for r in ratios:
+        a, b = centre + r * (lo - centre), centre + r * (hi - centre)
+        step = (b - a) / (2**bits - 1)
+        q = np.rint((np.clip(vals, a, b) - a) / step) * step + a
+        err = ((q - vals) ** 2).sum()
+        if best is None or err < best[0]:
+            best = (err, a, b)
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("bits,unsigned,shift", [(4, False, 0.0), (4, True, 0.0), (8, False, 0.0),
+                                                  (4, False, 5.0), (3, False, -7.0)])
+def test_mse_observer_picks_the_least_error_clipping_and_ignores_padding(bits, unsigned, shift):
+    from fullyqt.quant.observers import CLIP_RATIOS
+    g = torch.Generator().manual_seed(bits)
+    x = torch.distributions.StudentT(3.0).sample((30, 7, 16)) + shift  # heavy tails
+    if unsigned:
+        x = x.abs()
+    valid = torch.rand(30, 7, generator=g) > 0.2
+    x[~valid] = 1e6  # padding: must not move the range
+    q = ActivationQuantizer(bits, unsigned=unsigned, observer="mse").train()
+    q(x, valid)
+    ref_lo, ref_hi = mse_reference(x.numpy(), valid.numpy(), bits, unsigned, CLIP_RATIOS)
+    assert q.lo.item() == pytest.approx(ref_lo, rel=1e-5, abs=1e-6)
+    assert q.hi.item() == pytest.approx(ref_hi, rel=1e-5)
+    if bits == 4 and not shift:  # heavy tails at 4 bits: a real clipping, not the min-max range
+        assert q.hi.item() < x[valid].max().item() * 0.95
+    if unsigned:
+        assert q.lo.item() == 0.0
+
+
+def test_mse_observer_samples_every_kth_row_of_a_large_batch():
+    """Above MSE_SAMPLE values the error is measured on every k-th row: the clipping of the whole
+    batch's range that is best for those rows."""
+    from fullyqt.quant.observers import CLIP_RATIOS, MSE_SAMPLE
+    x = torch.distributions.Laplace(0.0, 1.0).sample((4 * MSE_SAMPLE // 64 + 3, 64))
+    x[::4] *= 3.0  # the sampled rows (stride 5 here) see other statistics than the rest
+    stride = -(-x.numel() // MSE_SAMPLE)
+    q = ActivationQuantizer(4, observer="mse").train()
+    q(x)
+    rows, lo, hi = x[::stride].numpy(), x.min().item(), x.max().item()
+    best = min(CLIP_RATIOS, key=lambda r: _sq_error(rows, r * lo, r * hi, 4))
+    assert q.lo.item() == pytest.approx(best * lo, rel=1e-5)
+    assert q.hi.item() == pytest.approx(best * hi, rel=1e-5)
+
+
+def _sq_error(vals, a, b, bits):
+    step = (b - a) / (2**bits - 1)
+    v = vals.astype(np.float64)
+    return (((np.rint((np.clip(v, a, b) - a) / step) * step + a) - v) ** 2).sum()
+
+
+def test_mse_observer_leaves_the_range_on_an_all_padding_batch():
+    q = ActivationQuantizer(4, observer="mse").train()
+    q(torch.randn(5, 3, 8), torch.ones(5, 3, dtype=torch.bool))
+    lo, hi = q.lo.clone(), q.hi.clone()
+    q(torch.full((5, 3, 8), 100.0), torch.zeros(5, 3, dtype=torch.bool))
+    assert torch.equal(q.lo, lo) and torch.equal(q.hi, hi)

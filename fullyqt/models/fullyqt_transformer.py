@@ -77,7 +77,8 @@ class EmbeddingSumQuantizer(ActivationQuantizer):
     fairseq's ``layernorm_embedding`` slot, the one hook applied right after that sum."""
 
     def __init__(self, qcfg: QuantConfig, pad: PaddingContext, dropout: nn.Module):
-        super().__init__(qcfg.act_bits, qcfg.momentum, False, qcfg.start_update)
+        super().__init__(qcfg.act_bits, qcfg.momentum, False, qcfg.start_update,
+                         observer=qcfg.act_range)
         self.pad = pad
         self.dropout = dropout
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .grid import BUCKETS as WEIGHT_BUCKETS
 from .grid import Grid, fake_quantize_frozen
+from .observers import OBSERVERS, batch_min_max, mse_clip
 
 
 class Quantizer(nn.Module):
@@ -93,13 +94,17 @@ class ActivationQuantizer(Quantizer):
     ``valid`` (a bool mask over the leading dims of x) excludes padding from range updates.
     ``record`` (set by ``fullyqt.distributed.RangeSync``) sees each batch's (lo, hi) before the
     update, so that ranks can agree on it.
+    ``observer`` measures each batch's (lo, hi): ``minmax`` or ``mse`` (``observers.py``).
     """
 
     kind = "activation"
 
     def __init__(self, bits: Optional[int], momentum: float = 0.9, unsigned: bool = False,
-                 start_update: int = 0, clip_gradient: bool = True):
+                 start_update: int = 0, clip_gradient: bool = True, observer: str = "minmax"):
         super().__init__(bits, start_update)
+        if observer not in OBSERVERS:
+            raise ValueError(f"observer {observer!r}: allowed {', '.join(OBSERVERS)}")
+        self.observer = observer
         self.momentum = momentum
         self.unsigned = unsigned
         self.clip_gradient = clip_gradient
@@ -122,18 +127,12 @@ class ActivationQuantizer(Quantizer):
         the device; a batch that is all padding leaves the range as it was.
         """
         x = x.detach()
-        if x.numel() == 0:  # still an observation, so that every rank records as many
-            lo = torch.tensor(float("inf"), device=x.device)
-            hi = torch.tensor(float("-inf"), device=x.device)
-        elif valid is not None:
-            v = valid.reshape(valid.shape + (1,) * (x.dim() - valid.dim()))
-            lo = torch.where(v, x, float("inf")).amin().float()
-            hi = torch.where(v, x, float("-inf")).amax().float()
-        else:
-            lo, hi = torch.aminmax(x.float())
+        lo, hi = batch_min_max(x, valid)
         if self.unsigned:
             lo = torch.zeros_like(lo)
-        if self.record is not None:
+        if self.observer == "mse":
+            lo, hi = mse_clip(x, valid, lo, hi, self.bits)
+        if self.record is not None:  # still an observation when empty, so every rank records as many
             self.record(self, lo, hi)
         self.update_range(lo, hi)
 
@@ -178,4 +177,5 @@ class ActivationQuantizer(Quantizer):
 
     def extra_repr(self):
         return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "
-                f"clip_gradient={self.clip_gradient}, start_update={self.start_update}")
+                f"clip_gradient={self.clip_gradient}, start_update={self.start_update}"
+                + (f", observer={self.observer}" if self.observer != "minmax" else ""))
