@@ -1,5 +1,6 @@
-"""Training speed: time and peak memory per update of stock float, ``--no-quant`` and 8/4-bit
-QAT, timed interleaved on the same batches in one process, as ratios to stock float; and the
+"""Training speed: time and peak memory per update of stock float, ``--no-quant``, 8-bit and 4-bit
+QAT (4-bit with min-max and with mse ranges), timed interleaved on the same batches in one
+process, as ratios to stock float; and the
 time of a validation step (exact evaluation for the quantized models).
 
     python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
@@ -38,6 +39,8 @@ MODELS = {
     "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
+    "fullyqt 4-bit mse": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
+                          "--quant-act-range", "mse"],
 }
 TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4", "--lr-scheduler",
          "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.1", "--criterion",
