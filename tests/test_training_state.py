@@ -86,3 +86,23 @@ def test_training_with_int8_kernels_validates_and_resumes(toy_data, tmp_path):
                                   "--max-update", "30")
     assert trainer.get_num_updates() == 30
     assert not any(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def test_mse_ranges_are_kept_by_the_checkpoint_and_resume(toy_data, tmp_path):
+    """--quant-act-range is saved with the model's arguments: fairseq-generate's loader builds
+    mse observers again; a resumed run (given its flags, as fairseq resumes) does too; both hold
+    the saved ranges."""
+    from fairseq import checkpoint_utils
+
+    from fullyqt.quant.quantizer import ActivationQuantizer
+
+    flags = ("--quant-bits", "4", "--quant-act-range", "mse", "--disable-validation")
+    train(toy_data[1], tmp_path, *TINY, *flags, "--max-update", "20")
+    saved = torch.load(tmp_path / "checkpoint_last.pt")["model"]
+    (loaded,), _ = checkpoint_utils.load_model_ensemble([str(tmp_path / "checkpoint_last.pt")])
+    trainer, resumed = make_trainer(toy_data[1], tmp_path, *flags, "--max-update", "30")
+    for model in (loaded, resumed):
+        quantizers = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+        assert quantizers and {q.observer for q in quantizers} == {"mse"}
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in saved.items() if k.endswith(".hi"))
