@@ -318,6 +318,11 @@ def test_readme_block_is_generated_from_results(tmp_path):
     assert "| float | float | 30.00 | – | 1.00x | 100 | 10 | 1.00x |" in text
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     assert readme.read_text() == text  # a rerun changes nothing
+    readme.write_text(text + "<!-- results-4bit:begin -->\n<!-- results-4bit:end -->\n")
+    subprocess.run(cmd + ["--block", "results-4bit"], check=True, cwd=REPO, capture_output=True)
+    second = readme.read_text().split("<!-- results-4bit:begin -->")[1]
+    assert "| fullyqt4-kd | 4 | 28.75 |" in second  # a second run's table in its own block
+    assert readme.read_text().startswith(text)
     readme.write_text("no markers\n")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -72,7 +72,7 @@ def update(results_path: str, markdown_path: str, block: str = None):
         marker, table_lines = TABLES[data["kind"]]()
         (begin, end), lines = markers(block or marker), table_lines(data)
     else:
-        (begin, end), lines = markers("results"), results_block(data)
+        (begin, end), lines = markers(block or "results"), results_block(data)
     with open(markdown_path, encoding="utf-8") as f:
         text = f.read()
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
