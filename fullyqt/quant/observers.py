@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .grid import Grid
+from .grid import Grid, fake_quantize_frozen
 
 OBSERVERS = ("minmax", "mse")
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
@@ -48,9 +48,8 @@ def mse_clip(x: torch.Tensor, valid: Optional[torch.Tensor], lo: torch.Tensor, h
     los, his = centre + ratios * (lo - centre), centre + ratios * (hi - centre)
     # padding may hold anything (inf included): a finite value keeps 0 * error at 0
     rows = torch.where(weight[:, None] > 0, rows, centre)
-    step = Grid(los, his, bits).step()
-    # the grid's codes and values, then the error, in place on one (ratios, rows, values) tensor
-    err = torch.clamp(rows, los, his).sub_(los).div_(step).round_().mul_(step).add_(los)
+    # every candidate grid's values, then their error, in place on one (ratios, rows, values) tensor
+    err = fake_quantize_frozen(rows, los, his, Grid(los, his, bits).step())
     best = torch.argmin(err.sub_(rows).square_().sum(-1) @ weight)
     return los.flatten()[best], his.flatten()[best]
 
