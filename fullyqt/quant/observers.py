@@ -34,7 +34,8 @@ def batch_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]
 def mse_clip(x: torch.Tensor, valid: Optional[torch.Tensor], lo: torch.Tensor, hi: torch.Tensor,
              bits: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The clipping of [lo, hi] among ``CLIP_RATIOS`` whose ``bits``-bit grid gives the least
-    squared error on the non-padding entries of ``x`` (every k-th row when there are more than ``MSE_SAMPLE``)."""
+    squared error on the non-padding entries of ``x`` (on every k-th row of a batch of more than
+    ``MSE_SAMPLE`` values)."""
     if x.numel() == 0:
         return lo, hi
     lead = x.dim() - 1 if valid is None else valid.dim()

@@ -132,7 +132,7 @@ class ActivationQuantizer(Quantizer):
             lo = torch.zeros_like(lo)
         if self.observer == "mse":
             lo, hi = mse_clip(x, valid, lo, hi, self.bits)
-        if self.record is not None:  # still an observation when empty, so every rank records as many
+        if self.record is not None:  # an empty x still records, so every rank records as many
             self.record(self, lo, hi)
         self.update_range(lo, hi)
 
