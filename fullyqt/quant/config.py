@@ -29,25 +29,20 @@ def _parse_momentum(option, value):
                         QuantOptionError)
 
 
-def _parse_buckets(option, value):
-    if value not in WEIGHT_BUCKETS:
-        raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(WEIGHT_BUCKETS)}")
-    return value
+def _choice(allowed):
+    """A parser that accepts one of ``allowed`` and names them all otherwise."""
 
+    def parse(option, value):
+        if value not in allowed:
+            raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
+        return value
 
-def _parse_observer(option, value):
-    if value not in OBSERVERS:
-        raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(OBSERVERS)}")
-    return value
+    return parse
 
 
 KERNELS = ("exact", "fake", "int8", "fake64")
-
-
-def _parse_kernels(option, value):
-    if value not in KERNELS:
-        raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(KERNELS)}")
-    return value
+_parse_buckets, _parse_observer, _parse_kernels = map(_choice, (WEIGHT_BUCKETS, OBSERVERS,
+                                                                KERNELS))
 
 
 # Options that set bits: with --no-quant, a contradiction refused at parse time (a saved
