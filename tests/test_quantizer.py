@@ -251,15 +251,8 @@ def mse_reference(x, valid, bits, unsigned, ratios):
     vals = x[valid].astype(np.float64)
     lo, hi = (0.0 if unsigned else vals.min()), vals.max()
     centre = min(max(0.0, lo), hi)
-    best = None
-    for r in ratios:
-        a, b = centre + r * (lo - centre), centre + r * (hi - centre)
-        step = (b - a) / (2**bits - 1)
-        q = np.rint((np.clip(vals, a, b) - a) / step) * step + a
-        err = ((q - vals) ** 2).sum()
-        if best is None or err < best[0]:
-            best = (err, a, b)
-    return best[1], best[2]
+    ends = [(centre + r * (lo - centre), centre + r * (hi - centre)) for r in ratios]
+    return min(ends, key=lambda e: _sq_error(vals, e[0], e[1], bits))
 
 
 @pytest.mark.parametrize("bits,unsigned,shift", [(4, False, 0.0), (4, True, 0.0), (8, False, 0.0),

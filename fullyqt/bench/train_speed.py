@@ -1,7 +1,7 @@
 """Training speed: time and peak memory per update of stock float, ``--no-quant``, 8-bit and 4-bit
 QAT (4-bit with min-max and with mse ranges), timed interleaved on the same batches in one
-process, as ratios to stock float; and the
-time of a validation step (exact evaluation for the quantized models).
+process, as ratios to stock float; and the time of a validation step (exact evaluation for the
+quantized models).
 
     python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
                                                                           # the layers are the work)
