@@ -303,3 +303,37 @@ def test_mse_observer_leaves_the_range_on_an_all_padding_batch():
     lo, hi = q.lo.clone(), q.hi.clone()
     q(torch.full((5, 3, 8), 100.0), torch.zeros(5, 3, dtype=torch.bool))
     assert torch.equal(q.lo, lo) and torch.equal(q.hi, hi)
+
+
+@pytest.mark.parametrize("shape", [(9, 6, 4), (9, 6, 256), (6, 4, 9, 12)])
+def test_batch_range_ignores_padding_whatever_the_row_width(shape):
+    """Narrow rows are masked whole, wide rows reduced first: both give numpy's min and max of
+    the real entries, padding holding values far outside them (and a NaN-free inf)."""
+    from fullyqt.quant.observers import ROW_REDUCE_MIN, batch_min_max
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(*shape, generator=g)
+    lead = len(shape) - 1
+    valid = torch.rand(*shape[:lead], generator=g) > 0.3
+    x[~valid] = float("inf")
+    x[~valid, ..., 0] = -1e9
+    real = x.numpy()[valid.numpy()]
+    lo, hi = batch_min_max(x, valid)
+    assert (lo.item(), hi.item()) == (real.min(), real.max())
+    assert (shape[-1] >= ROW_REDUCE_MIN) == (shape[-1] == 256)  # both paths are exercised
+    none = batch_min_max(x, torch.zeros_like(valid))
+    assert (none[0].item(), none[1].item()) == (float("inf"), float("-inf"))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_one_bucket_codes_equal_the_tensor_formula(bits):
+    """An activation grid's codes (taken from Python scalars) equal the formula on 0-dim
+    tensors bit for bit, clipped and boundary values included; per-row grids are unchanged."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(64, 33, generator=g) * 3
+    lo, hi = torch.tensor(-2.3), torch.tensor(1.7)
+    step = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
+    x[0, :3] = torch.stack([lo, hi, lo + 5 * step])
+    expected = torch.round((torch.minimum(torch.maximum(x, lo), hi) - lo) / step)
+    assert torch.equal(Grid(lo, hi, bits).codes(x), expected)
+    rows = Grid(torch.full((64, 1), -2.3), torch.full((64, 1), 1.7), bits)
+    assert torch.equal(rows.codes(x), expected)

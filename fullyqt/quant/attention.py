@@ -8,7 +8,8 @@ Q, K, V, the softmax numerator / denominator / output and the attention output a
 Attention dropout runs before the softmax output quantizer: P·V multiplies quantized values in
 training too (the returned weights are those P).  In exact evaluation (``--quant-kernels exact``
 or ``int8``) Q·Kᵀ, P·V and the softmax sum are computed from integer codes
-(``integer_form.code_matmul``), so incremental decoding gives the full pass's bits.
+(``integer_form.codes_matmul``), so incremental decoding gives the full pass's bits; the
+incremental state then keeps the keys' and values' codes, each computed once.
 
 ``heads`` (a compacted model) keeps the head size of ``num_heads`` heads but holds only
 ``heads`` of them: projections of ``heads * head_dim`` rows (Q, K, V) and columns (output).
@@ -20,7 +21,7 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
 from .config import QuantConfig
-from .integer_form import code_matmul, code_sum
+from .integer_form import codes_matmul, code_sum
 from .linear import LAYER_KERNELS, QuantLinear
 from .padding import PaddingContext, valid_mask
 
@@ -92,6 +93,7 @@ class QuantMultiheadAttention(MultiheadAttention):
         if saved is not None and static_kv and "prev_key" in saved:
             key = value = None  # encoder keys/values were projected at the first step
 
+        codes = self._on_codes()
         q_valid = valid_mask(self, query)
         q = self._heads(self.q_quant(self.q_proj(query) * self.scaling, q_valid))
         k = v = None
@@ -101,6 +103,8 @@ class QuantMultiheadAttention(MultiheadAttention):
                 self.training and key_padding_mask is not None) else None
             k = self._heads(self.k_quant(self.k_proj(key), kv_valid))
             v = self._heads(self.v_quant(self.v_proj(value), kv_valid))
+            if codes:
+                k, v = self.k_quant.grid.codes(k.float()), self.v_quant.grid.codes(v.float())
 
         if saved is not None:
             if "prev_key" in saved:
@@ -115,9 +119,9 @@ class QuantMultiheadAttention(MultiheadAttention):
             self._set_input_buffer(incremental_state, saved)
         assert k is not None and v is not None
 
-        codes = self._on_codes()
         if codes:
-            scores = code_matmul(q, self.q_quant.grid, k.transpose(-1, -2), self.k_quant.grid)
+            scores = codes_matmul(self.q_quant.grid.codes(q.float()), self.q_quant.grid,
+                                  k.transpose(-1, -2), self.k_quant.grid).to(q.dtype)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
         if attn_mask is not None:
@@ -125,11 +129,15 @@ class QuantMultiheadAttention(MultiheadAttention):
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :], float("-inf"))
         if before_softmax:
-            return scores, v
+            return scores, self.v_quant.grid.dequantize(v).to(q.dtype) if codes else v
 
         probs = self._quantized_softmax(scores, q_valid, codes)
-        out = code_matmul(probs, self.softmax_output_quant.grid, v, self.v_quant.grid) if (
-            codes) else torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
+        if codes:
+            p_grid = self.softmax_output_quant.grid
+            out = codes_matmul(p_grid.codes(probs.float()), p_grid, v, self.v_quant.grid).to(
+                q.dtype)
+        else:
+            out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
         out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.num_heads * self.head_dim)
         out = self.out_proj(self.attn_output_quant(out, q_valid))
 

@@ -70,9 +70,12 @@ class IntegerMatmul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = centred_codes(x.reshape(-1, x.shape[-1]).float(), self.input_affine)
-        # the int32 sums converted once and the affine written over them: no second full-size
-        # tensor (the 8k-vocabulary output projection's is the largest of the model)
-        y = int_matmul(a, self.weight_t).float()
+        # the int32 sums converted to float32 where they lie and the affine written over them:
+        # no second full-size tensor (the 8k-vocabulary output projection's is the model's
+        # largest; allocating it costs more than the conversion).  Each element is read before
+        # its own 4 bytes are written, a full overlap that elementwise copies allow.
+        sums = int_matmul(a, self.weight_t)
+        y = sums.view(torch.float32).copy_(sums)
         torch.addcmul(self.c, y, self.alpha, out=y)
         y.addr_(a.sum(1), self.beta)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
@@ -83,8 +86,14 @@ class IntegerMatmul(nn.Module):
 
 
 def code_matmul(x: torch.Tensor, x_grid: Grid, y: torch.Tensor, y_grid: Grid) -> torch.Tensor:
-    """``x @ y`` of two activations on one-bucket grids (attention's Q·Kᵀ and P·V in exact
-    evaluation), from their codes ``c``, ``d`` (0 .. 2^b - 1):
+    """``x @ y`` of two activations on one-bucket grids, from their codes (``codes_matmul``)."""
+    return codes_matmul(x_grid.codes(x.float()), x_grid, y_grid.codes(y.float()), y_grid).to(
+        x.dtype)
+
+
+def codes_matmul(c: torch.Tensor, x_grid: Grid, d: torch.Tensor, y_grid: Grid) -> torch.Tensor:
+    """``x @ y`` (float32) of two activations on one-bucket grids given as their codes ``c``,
+    ``d`` (0 .. 2^b - 1; attention's Q·Kᵀ and P·V in exact evaluation):
 
         x @ y = s_x s_y (c @ d) + s_x lo_y C + s_y lo_x D + K lo_x lo_y
 
@@ -93,8 +102,7 @@ def code_matmul(x: torch.Tensor, x_grid: Grid, y: torch.Tensor, y_grid: Grid) ->
     own row and column only: a query decoded incrementally gets the bits it gets in the full
     sequence.  A zero code on a grid with ``lo = 0`` (a masked or padded probability) adds
     nothing, so extra masked keys change nothing either."""
-    c, d = x_grid.codes(x.float()), y_grid.codes(y.float())
-    k = x.shape[-1]
+    k = c.shape[-1]
     exact32 = k * x_grid.top * y_grid.top <= FLOAT32_INTEGERS  # sums stay exact
     cd = torch.matmul(c, d) if exact32 else torch.matmul(c.double(), d.double()).float()
     (lo_x, s_x), (lo_y, s_y) = x_grid.lo_step(), y_grid.lo_step()
@@ -106,7 +114,7 @@ def code_matmul(x: torch.Tensor, x_grid: Grid, y: torch.Tensor, y_grid: Grid) ->
         out.add_(d.sum(-2, keepdim=True).mul_(s_y * lo_x))
     if lo_x and lo_y:
         out.add_(k * lo_x * lo_y)
-    return out.to(x.dtype)
+    return out
 
 
 def code_sum(x: torch.Tensor, grid: Grid, dim: int = -1) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .grid import Grid, fake_quantize_frozen
 OBSERVERS = ("minmax", "mse")
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 MSE_SAMPLE = 16384  # values the search looks at: every k-th row of a larger batch
+ROW_REDUCE_MIN = 64  # values per padding-mask entry from which rows are reduced before masking
 
 
 def batch_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]
@@ -26,6 +27,13 @@ def batch_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]
         return inf, -inf
     if valid is None:
         return torch.aminmax(x.float())
+    if x.numel() // valid.numel() >= ROW_REDUCE_MIN:
+        # each row's min and max first, then the mask over those: two reads of x, no full-size
+        # temporary (at a layer's width this is several times faster than masking x)
+        lead = valid.dim()
+        rows = x.reshape(*x.shape[:lead], -1)
+        return (torch.where(valid, rows.amin(-1), float("inf")).amin().float(),
+                torch.where(valid, rows.amax(-1), float("-inf")).amax().float())
     v = _broadcast(valid, x)
     return (torch.where(v, x, float("inf")).amin().float(),
             torch.where(v, x, float("-inf")).amax().float())
