@@ -9,6 +9,7 @@ from fairseq import options
 
 from fullyqt.bench.config import ConfigError, load_preset, presets
 from fullyqt.bench.report import write_report
+from fullyqt.eval.significance import compare
 from tests.conftest import REPO, USER_DIR, build_model
 
 
@@ -252,6 +253,17 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
     assert rows["float-finetune"]["num_updates"] == rows["fullyqt8-finetune"]["num_updates"]
     assert "for `fullyqt8-finetune`" in md_text(out) and "vs `float-finetune`" in md_text(out)
+    # the interval compares the two logs the rows were scored from
+    refs = (out / "data" / "raw" / "test.tgt").read_text(encoding="utf-8").rstrip("\n")
+    refs = refs.split("\n")
+    in_order = lambda name: [text for _, text in sorted(detokenized(  # noqa: E731
+        out / "checkpoints" / name / "generate.txt").items())]
+    again = compare(in_order("fullyqt8-finetune"), in_order("float-finetune"), refs)
+    assert rows["fullyqt8-finetune"]["vs_control_interval"] == [again.low, again.high]
+    assert rows["fullyqt8-finetune"]["bleu"] - rows["float-finetune"]["bleu"] == pytest.approx(
+        again.delta, abs=1e-9)
+    assert rows["float"].get("vs_control_interval") is None
+    assert "95% paired-bootstrap interval" in md_text(out)
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60
@@ -302,7 +314,8 @@ def test_report_states_how_many_sentences_each_row_scored(tmp_path):
 def test_readme_block_is_generated_from_results(tmp_path):
     rows = [row("float"), row("fullyqt4-kd", bits=4, bleu=28.75, model_bytes=600,
                               tokens_per_second=80.0, num_updates=3, sec_per_update=1.5,
-                              baseline="float", teacher="float")]
+                              baseline="float", teacher="float",
+                              vs_control_interval=[-2.0, -0.5])]
     paths = write_report(str(tmp_path), rows, {"preset": "p", "date": "d", "machine": "m",
                                                "test sentences": 60})
     readme = tmp_path / "README.md"
@@ -313,8 +326,8 @@ def test_readme_block_is_generated_from_results(tmp_path):
     assert text.startswith("intro\n<!-- results:begin -->\n") and text.endswith(
         "<!-- results:end -->\nrest\n")
     assert "old numbers" not in text
-    assert ("| fullyqt4-kd | 4 | 28.75 | -1.25 vs `float`; -1.25 vs teacher `float` | 0.15x | 80 "
-            "| 3 | 1.50x |") in text
+    assert ("| fullyqt4-kd | 4 | 28.75 | -1.25 [-2.00, -0.50] vs `float`; -1.25 vs teacher "
+            "`float` | 0.15x | 80 | 3 | 1.50x |") in text
     assert "| float | float | 30.00 | – | 1.00x | 100 | 10 | 1.00x |" in text
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True)
     assert readme.read_text() == text  # a rerun changes nothing

@@ -19,6 +19,7 @@ from typing import List
 
 import torch
 
+from ..eval.significance import compare
 from .config import ConfigError, load_preset, presets
 from .data import layout, prepare_bible
 from .kernels import measure
@@ -183,7 +184,7 @@ def main(argv=None):
     length = preset.max_len
     if length:
         meta["hypotheses cut at (target tokens)"] = length
-    rows, trained = [], {}
+    rows, trained, hypotheses = [], {}, {}
     for v in variants:
         dep = trained.get(v.match_updates)
         max_update = max(1, round(dep.num_updates * v.update_fraction)) if dep else None
@@ -213,10 +214,15 @@ def main(argv=None):
                         threads=a.threads, max_len=length,
                         extra=kernels("exact") if v.bits else [])
         with open(data["test_ref"], encoding="utf-8") as f:
-            meta["test sentences"] = sum(1 for _ in f)
+            refs = [line.rstrip("\n") for line in f]
+        meta["test sentences"] = len(refs)
+        hypotheses[v.name] = dec.hypotheses
+        baseline = v.baseline if v.bits or v.distill_data else None
+        interval = (compare(dec.hypotheses, hypotheses[baseline], refs)
+                    if baseline in hypotheses else None)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
-                     "bits": v.bits,
-                     "baseline": v.baseline if v.bits or v.distill_data else None,
+                     "bits": v.bits, "baseline": baseline,
+                     "vs_control_interval": interval and [interval.low, interval.high],
                      "teacher": v.teacher or v.distill_data,
                      "teacher_share": result.teacher_share,
                      "bleu": dec.bleu, "signature": dec.signature,

@@ -49,7 +49,7 @@ def results_block(data: dict) -> List[str]:
              "time/update vs float |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         control = by_name.get(r.get("baseline") or "")
-        versus = (f"{r['bleu'] - control['bleu']:+.2f} vs `{control['variant']}`"
+        versus = (f"{r['bleu'] - control['bleu']:+.2f}{_interval(r)} vs `{control['variant']}`"
                   if control is not None and control is not r else "–")
         teacher = by_name.get(r.get("teacher") or "")
         if teacher is not None:
@@ -63,6 +63,12 @@ def results_block(data: dict) -> List[str]:
             (_num(r.get("time_per_update_vs_float"), ".2f") + "x")
             if r.get("kind", "trained") == "trained" else "–"]) + " |")
     return lines
+
+
+def _interval(row: dict) -> str:
+    """`` [low, high]``: the 95% paired-bootstrap interval of the difference, where measured."""
+    iv = row.get("vs_control_interval")
+    return f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else ""
 
 
 def update(results_path: str, markdown_path: str, block: str = None):

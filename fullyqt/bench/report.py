@@ -48,8 +48,14 @@ def findings(rows: List[dict]) -> List[str]:
             continue
         delta = r["bleu"] - ref["bleu"]
         verdict = "holds" if delta >= 0 else "does not hold"
+        iv = r.get("vs_control_interval") if r.get("baseline") == ref["variant"] else None
+        noise = "" if not iv else (
+            f"; 95% paired-bootstrap interval [{iv[0]:+.2f}, {iv[1]:+.2f}]: "
+            + ("not distinguishable from no difference on this test set" if iv[0] <= 0 <= iv[1]
+               else "a difference beyond the test set's noise"))
         out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
-                   f"{r['bleu']:.2f} vs `{ref['variant']}` {ref['bleu']:.2f} ({delta:+.2f}).")
+                   f"{r['bleu']:.2f} vs `{ref['variant']}` {ref['bleu']:.2f} ({delta:+.2f}"
+                   f"{noise}).")
     for r in rows:
         teacher = by_name.get(r.get("teacher") or "")
         if r.get("kind", "trained") != "trained" or teacher is None:
@@ -61,8 +67,11 @@ def findings(rows: List[dict]) -> List[str]:
             line += f" (4-bit goal, within 2.0: {'met' if delta >= -2.0 else 'not met'})"
         control = by_name.get(r.get("baseline") or "")
         if control is not None and control is not teacher:
+            iv = r.get("vs_control_interval")
             line += (f"; its control `{control['variant']}` (float, same recipe) "
-                     f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f})")
+                     f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f}"
+                     + (f", 95% paired-bootstrap interval [{iv[0]:+.2f}, {iv[1]:+.2f}]"
+                        if iv else "") + ")")
         if r.get("teacher_share") is not None:
             line += f"; the teacher's forward pass takes {r['teacher_share']:.0%} of update time"
         out.append(line + ".")
