@@ -226,11 +226,14 @@ def test_integer_matmul_of_a_matrix_with_a_side_of_one(k, n):
     assert torch.equal(int_matmul(a, b), (a.double() @ b.double()).to(torch.int32))
 
 
-def test_code_matmul_equals_a_float64_product_and_ignores_zero_probabilities():
+def test_codes_matmul_equals_a_float64_product_and_ignores_zero_probabilities():
     """Attention's exact products: against the float64 product of the grid values; and keys
     whose probability is the code 0 of a ``lo = 0`` grid (masked ones) change no bit."""
     from fullyqt.quant.grid import Grid
-    from fullyqt.quant.integer_form import code_matmul, code_sum
+    from fullyqt.quant.integer_form import code_sum, codes_matmul
+
+    def code_matmul(x, x_grid, y, y_grid):  # from values, as attention takes its codes
+        return codes_matmul(x_grid.codes(x), x_grid, y_grid.codes(y), y_grid)
 
     gq, gk = Grid(torch.tensor(-1.3), torch.tensor(2.1), 8), Grid(torch.tensor(-0.7),
                                                                 torch.tensor(0.9), 8)

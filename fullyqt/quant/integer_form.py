@@ -85,12 +85,6 @@ class IntegerMatmul(nn.Module):
         return f"in_features={k}, out_features={n}"
 
 
-def code_matmul(x: torch.Tensor, x_grid: Grid, y: torch.Tensor, y_grid: Grid) -> torch.Tensor:
-    """``x @ y`` of two activations on one-bucket grids, from their codes (``codes_matmul``)."""
-    return codes_matmul(x_grid.codes(x.float()), x_grid, y_grid.codes(y.float()), y_grid).to(
-        x.dtype)
-
-
 def codes_matmul(c: torch.Tensor, x_grid: Grid, d: torch.Tensor, y_grid: Grid) -> torch.Tensor:
     """``x @ y`` (float32) of two activations on one-bucket grids given as their codes ``c``,
     ``d`` (0 .. 2^b - 1; attention's Q·Kᵀ and P·V in exact evaluation):
