@@ -178,9 +178,12 @@ def main(argv=None):
             p.exit(2, f"{p.prog}: error: --variants: {e}\n")
     # the main job's variants set the time unit, so --full-grid leaves their runs unchanged
     unit = budget / sum(v.cost for v in preset.variants) if budget else 0
+    with open(data["test_ref"], encoding="utf-8") as f:
+        refs = [line.rstrip("\n") for line in f]
     meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
             "machine": f"{cpu_name()}, {a.threads} threads",
-            "torch": torch.__version__, "test sentences": None, "training budget (min)": budget}
+            "torch": torch.__version__, "test sentences": len(refs),
+            "training budget (min)": budget}
     length = preset.max_len
     if length:
         meta["hypotheses cut at (target tokens)"] = length
@@ -213,9 +216,6 @@ def main(argv=None):
                         os.path.join(out, "checkpoints", v.name, "generate.txt"),
                         threads=a.threads, max_len=length,
                         extra=kernels("exact") if v.bits else [])
-        with open(data["test_ref"], encoding="utf-8") as f:
-            refs = [line.rstrip("\n") for line in f]
-        meta["test sentences"] = len(refs)
         hypotheses[v.name] = dec.hypotheses
         baseline = v.baseline if v.bits or v.distill_data else None
         interval = (compare(dec.hypotheses, hypotheses[baseline], refs)

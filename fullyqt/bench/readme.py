@@ -13,6 +13,8 @@ import os
 import sys
 from typing import List
 
+from ..eval.significance import interval_text
+
 
 def _train_speed():
     from .train_speed import table_lines
@@ -68,7 +70,7 @@ def results_block(data: dict) -> List[str]:
 def _interval(row: dict) -> str:
     """`` [low, high]``: the 95% paired-bootstrap interval of the difference, where measured."""
     iv = row.get("vs_control_interval")
-    return f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else ""
+    return f" {interval_text(*iv)}" if iv else ""
 
 
 def update(results_path: str, markdown_path: str, block: str = None):

@@ -4,6 +4,8 @@ import math
 import os
 from typing import List
 
+from ..eval.significance import interval_text
+
 COLUMNS = [("variant", "variant"), ("bits", "bits"), ("bleu", "BLEU"), ("params", "params"),
            ("model_bytes", "model bytes"), ("size_vs_float", "size vs float"),
            ("tokens_per_second", "decode tok/s"), ("num_updates", "updates"),
@@ -50,7 +52,7 @@ def findings(rows: List[dict]) -> List[str]:
         verdict = "holds" if delta >= 0 else "does not hold"
         iv = r.get("vs_control_interval") if r.get("baseline") == ref["variant"] else None
         noise = "" if not iv else (
-            f"; 95% paired-bootstrap interval [{iv[0]:+.2f}, {iv[1]:+.2f}]: "
+            f"; 95% paired-bootstrap interval {interval_text(*iv)}: "
             + ("not distinguishable from no difference on this test set" if iv[0] <= 0 <= iv[1]
                else "a difference beyond the test set's noise"))
         out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
@@ -70,7 +72,7 @@ def findings(rows: List[dict]) -> List[str]:
             iv = r.get("vs_control_interval")
             line += (f"; its control `{control['variant']}` (float, same recipe) "
                      f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f}"
-                     + (f", 95% paired-bootstrap interval [{iv[0]:+.2f}, {iv[1]:+.2f}]"
+                     + (f", 95% paired-bootstrap interval {interval_text(*iv)}"
                         if iv else "") + ")")
         if r.get("teacher_share") is not None:
             line += f"; the teacher's forward pass takes {r['teacher_share']:.0%} of update time"

@@ -20,10 +20,14 @@ class Comparison(NamedTuple):
     delta: float  # system BLEU minus control BLEU
     low: float  # 2.5th percentile of the resampled difference
     high: float  # 97.5th percentile
-    samples: int
 
     def __str__(self):
-        return f"{self.delta:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+        return f"{self.delta:+.2f} {interval_text(self.low, self.high)}"
+
+
+def interval_text(low: float, high: float) -> str:
+    """``[-0.53, +0.29]``: how reports print an interval of a BLEU difference."""
+    return f"[{low:+.2f}, {high:+.2f}]"
 
 
 def sentence_stats(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -67,4 +71,4 @@ def compare(hypotheses: List[str], control: List[str], references: List[str],
     deltas = resampled_deltas(system, ctl, resample_indices(len(references), samples, seed))
     low, high = np.percentile(deltas, [2.5, 97.5])
     delta = bleu_from_stats(system.sum(0)) - bleu_from_stats(ctl.sum(0))
-    return Comparison(float(delta), float(low), float(high), samples)
+    return Comparison(float(delta), float(low), float(high))
