@@ -55,6 +55,16 @@ def test_missing_data_directory_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_unknown_variant_is_one_line_before_any_data_is_prepared(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--out", str(out),
+                           "--variants", "float,nosuch"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "python -m fullyqt.bench: error: --variants: nosuch: not a variant (allowed: float, ")
+    assert not out.exists()  # the built-in corpus was not prepared first
+
+
 def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
     import shutil
 

@@ -158,6 +158,12 @@ def main(argv=None):
     def say(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    variants = preset.variants + (preset.extra_variants if a.full_grid or a.variants else [])
+    if a.variants:
+        try:
+            variants = selected(variants, a.variants.split(","))
+        except ConfigError as e:
+            p.exit(2, f"{p.prog}: error: --variants: {e}\n")
     out = os.path.abspath(a.out)
     if a.data:
         data = layout(os.path.abspath(a.data))
@@ -170,12 +176,6 @@ def main(argv=None):
     else:
         say(f"preparing the built-in corpus in {out}/data")
         data = prepare_bible(os.path.join(out, "data"), preset.bpe_vocab, preset.limits)
-    variants = preset.variants + (preset.extra_variants if a.full_grid or a.variants else [])
-    if a.variants:
-        try:
-            variants = selected(variants, a.variants.split(","))
-        except ConfigError as e:
-            p.exit(2, f"{p.prog}: error: --variants: {e}\n")
     # the main job's variants set the time unit, so --full-grid leaves their runs unchanged
     unit = budget / sum(v.cost for v in preset.variants) if budget else 0
     with open(data["test_ref"], encoding="utf-8") as f:
