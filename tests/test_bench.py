@@ -305,8 +305,13 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert pruned["dense"] == "float" and pruned["layer_params"] <= pruned["dense_layer_params"]
     assert len(pruned["heads"]["enc"]) == 1 and len(pruned["ffn"]["dec"]) == 1
     assert "pruned → CT2 int8 (PTQ)" in rows
-    (step,) = data["pruning"]
+    # the "filled" step: the compact model trained on keeps its shapes and its dense model
+    filled = rows["pruned-filled"]
+    assert filled["dense"] == "float" and filled["heads"] == pruned["heads"]
+    assert filled["ffn"] == pruned["ffn"] and filled["layer_params"] == pruned["layer_params"]
+    step, step_filled = data["pruning"]
     assert step["variant"] == "pruned" and step["dense_ms"]["decoder_layers_ms"] > 0
+    assert step_filled["variant"] == "pruned-filled" and step_filled["dense"] == "float"
     assert step["sentence_bound"] >= 1 and 0 < step["output_share"] < 1
     assert "## Pruning" in md and "Pruning goal" in md
 

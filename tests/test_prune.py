@@ -3,6 +3,7 @@ zero under quantization, the penalty under any criterion, saved scores."""
 import argparse
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -219,3 +220,54 @@ def test_multiply_adds_of_a_step_and_a_sentence_counted_by_hand():
     cross_kv = 2 * 5 * 4 * 4
     steps = (32 + 4 + 72 + 48 + 40) + (32 + 8 + 72 + 48 + 40)
     assert sentence_macs(d, 5, 2) == encoder + cross_kv + steps
+
+
+def _numpy_block_norms(w, block):
+    w = w.detach().double().numpy()
+    r, c = block
+    return np.array([[np.sqrt((w[i:i + r, j:j + c] ** 2).sum()) for j in range(0, w.shape[1], c)]
+                     for i in range(0, w.shape[0], r)])
+
+
+def test_magnitude_score_init_ranks_blocks_by_their_norms_once(toy_data):
+    model, task, _ = build_model(toy_data[1], *PRUNE[2:], "--prune-method", "topk",
+                                 "--prune-density", "0.25", "--prune-score-init", "magnitude")
+    model.train()
+    model.set_num_updates(100)  # end of the schedule: a quarter of the blocks kept
+    batch = sample_batch(task, "train")
+    model(**batch["net_input"])
+    layer = model.encoder.layers[0]
+    norms = _numpy_block_norms(layer.self_attn.k_proj.weight, (16, 16))
+    keep = norms.reshape(-1) >= np.sort(norms.reshape(-1))[-norms.size // 4]
+    mask = layer.self_attn.k_proj.source.block_mask().detach().numpy().reshape(-1)
+    assert np.array_equal(mask == 1, keep)
+    z = (norms - norms.mean()) / norms.std(ddof=1)
+    assert np.allclose(layer.self_attn.k_proj.source.scores.scores().detach().numpy(), z,
+                       atol=1e-5)
+    # an FFN unit: its fc1 row and fc2 column together
+    unit = np.sqrt((layer.fc1.weight.detach().double().numpy() ** 2).sum(1)
+                   + (layer.fc2.weight.detach().double().numpy() ** 2).sum(0))
+    ffn_scores = layer.fc1.source.scores.scores().detach().numpy().reshape(-1)
+    assert np.array_equal(np.argsort(ffn_scores), np.argsort(unit))
+    # once only: a later forward, or a reloaded model, keeps the scores it has
+    with torch.no_grad():
+        layer.fc1.source.scores.raw.fill_(0.25)
+    model(**batch["net_input"])
+    assert torch.equal(layer.fc1.source.scores.raw, torch.full_like(layer.fc1.source.scores.raw,
+                                                                     0.25))
+    state = copy.deepcopy(model.state_dict())
+    fresh, _, _ = build_model(toy_data[1], *PRUNE[2:], "--prune-method", "topk",
+                              "--prune-density", "0.25", "--prune-score-init", "magnitude")
+    fresh.load_state_dict(state)
+    fresh.train()
+    fresh(**batch["net_input"])
+    assert torch.equal(fresh.encoder.layers[0].fc1.source.scores.raw,
+                       layer.fc1.source.scores.raw)
+
+
+def test_unknown_score_init_is_one_error(toy_data, capsys):
+    with pytest.raises(SystemExit):
+        build_model(toy_data[1], *PRUNE, "--prune-score-init", "norm")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].endswith("error: --prune-score-init: got 'norm'; allowed: zero, magnitude")

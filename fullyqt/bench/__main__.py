@@ -113,7 +113,7 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
         except (ImportError, RuntimeError) as e:
             say(f"[{name}] skipped: {e}")
             return rows
-        what = ("CTranslate2 int8 post-training quantization of the float model"
+        what = (f"CTranslate2 int8 post-training quantization of {v.name} (float)"
                 if v.bits is None else "fullyqt-export --format ctranslate2 (int8) of this model")
         rows.append({**base, **res, "variant": name, "kind": "deploy", "bits": 8,
                      "description": what})
@@ -188,6 +188,7 @@ def main(argv=None):
     if length:
         meta["hypotheses cut at (target tokens)"] = length
     rows, trained, hypotheses = [], {}, {}
+    dense_of = {}  # pruned variant -> the dense model it was pruned from
     for v in variants:
         dep = trained.get(v.match_updates)
         max_update = max(1, round(dep.num_updates * v.update_fraction)) if dep else None
@@ -210,6 +211,13 @@ def main(argv=None):
                 result.checkpoint, os.path.join(out, "checkpoints", v.name)))
             shapes = {**layer_shapes(result.checkpoint), "dense": v.finetune_from,
                       "dense_layer_params": layer_shapes(finetune)["layer_params"]}
+        elif v.finetune_from in dense_of:  # trained on from a compact model ("filled")
+            dense = dense_of[v.finetune_from]
+            shapes = {**layer_shapes(result.checkpoint), "dense": dense,
+                      "dense_layer_params": layer_shapes(trained[dense].checkpoint)[
+                          "layer_params"]}
+        if shapes:
+            dense_of[v.name] = shapes["dense"]
         trained[v.name] = result
         say(f"[{v.name}] translating the test set")
         dec = translate(result.checkpoint, data["bin"], data["test_ref"],

@@ -21,11 +21,11 @@ SIZES = {  # arch overrides: layers, width, ffn, heads, joint vocabulary of the 
 }
 
 
-def _args(size: dict, user_dir: str, quant: bool):
+def _args(size: dict, user_dir: str, quant: bool, extra=()):
     from fairseq import options
 
     flags = ["--arch", "fullyqt_transformer" if quant else "transformer", "--user-dir", user_dir,
-             "--share-all-embeddings", "--cpu"]
+             "--share-all-embeddings", "--cpu", *extra]
     if quant:  # float matmuls on dequantized values, the arithmetic the paper describes
         flags += ["--quant-kernels", "fake"]
     for side in ("encoder", "decoder"):
@@ -36,23 +36,29 @@ def _args(size: dict, user_dir: str, quant: bool):
         return options.parse_args_and_arch(options.get_training_parser(), [data, *flags])
 
 
-def _models(size: dict, user_dir: str):
+def dictionary(vocab: int):
+    """A fairseq dictionary of ``vocab`` made-up symbols (specials included)."""
     from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(vocab - len(d)):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def _models(size: dict, user_dir: str):
     from fairseq.tasks.translation import TranslationTask
 
     from ..native import to_native_int8
 
-    vocab = size["vocab"]
-    d = Dictionary()
-    for i in range(vocab - len(d)):
-        d.add_symbol(f"w{i}")
+    d = dictionary(size["vocab"])
     models = {}
     for name, quant in (("float", False), ("fake-quant", True)):
         args = _args(size, user_dir, quant)
         task = TranslationTask(args, d, d)
         models[name] = task.build_model(args)
     fq = models["fake-quant"].train()
-    src = torch.randint(d.nspecial, vocab, (8, 20))
+    src = torch.randint(d.nspecial, len(d), (8, 20))
     with torch.no_grad():
         for _ in range(2):  # activation ranges from live statistics
             fq(src, torch.full((8,), 20), src)
@@ -110,12 +116,14 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
     return lines
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fullyqt.bench.kernels",
-                                description=__doc__.split("\n\n")[0])
+def add_size_args(p: argparse.ArgumentParser):
     p.add_argument("--sizes", default="cpu-small,base", help=f"comma list of {', '.join(SIZES)}")
     p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args(argv)
+
+
+def checked_sizes(p: argparse.ArgumentParser, a) -> List[str]:
+    """``--sizes`` as a list (a bad one, or bad ``--threads``: one error line); sets torch's
+    thread count."""
     sizes = [s for s in a.sizes.split(",") if s]
     bad = [s for s in sizes if s not in SIZES]
     if bad or not sizes:
@@ -123,7 +131,15 @@ def main(argv=None):
     if a.threads < 1:
         p.exit(2, f"{p.prog}: error: --threads: got {a.threads}; allowed: an integer >= 1\n")
     torch.set_num_threads(a.threads)
-    print("\n".join(markdown(measure(sizes), a.threads)))
+    return sizes
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fullyqt.bench.kernels",
+                                description=__doc__.split("\n\n")[0])
+    add_size_args(p)
+    a = p.parse_args(argv)
+    print("\n".join(markdown(measure(checked_sizes(p, a)), a.threads)))
 
 
 if __name__ == "__main__":

@@ -350,6 +350,8 @@ class FullyQTTransformerModel(TransformerModel):
         penalty's gradient (so it applies under any criterion), weighted by the sample size the
         criterion divides by."""
         sync = self._range_sync_for_this_forward()
+        if self.pruner is not None and self.training:
+            self.pruner.start_scores()
         out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
         if sync is not None:
             sync.attach(out[0])

@@ -46,6 +46,13 @@ class BlockMaskedWeight(WeightSource):
         """Rows whose every block is pruned (bool, one per output)."""
         return (self.block_mask().sum(1) == 0).repeat_interleave(self.block[0])
 
+    @torch.no_grad()
+    def block_energy(self, layer) -> torch.Tensor:
+        """Sum of the squared weights in each block, shaped like the scores."""
+        (r, c), w = self.block, layer.weight.detach().float()
+        e = w.pow(2).view(w.shape[0] // r, r, w.shape[1] // c, c).sum((1, 3))
+        return e.t() if self.transpose else e
+
     def _gate(self) -> Optional[torch.Tensor]:
         if self.gate_from is None:
             return None

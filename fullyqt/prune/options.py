@@ -8,15 +8,22 @@ from .blocks import BlockShape, PruneOptionError
 from .schedule import Schedule
 
 METHODS = ("sigmoid", "topk")
+SCORE_INITS = ("zero", "magnitude")
 _DEFAULTS = (("prune_method", None), ("prune_attn_block", "32x32"), ("prune_ffn_block", "row"),
              ("prune_threshold", 0.1), ("prune_lambda", 10.0), ("prune_density", None),
              ("prune_warmup_updates", None), ("prune_cooldown_updates", None),
-             ("prune_score_lr", 1e-2))
+             ("prune_score_lr", 1e-2), ("prune_score_init", "zero"))
 
 
 def _method(option, value):
     if value not in METHODS:
         raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(METHODS)}")
+    return value
+
+
+def _score_init(option, value):
+    if value not in SCORE_INITS:
+        raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(SCORE_INITS)}")
     return value
 
 
@@ -80,6 +87,12 @@ def add_prune_args(parser):
     g.add_argument("--prune-score-lr", action=checked_action(_positive), metavar="LR",
                    help="learning rate of the block scores, which must move much faster than "
                         "the weights (default 1e-2, the paper's)")
+    g.add_argument("--prune-score-init", action=checked_action(_score_init),
+                   metavar="{zero,magnitude}",
+                   help="zero: every score starts at 0 and the masks follow the weights' movement "
+                        "alone (the paper, default); magnitude: each matrix's scores start at the "
+                        "z-scores of its blocks' L2 norms, for pruning a trained model that is "
+                        "also its own teacher (no movement to read at first)")
     g.add_argument("--prune-compact-shapes", metavar="JSON",
                    help="per-layer head counts and FFN sizes of a compacted model (written by "
                         "fullyqt-export --format compact; read from the checkpoint that "
@@ -108,6 +121,7 @@ class PruneConfig:
     density: Optional[float]
     schedule: Schedule
     score_scale: float  # the scores' learning rate over the weights'
+    score_init: str = "zero"
 
     @classmethod
     def from_args(cls, args) -> Optional["PruneConfig"]:
@@ -150,4 +164,5 @@ class PruneConfig:
                    None if args.prune_density is None else _density("--prune-density",
                                                                      args.prune_density),
                    Schedule(warmup, cooldown, total),
-                   _positive("--prune-score-lr", args.prune_score_lr) / lr if lr else 1.0)
+                   _positive("--prune-score-lr", args.prune_score_lr) / lr if lr else 1.0,
+                   _score_init("--prune-score-init", args.prune_score_init))

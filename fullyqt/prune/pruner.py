@@ -40,7 +40,9 @@ class Pruner(nn.Module):
         self.register_buffer("threshold", torch.tensor(0.0))
         self.register_buffer("density", torch.tensor(1.0))
         self.register_buffer("penalty_weight", torch.tensor(0.0))
+        self.register_buffer("scores_started", torch.tensor(False))
         self._values = (0.0, 1.0, 0.0)
+        self._started = False
         # references, not children: each BlockScores is saved by the layer that owns it
         self.__dict__["scores"] = {g: [] for g in GROUPS}
         self.__dict__["matrices"] = []  # (group, label, QuantLinear)
@@ -50,8 +52,30 @@ class Pruner(nn.Module):
         if scores is not None:
             self.scores[group].append(scores)
 
+    @torch.no_grad()
+    def start_scores(self):
+        """Once, before the first training step (a resumed run keeps its scores):
+        ``--prune-score-init magnitude`` sets each matrix's scores to the z-scores of its blocks'
+        L2 norms (an FFN unit's fc1 row and fc2 column together); ``zero`` leaves them at 0."""
+        if self._started:
+            return
+        if self.pcfg.score_init == "magnitude":
+            energy = {}
+            for _, _, layer in self.matrices:
+                key = id(layer.source.scores)
+                energy[key] = energy.get(key, 0) + layer.source.block_energy(layer)
+            for group in self.scores.values():
+                for s in group:
+                    norms = energy[id(s)].sqrt()
+                    spread = norms.std() if norms.numel() > 1 else norms.new_tensor(0.0)
+                    z = (norms - norms.mean()) / spread if spread > 0 else norms * 0
+                    s.raw.copy_((z / s.scale).to(s.raw.dtype))
+        self.scores_started.fill_(True)
+        self._started = True
+
     def _sync(self):
         self._values = (float(self.threshold), float(self.density), float(self.penalty_weight))
+        self._started = bool(self.scores_started)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
