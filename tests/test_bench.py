@@ -314,6 +314,16 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert step_filled["variant"] == "pruned-filled" and step_filled["dense"] == "float"
     assert step["sentence_bound"] >= 1 and 0 < step["output_share"] < 1
     assert "## Pruning" in md and "Pruning goal" in md
+    # the README block of the pruning section is the report's, generated from results.json
+    readme = out / "README.md"
+    readme.write_text("x\n<!-- pruning:begin -->\n<!-- pruning:end -->\n")
+    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(out / "results.json"),
+                    str(readme), "--section", "pruning"], check=True, cwd=REPO)
+    block = readme.read_text().split("<!-- pruning:begin -->")[1]
+    report_rows = [line for line in md.split("## Pruning")[1].splitlines()
+                   if line.startswith("| pruned")]
+    assert len(report_rows) == 2 and all(line in block for line in report_rows)
+    assert "Pruning goal" in block and "--section pruning" in block
 
 
 def test_report_states_how_many_sentences_each_row_scored(tmp_path):
@@ -356,3 +366,7 @@ def test_readme_block_is_generated_from_results(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "needs one '<!-- results:begin -->' line before one" in proc.stderr
     assert readme.read_text() == "no markers\n"
+    readme.write_text("<!-- pruning:begin -->\n<!-- pruning:end -->\n")
+    proc = subprocess.run(cmd + ["--section", "pruning"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "the run has no pruning records (no compact variant)" in proc.stderr

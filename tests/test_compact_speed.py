@@ -38,6 +38,20 @@ def test_the_compact_model_has_the_shapes_and_its_mac_ratio_is_counted_by_hand()
                                 "compact_step_ms")) > 0
 
 
+def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound():
+    (row,) = measure(["tiny"], 0.5, 0.25, src_len=6, steps=4, table=TINY, ct2_threads=1)
+    size, w, hd = TINY["tiny"], 32, 8
+    # whole sentence, 6 source and 6 target tokens: encoder layer, cross keys/values, 6 steps
+    def sentence(h, ffn):
+        enc = 6 * (4 * w * h * hd + 2 * 6 * h * hd + 2 * w * ffn)
+        cross_kv = 2 * 6 * w * h * hd
+        steps = sum(4 * w * h * hd + 2 * t * h * hd + 2 * w * h * hd + 2 * 6 * h * hd
+                    + 2 * w * ffn + w * size["vocab"] for t in range(1, 7))
+        return enc + cross_kv + steps
+    assert row["sentence_mac_bound"] == pytest.approx(sentence(4, 64) / sentence(2, 16))
+    assert row["ct2_dense_ms"] > 0 and row["ct2_compact_ms"] > 0
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--sizes", "huge"], "--sizes: got 'huge'; allowed: cpu-small, base, big"),
     (["--heads", "1.5"], "--heads: got 1.5; allowed: a share in (0, 1]"),

@@ -2,13 +2,19 @@
 paper's sizes, on random weights (speed does not depend on their values): where removing heads
 and FFN units pays.  Both run fullyqt's float layers, the code path a compact model takes.
 
-    python -m fullyqt.bench.compact_speed --sizes cpu-small,base --heads 0.5 --ffn 0.3
+    python -m fullyqt.bench.compact_speed --sizes cpu-small,base --heads 0.5 --ffn 0.3 [--ct2]
 """
 import argparse
+import math
+import os
 import sys
-from typing import List
+import tempfile
+import time
+from typing import List, Optional
 
-from ..prune.macs import dims_of, step_macs
+import torch
+
+from ..prune.macs import dims_of, sentence_macs, step_macs
 from ..prune.shapes import CompactShapes, LayerShape
 from .kernels import SIZES, _args, _step_ms, add_size_args, checked_sizes, dictionary
 from .steps import _Timer
@@ -23,12 +29,17 @@ def shapes_for(size: dict, heads: float, ffn: float) -> CompactShapes:
     return CompactShapes([LayerShape(h, None, f)] * n, [LayerShape(h, h, f)] * n)
 
 
-def build(size: dict, d, shapes: CompactShapes = None, user_dir: str = None):
+def model_args(size: dict, shapes: CompactShapes = None):
+    """fairseq arguments of a fullyqt float model of ``size`` (compact when ``shapes``)."""
+    extra = ["--no-quant"] + (["--prune-compact-shapes", shapes.to_json()] if shapes else [])
+    return _args(size, _user_dir(), True, extra)
+
+
+def build(size: dict, d, shapes: CompactShapes = None):
     """A randomly initialised fullyqt float model of ``size`` (compact when ``shapes``)."""
     from fairseq.tasks.translation import TranslationTask
 
-    extra = ["--no-quant"] + (["--prune-compact-shapes", shapes.to_json()] if shapes else [])
-    args = _args(size, user_dir or _user_dir(), True, extra)
+    args = model_args(size, shapes)
     return TranslationTask(args, d, d).build_model(args).eval()
 
 
@@ -56,8 +67,65 @@ def timed_step(model, d, *, batch: int = 32, beam: int = 5, src_len: int = 30, s
     return best
 
 
+def _checkpoint(model, args, d, directory: str, name: str) -> str:
+    """``model`` (built from ``args``) saved as a fairseq checkpoint, its dictionaries in
+    ``directory`` (for fullyqt-export)."""
+    for lang in ("src", "tgt"):
+        d.save(os.path.join(directory, f"dict.{lang}.txt"))
+    args = argparse.Namespace(**{**vars(args), "data": directory, "source_lang": "src",
+                                 "target_lang": "tgt"})
+    path = os.path.join(directory, f"{name}.pt")
+    torch.save({"args": args, "model": model.state_dict(), "extra_state": {},
+                "optimizer_history": [{"num_updates": 0, "best_loss": None}],
+                "last_optimizer_state": None}, path)
+    return path
+
+
+def ct2_sentence_ms(model_dir: str, d, *, threads: int, batch: int = 32, beam: int = 5,
+                    src_len: int = 30, tgt_len: int = 30, repeats: int = 3) -> float:
+    """CTranslate2 (int8) milliseconds per sentence: ``batch`` random sources of ``src_len``
+    tokens, beam search forced to exactly ``tgt_len`` target tokens (the same work for any
+    weights); the least disturbed of ``repeats``."""
+    import ctranslate2
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(d.nspecial, len(d), (batch, src_len), generator=g).tolist()
+    source = [[d[i] for i in row] for row in ids]
+    translator = ctranslate2.Translator(model_dir, device="cpu", inter_threads=1,
+                                        intra_threads=threads)
+    fixed = dict(beam_size=beam, max_batch_size=batch, min_decoding_length=tgt_len,
+                 max_decoding_length=tgt_len)
+    translator.translate_batch(source, **fixed)  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        translator.translate_batch(source, **fixed)
+        best = min(best, time.perf_counter() - start)
+    return 1e3 * best / batch
+
+
+def _ct2_columns(size, shapes, dense, compact, d, threads: int, src_len: int,
+                 tgt_len: int) -> dict:
+    from ..export.cli import export
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ms = {}
+        for name, model, args in (("dense", dense, model_args(size)),
+                                  ("compact", compact, model_args(size, shapes))):
+            out = export(_checkpoint(model, args, d, tmp, name), "ctranslate2",
+                         os.path.join(tmp, f"{name}-ct2"), force=True, data=tmp)
+            ms[name] = ct2_sentence_ms(out, d, threads=threads, src_len=src_len,
+                                       tgt_len=tgt_len)
+    bound = (sentence_macs(dims_of(dense), src_len, tgt_len)
+             / sentence_macs(dims_of(compact), src_len, tgt_len))
+    return {"ct2_dense_ms": ms["dense"], "ct2_compact_ms": ms["compact"],
+            "sentence_mac_bound": bound}
+
+
 def measure(sizes: List[str], heads: float, ffn: float, *, src_len: int = 30, steps: int = 8,
-            table=SIZES) -> List[dict]:
+            table=SIZES, ct2_threads: Optional[int] = None) -> List[dict]:
+    """One row per size; ``ct2_threads``: also CTranslate2 time per sentence of both models
+    (converted by ``fullyqt-export --format ctranslate2``) against the multiply-add bound."""
     rows = []
     for name in sizes:
         size = table[name]
@@ -75,6 +143,9 @@ def measure(sizes: List[str], heads: float, ffn: float, *, src_len: int = 30, st
                      "layer_mac_ratio": dm["decoder_layers"] / cm["decoder_layers"],
                      "step_mac_bound": sum(dm.values()) / sum(cm.values()),
                      "output_share": dm["output_projection"] / sum(dm.values())})
+        if ct2_threads:
+            rows[-1].update(_ct2_columns(size, shapes, dense, compact, d, ct2_threads,
+                                         src_len, src_len))
     return rows
 
 
@@ -97,6 +168,19 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
             f"{r['layer_mac_ratio']:.2f}x | {r['dense_step_ms']:.2f} → "
             f"{r['compact_step_ms']:.2f} | {r['dense_step_ms'] / r['compact_step_ms']:.2f}x | "
             f"{r['step_mac_bound']:.2f}x | {r['output_share']:.0%} |")
+    ct2 = [r for r in rows if "ct2_dense_ms" in r]
+    if ct2:
+        lines += ["", "CTranslate2 (int8, `fullyqt-export --format ctranslate2`): the same two "
+                  "models, 32 random sources of 30 tokens, beam 5 forced to exactly 30 target "
+                  "tokens; the bound is dense / compact multiply-adds of a whole sentence "
+                  "(encoder, cross-attention keys and values, 30 decoder steps).", "",
+                  "| size | ms per sentence dense → compact | speed-up | MAC bound | "
+                  "share of the bound |", "|---|---|---|---|---|"]
+        for r in ct2:
+            up = r["ct2_dense_ms"] / r["ct2_compact_ms"]
+            lines.append(f"| {r['size']} (d={r['dim']}) | {r['ct2_dense_ms']:.2f} → "
+                         f"{r['ct2_compact_ms']:.2f} | {up:.2f}x | "
+                         f"{r['sentence_mac_bound']:.2f}x | {up / r['sentence_mac_bound']:.0%} |")
     return lines
 
 
@@ -106,12 +190,20 @@ def main(argv=None):
     add_size_args(p)
     p.add_argument("--heads", type=float, default=0.5, help="share of heads kept (default 0.5)")
     p.add_argument("--ffn", type=float, default=0.3, help="share of FFN units kept (default 0.3)")
+    p.add_argument("--ct2", action="store_true",
+                   help="also time both models in CTranslate2 (needs the deploy extra)")
     a = p.parse_args(argv)
     sizes = checked_sizes(p, a)
     for option, value in (("--heads", a.heads), ("--ffn", a.ffn)):
         if not 0 < value <= 1:
             p.exit(2, f"{p.prog}: error: {option}: got {value}; allowed: a share in (0, 1]\n")
-    print("\n".join(markdown(measure(sizes, a.heads, a.ffn), a.threads)))
+    if a.ct2:
+        try:
+            import ctranslate2  # noqa: F401
+        except ImportError:
+            p.exit(2, f"{p.prog}: error: --ct2 needs CTranslate2: pip install -e '.[deploy]'\n")
+    rows = measure(sizes, a.heads, a.ffn, ct2_threads=a.threads if a.ct2 else None)
+    print("\n".join(markdown(rows, a.threads)))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ numbers come from ``results.json`` and cannot drift from the run they describe.
     python -m fullyqt.bench.readme runs/two-process/two_process.json README.md  # two-process:...
     python -m fullyqt.bench.readme runs/train-speed-bible/train_speed.json README.md \
         --block train-speed-bible                                              # a second block
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section pruning
 """
 import argparse
 import json
@@ -73,10 +74,26 @@ def _interval(row: dict) -> str:
     return f" {interval_text(*iv)}" if iv else ""
 
 
-def update(results_path: str, markdown_path: str, block: str = None):
+def pruning_block(data: dict) -> List[str]:
+    """The report's pruning table and goals (compact models against their dense models)."""
+    from .pruning import markdown
+
+    meta = data["meta"]
+    threads = str(meta.get("machine", "")).rsplit(", ", 1)[-1].split(" ")[0] or "?"
+    lines = markdown(data.get("pruning") or [], threads)
+    if not lines:
+        raise ValueError("the run has no pruning records (no compact variant)")
+    return [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`; "
+            "generated from `results.json` by `python -m fullyqt.bench.readme --section "
+            "pruning`.", *lines[1:]]
+
+
+def update(results_path: str, markdown_path: str, block: str = None, section: str = "results"):
     with open(results_path, encoding="utf-8") as f:
         data = json.load(f)
-    if data.get("kind") in TABLES:
+    if section == "pruning":
+        (begin, end), lines = markers(block or "pruning"), pruning_block(data)
+    elif data.get("kind") in TABLES:
         marker, table_lines = TABLES[data["kind"]]()
         (begin, end), lines = markers(block or marker), table_lines(data)
     else:
@@ -101,9 +118,12 @@ def main(argv=None):
     p.add_argument("markdown", help="the file to update (e.g. README.md)")
     p.add_argument("--block", help="marker name of the block to fill (default: the table's "
                                    "own, e.g. train-speed), for a second run of the same kind")
+    p.add_argument("--section", choices=("results", "pruning"), default="results",
+                   help="of a benchmark's results.json: its results table (default) or its "
+                        "pruning table and goals")
     a = p.parse_args(argv)
     try:
-        update(a.results, a.markdown, a.block)
+        update(a.results, a.markdown, a.block, a.section)
     except (OSError, ValueError) as e:
         sys.exit(f"{p.prog}: error: {e}")
     except KeyError as e:
