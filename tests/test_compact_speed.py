@@ -1,12 +1,14 @@
 """The compact-model speed benchmark: the shapes it builds and the multiply-add ratios it
 reports (its times are a benchmark's, not asserted here)."""
+import json
 import subprocess
 import sys
 
 import pytest
 
-from fullyqt.bench.compact_speed import build, measure, shapes_for
+from fullyqt.bench.compact_speed import build, markdown, measure, shapes_for
 from fullyqt.bench.kernels import SIZES, dictionary
+from fullyqt.bench.readme import update
 from fullyqt.prune.macs import dims_of
 
 REPO = __file__.rsplit("/tests/", 1)[0]
@@ -38,7 +40,7 @@ def test_the_compact_model_has_the_shapes_and_its_mac_ratio_is_counted_by_hand()
                                 "compact_step_ms")) > 0
 
 
-def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound():
+def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound(tmp_path):
     (row,) = measure(["tiny"], 0.5, 0.25, src_len=6, steps=4, table=TINY, ct2_threads=1)
     size, w, hd = TINY["tiny"], 32, 8
     # whole sentence, 6 source and 6 target tokens: encoder layer, cross keys/values, 6 steps
@@ -50,6 +52,14 @@ def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound():
         return enc + cross_kv + steps
     assert row["sentence_mac_bound"] == pytest.approx(sentence(4, 64) / sentence(2, 16))
     assert row["ct2_dense_ms"] > 0 and row["ct2_compact_ms"] > 0
+    # the README block, from the rows as --json writes them
+    results, readme = tmp_path / "compact-speed.json", tmp_path / "README.md"
+    results.write_text(json.dumps({"kind": "compact_speed", "threads": 1, "rows": [row]}))
+    readme.write_text("a\n<!-- compact-speed:begin -->\n<!-- compact-speed:end -->\nb\n")
+    update(str(results), str(readme))
+    block = readme.read_text().split("<!-- compact-speed:begin -->")[1]
+    tables = [line for line in markdown([row], 1) if line.startswith("| tiny")]
+    assert len(tables) == 2 and all(line in block for line in tables)
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -5,6 +5,7 @@ and FFN units pays.  Both run fullyqt's float layers, the code path a compact mo
     python -m fullyqt.bench.compact_speed --sizes cpu-small,base --heads 0.5 --ffn 0.3 [--ct2]
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -192,6 +193,8 @@ def main(argv=None):
     p.add_argument("--ffn", type=float, default=0.3, help="share of FFN units kept (default 0.3)")
     p.add_argument("--ct2", action="store_true",
                    help="also time both models in CTranslate2 (needs the deploy extra)")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the rows there (for python -m fullyqt.bench.readme)")
     a = p.parse_args(argv)
     sizes = checked_sizes(p, a)
     for option, value in (("--heads", a.heads), ("--ffn", a.ffn)):
@@ -204,6 +207,14 @@ def main(argv=None):
             p.exit(2, f"{p.prog}: error: --ct2 needs CTranslate2: pip install -e '.[deploy]'\n")
     rows = measure(sizes, a.heads, a.ffn, ct2_threads=a.threads if a.ct2 else None)
     print("\n".join(markdown(rows, a.threads)))
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump({"kind": "compact_speed", "threads": a.threads, "rows": rows}, f, indent=1)
+
+
+def table_lines(data: dict) -> List[str]:
+    """The README block: the tables of a ``--json`` file."""
+    return markdown(data["rows"], data["threads"])[2:]
 
 
 if __name__ == "__main__":

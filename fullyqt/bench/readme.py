@@ -7,6 +7,7 @@ numbers come from ``results.json`` and cannot drift from the run they describe.
     python -m fullyqt.bench.readme runs/train-speed-bible/train_speed.json README.md \
         --block train-speed-bible                                              # a second block
     python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section pruning
+    python -m fullyqt.bench.readme runs/compact-speed.json README.md   # compact-speed:...
 """
 import argparse
 import json
@@ -29,8 +30,15 @@ def _two_process():
     return "two-process", table_lines
 
 
+def _compact_speed():
+    from .compact_speed import table_lines
+
+    return "compact-speed", table_lines
+
+
 # kind of a results file -> (README marker name, its table), imported when used
-TABLES = {"train_speed": _train_speed, "two_process": _two_process}
+TABLES = {"train_speed": _train_speed, "two_process": _two_process,
+          "compact_speed": _compact_speed}
 
 
 def markers(name: str):
