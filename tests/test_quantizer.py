@@ -153,6 +153,28 @@ def test_layer_norm_denominator_is_straight_through():
     assert ln.numerator_quant.clip_gradient and ln.output_quant.clip_gradient
 
 
+def test_an_unquantized_layer_norm_is_the_plain_formula():
+    from fullyqt.quant.config import QuantConfig
+    from fullyqt.quant.layer_norm import QuantLayerNorm
+
+    torch.manual_seed(0)
+    ln = QuantLayerNorm(16, qcfg=QuantConfig(None, None))
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(5, 3, 16) * 3 + 1
+    xd = x.double()
+    ref = ((xd - xd.mean(-1, keepdim=True)) / (xd.var(-1, unbiased=False, keepdim=True)
+                                               + 1e-5).sqrt()) * ln.weight.double() + ln.bias.double()
+    out = ln(x)
+    assert out.dtype == x.dtype and torch.allclose(out.double(), ref, atol=1e-5)
+    quantized = QuantLayerNorm(16, qcfg=QuantConfig(8, 8))  # the quantized chain: on a grid
+    quantized.train()
+    big = torch.randn(40, 10, 16)
+    quantized(big)
+    assert len(torch.unique(quantized(big))) <= 256 < len(torch.unique(ln(big)))
+
+
 def test_flags_follow_a_loaded_state_dict():
     q = ActivationQuantizer(8, start_update=5)
     trained = ActivationQuantizer(8, start_update=5)

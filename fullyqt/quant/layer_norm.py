@@ -1,6 +1,7 @@
 """LayerNorm with its internals quantized: numerator, denominator, quotient, gain and output."""
 from typing import Optional
 
+import torch.nn.functional as F
 from torch import nn
 
 from .config import QuantConfig
@@ -12,7 +13,8 @@ class QuantLayerNorm(nn.LayerNorm):
 
     The variance is taken from the quantized numerator, so the integer path and this one see the
     same values.  Parameter names match ``nn.LayerNorm``.  ``dropout`` (the embedding LayerNorm
-    only) runs before the output quantizer, so what follows receives quantized values.
+    only) runs before the output quantizer, so what follows receives quantized values.  A model
+    without quantization (``--no-quant``) runs torch's fused layer norm instead of the chain.
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
@@ -29,6 +31,7 @@ class QuantLayerNorm(nn.LayerNorm):
         self.output_quant = qcfg.act()
         self.pad = pad
         self.time_major = time_major
+        self.unquantized = qcfg.weight_bits is None and qcfg.act_bits is None
 
     def quantized_parameters(self):
         return {"weight": (self.weight, self.gain_quant)}
@@ -37,6 +40,12 @@ class QuantLayerNorm(nn.LayerNorm):
         return {"weight": self.gain_quant(self.weight)}
 
     def forward(self, x):
+        if self.unquantized:
+            out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(),
+                               self.bias.float(), self.eps)
+            if "dropout" in self._modules:
+                out = self.dropout(out)
+            return out.type_as(x)
         valid = valid_mask(self, x)
         xf = x.float()
         num = self.numerator_quant(xf - xf.mean(-1, keepdim=True), valid)
