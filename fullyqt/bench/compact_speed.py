@@ -45,8 +45,6 @@ def build(size: dict, d, shapes: CompactShapes = None):
 
 
 def _user_dir():
-    import os
-
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
