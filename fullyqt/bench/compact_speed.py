@@ -17,8 +17,8 @@ import torch
 
 from ..prune.macs import dims_of, sentence_macs, step_macs
 from ..prune.shapes import CompactShapes, LayerShape
-from .kernels import SIZES, _args, _step_ms, add_size_args, checked_sizes, dictionary
-from .steps import _Timer
+from .kernels import SIZES, _args, add_size_args, checked_sizes, dictionary
+from .steps import timed_parts
 
 
 def shapes_for(size: dict, heads: float, ffn: float) -> CompactShapes:
@@ -46,24 +46,6 @@ def build(size: dict, d, shapes: CompactShapes = None):
 
 def _user_dir():
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def timed_step(model, d, *, batch: int = 32, beam: int = 5, src_len: int = 30, steps: int = 8,
-               repeats: int = 3):
-    """(whole step ms, decoder layers ms) of the least disturbed of ``repeats`` timings."""
-    _step_ms(model, d, batch, beam, src_len, steps)  # warm-up: first-call allocations
-    best = None
-    for _ in range(repeats):
-        timers = [_Timer(layer) for layer in model.decoder.layers]
-        try:
-            total = _step_ms(model, d, batch, beam, src_len, steps)
-        finally:
-            for t in timers:
-                t.remove()
-        layers = 1e3 * sum(t.seconds / t.calls for t in timers)
-        if best is None or total < best[0]:
-            best = (total, layers)
-    return best
 
 
 def _checkpoint(model, args, d, directory: str, name: str) -> str:
@@ -131,8 +113,8 @@ def measure(sizes: List[str], heads: float, ffn: float, *, src_len: int = 30, st
         d = dictionary(size["vocab"])
         shapes = shapes_for(size, heads, ffn)
         dense, compact = build(size, d), build(size, d, shapes)
-        (d_step, d_layers), (c_step, c_layers) = (timed_step(m, d, src_len=src_len, steps=steps)
-                                                  for m in (dense, compact))
+        (d_step, d_layers, _), (c_step, c_layers, _) = (
+            timed_parts(m, d, 32, 5, src_len, steps) for m in (dense, compact))
         position = steps // 2 + 1
         dm, cm = (step_macs(dims_of(m), position, src_len) for m in (dense, compact))
         rows.append({"size": name, **size, "kept_heads": shapes.decoder[0].heads,

@@ -5,7 +5,7 @@ dense model."""
 import argparse
 import copy
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -61,15 +61,36 @@ def _fullyqt_float(checkpoint, stock, task):
     return model.eval()
 
 
+def timed_parts(model, dictionary, batch: int, beam: int, src_len: int, steps: int, *,
+                repeats: int = 3) -> Tuple[float, float, float]:
+    """(whole step, decoder layers, output projection) milliseconds of one fixed-shape
+    incremental step (``kernels._step_ms``), after a warm-up, from the least disturbed of
+    ``repeats`` timings."""
+    from .kernels import _step_ms
+
+    _step_ms(model, dictionary, batch, beam, src_len, steps)  # warm-up
+    best = None
+    for _ in range(repeats):
+        layers = [_Timer(layer) for layer in model.decoder.layers]
+        out = _Timer(model.decoder.output_projection)
+        try:
+            total = _step_ms(model, dictionary, batch, beam, src_len, steps)
+        finally:
+            for t in layers + [out]:
+                t.remove()
+        if best is None or total < best[0]:
+            best = (total, 1e3 * sum(t.seconds / t.calls for t in layers),
+                    1e3 * out.seconds / out.calls)
+    return best
+
+
 def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, beam: int = 5,
                      repeats: int = 3, max_len: Optional[int] = None) -> Dict[str, float]:
     """Milliseconds per incremental decoding step of ``batch_size x beam`` hypotheses in the
     decoder layers, the output projection and the rest of the decoder.  The lengths come from
     beam search on test batches (mean source and translation length); the timing runs fixed-shape
-    steps (``kernels._step_ms``) at those lengths, so that every model is timed on the same
-    work whatever it translates."""
-    from .kernels import _step_ms
-
+    steps (``timed_parts``) at those lengths, so that every model is timed on the same work
+    whatever it translates."""
     bs = _batches(task, batches, batch_size)
     gen = generator(model, task, beam, max_len)
     src = tgt = sentences = 0
@@ -82,22 +103,9 @@ def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, bea
     src_len, tgt_len = src / sentences, tgt / sentences
     shape = (task.target_dictionary, batch_size, beam, max(1, round(src_len)),
              max(2, round(tgt_len)))
-    _step_ms(model, *shape)  # warm-up
-    totals, parts = [], []
-    for _ in range(repeats):
-        layers = [_Timer(layer) for layer in model.decoder.layers]
-        out = _Timer(model.decoder.output_projection)
-        try:
-            totals.append(_step_ms(model, *shape))
-        finally:
-            for t in layers + [out]:
-                t.remove()
-        parts.append((1e3 * sum(t.seconds / t.calls for t in layers),
-                      1e3 * out.seconds / out.calls))
-    best = min(range(repeats), key=lambda i: totals[i])  # the least disturbed repeat
-    in_layers, in_out = parts[best]
+    total, in_layers, in_out = timed_parts(model, *shape, repeats=repeats)
     return {"decoder_layers_ms": in_layers, "output_projection_ms": in_out,
-            "rest_ms": max(0.0, totals[best] - in_layers - in_out),
+            "rest_ms": max(0.0, total - in_layers - in_out),
             "src_len": src_len, "tgt_len": tgt_len, "dims": dims_of(model)}
 
 
