@@ -21,8 +21,8 @@ def test_every_config_parses_into_fairseq_args(preset, toy_data):
         args = options.parse_args_and_arch(
             parser, [str(toy_data[1]), "--user-dir", USER_DIR, *exp.flags()])
         assert args.arch == exp.train["arch"]
-        if exp.bits:
-            assert args.quant_bits == exp.bits
+        if exp.bits:  # weight bits: what the model's size and its integer export follow
+            assert (args.quant_weight_bits or args.quant_bits) == exp.bits
 
 
 @pytest.mark.parametrize("preset", ["smoke", "cpu-small", "wmt-base"])

@@ -86,3 +86,49 @@ def test_compact_model_decodes_step_by_step_like_the_masked_model(toy_data):
         out = gen.generate([m], batch)
         hyps.append([(h[0]["tokens"].tolist(), round(float(h[0]["score"]), 5)) for h in out])
     assert hyps[0] == hyps[1]
+
+
+def test_head_blocks_prune_whole_heads_chosen_by_their_norms(toy_data):
+    """``--prune-attn-block head``: one score per head (its Q, K, V rows and output columns),
+    started at the z-score of the head's norm; the top half of each attention's heads stay whole,
+    the rest are zero in all four projections, and compaction removes exactly them."""
+    model, task, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+                                 "--prune-method", "topk", "--prune-density", "0.5",
+                                 "--prune-score-init", "magnitude")
+    model.set_num_updates(100)
+    batch = sample_batch(task, "train")
+    model.train()
+    with torch.no_grad():
+        model(**batch["net_input"])  # starts the scores; activation ranges
+    model.eval()
+    attn = model.decoder.layers[1].encoder_attn
+    h, d = attn.num_heads, attn.head_dim
+    w = {n: getattr(attn, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj")}
+    out = attn.out_proj.weight.detach().double()
+    norms = torch.stack([sum(w[n][i * d:(i + 1) * d].pow(2).sum() for n in w)
+                         + out[:, i * d:(i + 1) * d].pow(2).sum() for i in range(h)]).sqrt()
+    keep = torch.zeros(h, dtype=torch.bool)
+    keep[norms.topk(h // 2).indices] = True
+    assert torch.equal(heads_alive(attn), keep)
+    rows = keep.repeat_interleave(d)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        proj = getattr(attn, name)
+        masked = proj.source.masked(proj)
+        assert torch.equal(masked[rows], proj.weight[rows]) and not masked[~rows].any()
+    masked = attn.out_proj.source.masked(attn.out_proj)
+    assert torch.equal(masked[:, rows], attn.out_proj.weight[:, rows])
+    assert not masked[:, ~rows].any()
+    compact, shapes = _compact_model(toy_data[1], model, "post-norm")
+    assert [s.heads for s in shapes.encoder] == [h // 2] * len(shapes.encoder)
+    assert all(s.heads == s.cross_heads == h // 2 for s in shapes.decoder)
+    with torch.no_grad():
+        assert torch.equal(model(**batch["net_input"])[0], compact(**batch["net_input"])[0])
+
+
+def test_head_blocks_are_for_attention_only(toy_data, capsys):
+    with pytest.raises(SystemExit):
+        build_model(toy_data[1], *PRUNE, "--prune-ffn-block", "head")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].endswith("error: --prune-ffn-block: got 'head'; allowed: RxC with positive "
+                           "integers (e.g. 32x32), or row")

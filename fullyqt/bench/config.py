@@ -39,9 +39,10 @@ class Experiment:
 
     @property
     def bits(self) -> Optional[int]:
+        """Weight bits (what the model's size and its integer export follow); None in float."""
         if self.train.get("no-quant") or not str(self.train.get("arch", "")).startswith("fullyqt"):
             return None
-        return int(self.train.get("quant-bits", 8))
+        return int(self.train.get("quant-weight-bits", self.train.get("quant-bits", 8)))
 
 
 @dataclass

@@ -50,6 +50,23 @@ def _mask_ffn(pruner, label, layer, block: BlockShape):
     pruner.register("ffn", f"{label}.fc2", fc2)
 
 
+def _mask_heads(pruner, label, attn):
+    """One score per head: its Q, K, V rows and its output-projection columns (V owns it)."""
+    projections = [getattr(attn, name) for name in PROJECTIONS]
+    if not all(prunable(p) for p in projections):
+        return
+    scores = BlockScores((attn.num_heads, 1), pruner.pcfg.score_scale)
+    for name, proj in zip(PROJECTIONS, projections):
+        owner = name == "v_proj"
+        if name == "out_proj":
+            proj.source = BlockMaskedWeight(scores, (proj.out_features, attn.head_dim), pruner,
+                                            owns_scores=False, transpose=True)
+        else:
+            proj.source = BlockMaskedWeight(scores, (attn.head_dim, proj.in_features), pruner,
+                                            owns_scores=owner)
+        pruner.register("attn", f"{label}.{name}", proj, scores if owner else None)
+
+
 def symmetric_weights(model):
     """Symmetric weight grids (0.0 exact) on every matrix pruning applies to: a masked model and
     the compact model made from it quantize alike."""
@@ -64,6 +81,9 @@ def attach_pruning(model, pcfg: PruneConfig) -> Pruner:
     for stack, layers in (("encoder", model.encoder.layers), ("decoder", model.decoder.layers)):
         for i, layer in enumerate(layers):
             for kind, attn in attentions(layer):
+                if pcfg.attn_block.head:
+                    _mask_heads(pruner, f"{stack}.layers.{i}.{MODULE[kind]}", attn)
+                    continue
                 for name in PROJECTIONS:
                     label = f"{stack}.layers.{i}.{MODULE[kind]}.{name}"
                     _mask(pruner, "attn", label, getattr(attn, name), pcfg.attn_block,

@@ -53,7 +53,7 @@ def _updates(option, value):
 
 
 def _attn_block(option, value):
-    return str(BlockShape.parse(option, value, allow_row=False))
+    return str(BlockShape.parse(option, value, allow_head=True))
 
 
 def _ffn_block(option, value):
@@ -66,9 +66,10 @@ def add_prune_args(parser):
                    help="learn block masks: sigmoid (mask = sigmoid(score) > threshold, an L1 "
                         "penalty sets the density) or topk (keep the top --prune-density of the "
                         "blocks of each matrix); default off")
-    g.add_argument("--prune-attn-block", action=checked_action(_attn_block), metavar="RxC",
+    g.add_argument("--prune-attn-block", action=checked_action(_attn_block), metavar="RxC|head",
                    help="block of the Q, K, V and output projections of every attention "
-                        "(default 32x32)")
+                        "(default 32x32), or head: one score per head, shared by its Q, K, V rows "
+                        "and output-projection columns, so whole heads go")
     g.add_argument("--prune-ffn-block", action=checked_action(_ffn_block), metavar="row|RxC",
                    help="row: one score per FFN unit, shared by its fc1 row and fc2 column (the "
                         "paper's hybrid; the default), or RxC blocks in fc1 and fc2")
@@ -157,8 +158,8 @@ class PruneConfig:
                                    "their sum must be smaller")
         lr = _lr(args)
         return cls(method,
-                   BlockShape.parse("--prune-attn-block", args.prune_attn_block, False),
-                   BlockShape.parse("--prune-ffn-block", args.prune_ffn_block, True),
+                   BlockShape.parse("--prune-attn-block", args.prune_attn_block, allow_head=True),
+                   BlockShape.parse("--prune-ffn-block", args.prune_ffn_block, allow_row=True),
                    _open_fraction("--prune-threshold", args.prune_threshold),
                    _non_negative("--prune-lambda", args.prune_lambda),
                    None if args.prune_density is None else _density("--prune-density",
