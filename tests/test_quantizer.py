@@ -1,9 +1,14 @@
 """Quantizer numerics against an independent integer reference, gradients, EMA state."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from fullyqt.quant.grid import Grid
+from fullyqt.quant import fused
+from fullyqt.quant.grid import Grid, fake_quantize_frozen
 from fullyqt.quant.quantizer import ActivationQuantizer, WeightQuantizer
 
 
@@ -265,6 +270,63 @@ def test_fused_fake_quant_values_and_gradients_equal_the_straightforward_ones(bi
     value, inside = _straightforward_fake_quant(w.detach(), lo, hi, bits)
     assert torch.equal(WeightQuantizer(bits, "row")(w.detach()), value)
     assert inside.all() and torch.equal(w.grad, g)  # its own range clips nothing
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("per_row", [False, True])
+def test_one_pass_kernel_equals_the_straightforward_ops_on_large_tensors(bits, per_row,
+                                                                         two_threads):
+    """The C kernel (many chunks, two threads; NaN and infinities included) against the ops
+    written out, values, masks and the gradient through the autograd function."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    torch.manual_seed(bits)
+    x = torch.randn(300, 701) * torch.linspace(0.5, 4, 300)[:, None]
+    x[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    if per_row:
+        lo, hi = x[:, 3:].amin(1, keepdim=True) * 0.7, x[:, 3:].amax(1, keepdim=True) * 0.8
+    else:
+        lo, hi = torch.tensor(-2.5), torch.tensor(3.0)
+    step = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
+    value, inside = _straightforward_fake_quant(x, lo, hi, bits)
+    assert fused.applies(x, lo)
+    out, mask = fused.fake_quantize(x, lo, hi, step, True)
+    torch.testing.assert_close(out, value, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(mask, inside.bool()) and (~mask).any() and mask.any()
+    frozen = fake_quantize_frozen(x, *((lo, hi, step) if per_row else
+                                       (lo.item(), hi.item(), step.item())))
+    torch.testing.assert_close(frozen, value, rtol=0, atol=0, equal_nan=True)
+    a = x.clone().requires_grad_(True)
+    g = torch.randn_like(x)
+    (Grid(lo, hi, bits).fake_quantize(a) * g).sum().backward()
+    assert torch.equal(a.grad, g * inside)
+
+
+def test_kernel_is_switched_off_by_the_environment(tmp_path):
+    """``FULLYQT_FUSED_QUANT=0``: no kernel, and the quantizers give the same values."""
+    code = ("import sys, torch; from fullyqt.quant import fused; from fullyqt.quant.grid import "
+            "Grid; torch.manual_seed(0); x = torch.randn(50, 40) * 2;"
+            "print(fused.kernel() is not None);"
+            "torch.save(Grid(torch.tensor(-1.), torch.tensor(1.5), 4).fake_quantize(x), "
+            "sys.argv[1])")
+    used, values = [], []
+    for flag in ("0", "1"):
+        path = tmp_path / f"{flag}.pt"
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, env={**os.environ, "FULLYQT_FUSED_QUANT": flag},
+                              check=True)
+        used.append(done.stdout.split()[-1])
+        values.append(torch.load(path))
+    assert used == ["False", str(fused.kernel() is not None)]
+    assert torch.equal(values[0], values[1])
 
 
 def mse_reference(x, valid, bits, unsigned, ratios):

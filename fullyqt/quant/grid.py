@@ -12,6 +12,8 @@ from typing import NamedTuple, Tuple
 
 import torch
 
+from . import fused
+
 EPS = 1e-8
 BUCKETS = ("row", "tensor")
 
@@ -116,16 +118,22 @@ def symmetric_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
 
 
 class _FakeQuantize(torch.autograd.Function):
-    """One fused operation: the value on the grid, and for backward only the 1-byte mask of
-    where the clamp let x through (the straight-through gradient): ``clamp(x) == x``, one
-    comparison, exactly ``lo <= x <= hi``."""
+    """One operation: the value on the grid, and for backward only the 1-byte mask of where the
+    clamp let x through (the straight-through gradient): ``clamp(x) == x``, exactly
+    ``lo <= x <= hi``.  On CPU float32 one pass of ``fused.py``'s kernel computes both."""
 
     @staticmethod
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
         ctx.clip_gradient = clip_gradient
+        want_mask = clip_gradient and ctx.needs_input_grad[0]
+        if fused.applies(x, lo):
+            out, inside = fused.fake_quantize(x, lo, hi, s, want_mask)
+            if want_mask:
+                ctx.save_for_backward(inside)
+            return out
         clamped = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
-        if clip_gradient and ctx.needs_input_grad[0]:
+        if want_mask:
             ctx.save_for_backward(clamped == x)
         return _round_onto_grid_(clamped, lo, s)
 
@@ -138,9 +146,19 @@ class _FakeQuantize(torch.autograd.Function):
 
 
 def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
-    """``Grid.fake_quantize``'s value, no gradient, in place on one new buffer; ``lo``/``hi``/
-    ``step`` are tensors or, for a frozen scalar grid in inference, Python floats."""
+    """``Grid.fake_quantize``'s value, no gradient, in place on one new buffer (or in one pass
+    of the fused kernel); ``lo``/``hi``/``step`` are tensors or, for a frozen scalar grid in
+    inference, Python floats (float32 values)."""
+    if not isinstance(lo, torch.Tensor):
+        if x.dtype == torch.float32 and fused.applies(x, _ONE):
+            lo, hi, step = (torch.tensor(v, dtype=torch.float32) for v in (lo, hi, step))
+            return fused.fake_quantize(x, lo, hi, step, False)[0]
+    elif fused.applies(x, lo):
+        return fused.fake_quantize(x, lo, hi, step, False)[0]
     return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
+
+
+_ONE = torch.zeros(())  # a one-value float32 range, for asking whether the kernel applies
 
 
 def _round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:

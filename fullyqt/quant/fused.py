@@ -1,0 +1,102 @@
+"""The one-pass fake-quantization kernel (``fused_quantize.c``) on CPU float32 tensors.
+
+Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
+contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
+``$XDG_CACHE_HOME/fullyqt`` (``~/.cache/fullyqt``); loaded with ctypes, so no torch headers and
+a build well under a second.  Without a compiler, or with ``FULLYQT_FUSED_QUANT=0``, ``kernel()``
+is None and the quantizers run the torch ops (GPU tensors always do).
+"""
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_quantize.c")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
+         "-fPIC"]
+_state = {"lib": None, "tried": False}
+
+
+def _processor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _build() -> Optional[str]:
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.info("fused fake quantization off: no C compiler (the torch ops run instead)")
+        return None
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    key = hashlib.sha1(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+                                   _processor().encode()])).hexdigest()[:16]
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                         "fullyqt")
+    path = os.path.join(cache, f"fused_quantize-{key}.so")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    done = subprocess.run([compiler, *FLAGS, SOURCE, "-o", tmp], capture_output=True, text=True)
+    if done.returncode != 0:
+        os.unlink(tmp)
+        logger.info("fused fake quantization off: %s failed (%s); the torch ops run instead",
+                    compiler, (done.stderr.strip().splitlines() or ["no message"])[-1])
+        return None
+    os.replace(tmp, path)  # atomic: concurrent builders leave one complete file
+    return path
+
+
+def kernel():
+    """The loaded library, or None (no compiler, or switched off)."""
+    if not _state["tried"]:
+        _state["tried"] = True
+        if os.environ.get("FULLYQT_FUSED_QUANT", "1") != "0":
+            path = _build()
+            if path is not None:
+                lib = ctypes.CDLL(path)
+                p, i64 = ctypes.c_void_p, ctypes.c_int64
+                lib.fullyqt_fake_quantize.argtypes = [p, p, p, i64, i64, p, p, p, ctypes.c_int,
+                                                      ctypes.c_int]
+                lib.fullyqt_fake_quantize.restype = None
+                _state["lib"] = lib
+    return _state["lib"]
+
+
+def applies(x: torch.Tensor, lo: torch.Tensor) -> bool:
+    """Whether the kernel takes ``x`` with range ``lo``: CPU float32, contiguous, one range or
+    one per row of a matrix."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+            and lo.dtype == torch.float32 and lo.device.type == "cpu"
+            and ((lo.numel() == 1 and lo.dim() <= x.dim())
+                 or (x.dim() == 2 and tuple(lo.shape) == (x.shape[0], 1)))
+            and kernel() is not None)
+
+
+def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor,
+                  mask: bool):
+    """(values on the grid, bool mask of ``lo <= x <= hi`` or None), in one pass over ``x``;
+    only where ``applies(x, lo)``."""
+    lo, hi, step = (t.detach().float().contiguous() for t in (lo, hi, step))
+    out = torch.empty_like(x)
+    inside = torch.empty(x.shape, dtype=torch.bool) if mask else None
+    per_row = lo.numel() > 1
+    rows = x.shape[0] if per_row else 1
+    kernel().fullyqt_fake_quantize(
+        x.data_ptr(), out.data_ptr(), None if inside is None else inside.data_ptr(), rows,
+        x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row),
+        torch.get_num_threads())
+    return out, inside

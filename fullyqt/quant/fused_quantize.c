@@ -1,0 +1,56 @@
+/* Fake quantization in one pass: clamp to [lo, hi], round onto the grid lo + k * step (half to
+ * even), and optionally the 1-byte mask of where the clamp let x through (the straight-through
+ * gradient).  The same float32 operations, in the same order, as the torch ops it replaces
+ * (clamp, sub, div, round, mul, add; built with -ffp-contract=off so no fused multiply-add
+ * rounds differently): bit-identical results.  One range per tensor, or one per row. */
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+static void span_mask(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
+                      float step) {
+    for (int64_t i = 0; i < n; ++i) {
+        float v = x[i];
+        float c = v < lo ? lo : v;
+        c = c > hi ? hi : c;
+        inside[i] = c == v;
+        out[i] = nearbyintf((c - lo) / step) * step + lo;
+    }
+}
+
+static void span(const float *x, float *out, int64_t n, float lo, float hi, float step) {
+    for (int64_t i = 0; i < n; ++i) {
+        float v = x[i];
+        float c = v < lo ? lo : v;
+        c = c > hi ? hi : c;
+        out[i] = nearbyintf((c - lo) / step) * step + lo;
+    }
+}
+
+static void run(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
+                float step) {
+    if (inside)
+        span_mask(x, out, inside, n, lo, hi, step);
+    else
+        span(x, out, n, lo, hi, step);
+}
+
+/* rows x cols values; lo/hi/step hold one value (the whole tensor) or one per row; inside may
+ * be NULL (no mask wanted). */
+void fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows, int64_t cols,
+                           const float *lo, const float *hi, const float *step, int per_row,
+                           int threads) {
+    if (per_row) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+        for (int64_t r = 0; r < rows; ++r)
+            run(x + r * cols, out + r * cols, inside ? inside + r * cols : 0, cols, lo[r], hi[r],
+                step[r]);
+        return;
+    }
+    const int64_t n = rows * cols, chunk = 16384, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 2)
+    for (int64_t k = 0; k < chunks; ++k) {
+        int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
+        run(x + s, out + s, inside ? inside + s : 0, e - s, lo[0], hi[0], step[0]);
+    }
+}
