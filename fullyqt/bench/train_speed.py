@@ -1,7 +1,8 @@
 """Training speed: time and peak memory per update of stock float, ``--no-quant``, 8-bit and 4-bit
-QAT (4-bit with min-max and with mse ranges), timed interleaved on the same batches in one
-process, as ratios to stock float; and the time of a validation step (exact evaluation for the
-quantized models).
+QAT (4-bit with min-max and with mse ranges; 8-bit also with the torch op chain instead of the
+one-pass CPU kernel, ``quant/fused.py``), timed interleaved on the same batches in one process,
+as ratios to stock float; and the time of a validation step (exact evaluation for the quantized
+models).
 
     python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
                                                                           # the layers are the work)
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import UserError
+from ..quant import fused
 from .runner import BIN, USER_DIR, thread_env
 
 SHAPES = {
@@ -38,10 +40,12 @@ MODELS = {
     "stock float": ["--arch", "transformer"],
     "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
+    "fullyqt 8-bit, torch ops": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
     "fullyqt 4-bit mse": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
                           "--quant-act-range", "mse"],
 }
+TORCH_OPS = {"fullyqt 8-bit, torch ops"}  # fake quantization by the torch op chain, not the kernel
 TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4", "--lr-scheduler",
          "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.1", "--criterion",
          "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--seed", "1",
@@ -102,7 +106,8 @@ def time_models(data: str, shape: dict, max_tokens: int, updates: int, warmup: i
         for name in order:
             _sync()
             start = time.perf_counter()
-            trainers[name].train_step([batch])
+            with fused.switched_off(name in TORCH_OPS):
+                trainers[name].train_step([batch])
             _sync()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
@@ -111,7 +116,8 @@ def time_models(data: str, shape: dict, max_tokens: int, updates: int, warmup: i
         for name in names:
             _sync()
             start = time.perf_counter()
-            trainers[name].valid_step(batch)
+            with fused.switched_off(name in TORCH_OPS):
+                trainers[name].valid_step(batch)
             _sync()
             valid[name].append(time.perf_counter() - start)
     tokens = statistics.mean(b["ntokens"] for b in batches[warmup:])
@@ -145,17 +151,19 @@ def _status_kib(key: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def _peak_child(queue, data, flags, max_tokens, threads):
+def _peak_child(queue, data, flags, max_tokens, threads, torch_ops):
     torch.set_num_threads(threads)
     import fullyqt  # noqa: F401  (registers the models in the fresh process)
 
-    queue.put(peak_memory_mib(data, flags, max_tokens))
+    with fused.switched_off(torch_ops):
+        queue.put(peak_memory_mib(data, flags, max_tokens))
 
 
-def peak_in_own_process(data, flags, max_tokens, threads) -> float:
+def peak_in_own_process(data, flags, max_tokens, threads, torch_ops=False) -> float:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(queue, data, flags, max_tokens, threads))
+    proc = ctx.Process(target=_peak_child,
+                       args=(queue, data, flags, max_tokens, threads, torch_ops))
     proc.start()
     value = queue.get()
     proc.join()
@@ -177,7 +185,8 @@ def measure(data: str, shapes: List[str], max_tokens: int, updates: int, warmup:
                          "valid_sec": statistics.median(valid[name]),
                          "words_per_second": tokens / statistics.median(times[name]),
                          "peak_mib": peak_in_own_process(data, flags + shape_flags(shape),
-                                                         max_tokens, threads)})
+                                                         max_tokens, threads,
+                                                         name in TORCH_OPS)})
         stock = rows[-len(MODELS)]
         for r in rows[-len(MODELS):]:
             r["update_vs_stock"] = r["sec_per_update"] / stock["sec_per_update"]

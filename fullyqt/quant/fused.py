@@ -6,6 +6,7 @@ contracted multiply-adds, so the values equal the torch ops bit for bit) and cac
 a build well under a second.  Without a compiler, or with ``FULLYQT_FUSED_QUANT=0``, ``kernel()``
 is None and the quantizers run the torch ops (GPU tensors always do).
 """
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_quantize.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
-_state = {"lib": None, "tried": False}
+_state = {"lib": None, "tried": False, "off": False}
 
 
 def _processor() -> str:
@@ -60,8 +61,21 @@ def _build() -> Optional[str]:
     return path
 
 
+@contextlib.contextmanager
+def switched_off(off: bool = True):
+    """Within it (when ``off``), the quantizers run the torch ops: to time the kernel against
+    them in one process."""
+    before, _state["off"] = _state["off"], off
+    try:
+        yield
+    finally:
+        _state["off"] = before
+
+
 def kernel():
     """The loaded library, or None (no compiler, or switched off)."""
+    if _state["off"]:
+        return None
     if not _state["tried"]:
         _state["tried"] = True
         if os.environ.get("FULLYQT_FUSED_QUANT", "1") != "0":
