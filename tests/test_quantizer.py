@@ -310,6 +310,24 @@ def test_one_pass_kernel_equals_the_straightforward_ops_on_large_tensors(bits, p
     assert torch.equal(a.grad, g * inside)
 
 
+@pytest.mark.parametrize("bits", [4, 6, 8])
+def test_one_pass_centred_codes_equal_the_ops_written_out(bits, two_threads):
+    """int8 codes and row sums for an integer matmul, against round/clamp in float64 numpy."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    torch.manual_seed(bits)
+    x = torch.randn(513, 300) * 4  # values beyond both ends of the grid
+    grid = Grid(torch.tensor(-2.0), torch.tensor(3.5), bits)
+    affine = grid.centred_code_affine()
+    codes, sums = fused.centred_codes(x, affine)
+    scale_inv, shift, cmin, cmax = affine
+    scaled = (x * scale_inv).numpy().astype(np.float32) - np.float32(shift)  # float32 steps
+    expected = np.clip(np.rint(scaled.astype(np.float64)), cmin, cmax)
+    assert codes.dtype == torch.int8 and np.array_equal(codes.numpy(), expected)
+    assert np.array_equal(sums.numpy(), expected.sum(1)) and expected.min() == cmin
+    assert fused.centred_codes(x.t(), affine) is None  # not contiguous: the torch ops run
+
+
 def test_kernel_is_switched_off_by_the_environment(tmp_path):
     """``FULLYQT_FUSED_QUANT=0``: no kernel, and the quantizers give the same values."""
     code = ("import sys, torch; from fullyqt.quant import fused; from fullyqt.quant.grid import "

@@ -24,6 +24,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_quantiz
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
 _state = {"lib": None, "tried": False, "off": False}
+_ONE = torch.zeros(())  # a one-value float32 range
 
 
 def _processor() -> str:
@@ -86,13 +87,19 @@ def kernel():
                 lib.fullyqt_fake_quantize.argtypes = [p, p, p, i64, i64, p, p, p, ctypes.c_int,
                                                       ctypes.c_int]
                 lib.fullyqt_fake_quantize.restype = None
+                f32 = ctypes.c_float
+                lib.fullyqt_centred_codes.argtypes = [p, p, p, i64, i64, f32, f32, f32, f32,
+                                                      ctypes.c_int]
+                lib.fullyqt_centred_codes.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
 
-def applies(x: torch.Tensor, lo: torch.Tensor) -> bool:
-    """Whether the kernel takes ``x`` with range ``lo``: CPU float32, contiguous, one range or
-    one per row of a matrix."""
+def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
+    """Whether the kernel takes ``x`` with range ``lo`` (None: one range given as numbers): CPU
+    float32, contiguous, one range or one per row of a matrix."""
+    if lo is None:
+        lo = _ONE
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
             and lo.dtype == torch.float32 and lo.device.type == "cpu"
             and ((lo.numel() == 1 and lo.dim() <= x.dim())
@@ -114,3 +121,17 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: tor
         x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row),
         torch.get_num_threads())
     return out, inside
+
+
+def centred_codes(x: torch.Tensor, affine):
+    """(int8 codes, float32 row sums of the codes) of a CPU float32 matrix from
+    ``Grid.centred_code_affine``, in one pass; None where the kernel does not apply."""
+    if not (x.dim() == 2 and applies(x)):
+        return None
+    scale_inv, shift, cmin, cmax = affine
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    sums = torch.empty(x.shape[0], dtype=torch.int32)
+    kernel().fullyqt_centred_codes(x.data_ptr(), codes.data_ptr(), sums.data_ptr(), x.shape[0],
+                                   x.shape[1], scale_inv, shift, cmin, cmax,
+                                   torch.get_num_threads())
+    return codes, sums.float()

@@ -54,3 +54,25 @@ void fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t row
         run(x + s, out + s, inside ? inside + s : 0, e - s, lo[0], hi[0], step[0]);
     }
 }
+
+/* Centred integer codes clamp(round(x * scale_inv - shift), cmin, cmax) of a rows x cols
+ * matrix as int8, and each row's code sum: what an integer matmul reads, in one pass (the same
+ * float32 operations as the torch ops). */
+void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t rows,
+                           int64_t cols, float scale_inv, float shift, float cmin, float cmax,
+                           int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *xr = x + r * cols;
+        int8_t *cr = codes + r * cols;
+        int32_t total = 0;
+        for (int64_t i = 0; i < cols; ++i) {
+            float v = nearbyintf(xr[i] * scale_inv - shift);
+            v = v < cmin ? cmin : v;
+            v = v > cmax ? cmax : v;
+            cr[i] = (int8_t)v;
+            total += cr[i];
+        }
+        sums[r] = total;
+    }
+}

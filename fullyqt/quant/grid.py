@@ -150,15 +150,13 @@ def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
     of the fused kernel); ``lo``/``hi``/``step`` are tensors or, for a frozen scalar grid in
     inference, Python floats (float32 values)."""
     if not isinstance(lo, torch.Tensor):
-        if x.dtype == torch.float32 and fused.applies(x, _ONE):
+        if fused.applies(x):
             lo, hi, step = (torch.tensor(v, dtype=torch.float32) for v in (lo, hi, step))
             return fused.fake_quantize(x, lo, hi, step, False)[0]
     elif fused.applies(x, lo):
         return fused.fake_quantize(x, lo, hi, step, False)[0]
     return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
 
-
-_ONE = torch.zeros(())  # a one-value float32 range, for asking whether the kernel applies
 
 
 def _round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:

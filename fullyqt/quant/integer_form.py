@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import fused
 from .grid import Grid, centred_codes
 
 MAX_BITS = 8  # codes centred into int8
@@ -69,7 +70,12 @@ class IntegerMatmul(nn.Module):
         self.input_affine = input_grid.centred_code_affine()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = centred_codes(x.reshape(-1, x.shape[-1]).float(), self.input_affine)
+        rows = x.reshape(-1, x.shape[-1]).float()
+        got = fused.centred_codes(rows, self.input_affine)  # int8 codes in one pass, on CPU
+        if got is None:
+            a = centred_codes(rows, self.input_affine)
+            got = a, a.sum(1)
+        a, code_sums = got
         # the int32 sums converted to float32 where they lie and the affine written over them:
         # no second full-size tensor (the 8k-vocabulary output projection's is the model's
         # largest; allocating it costs more than the conversion).  Each element is read before
@@ -77,7 +83,7 @@ class IntegerMatmul(nn.Module):
         sums = int_matmul(a, self.weight_t)
         y = sums.view(torch.float32).copy_(sums)
         torch.addcmul(self.c, y, self.alpha, out=y)
-        y.addr_(a.sum(1), self.beta)
+        y.addr_(code_sums, self.beta)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def extra_repr(self):
