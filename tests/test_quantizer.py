@@ -427,15 +427,16 @@ def test_batch_range_ignores_padding_whatever_the_row_width(shape):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_one_bucket_codes_equal_the_tensor_formula(bits):
-    """An activation grid's codes (taken from Python scalars) equal the formula on 0-dim
-    tensors bit for bit, clipped and boundary values included; per-row grids are unchanged."""
+def test_one_bucket_codes_equal_the_tensor_formula(bits, two_threads):
+    """An activation grid's codes (taken from Python scalars; the one-pass kernel on CPU, over
+    several chunks) equal the formula on 0-dim tensors bit for bit, clipped and boundary values
+    included; per-row grids are unchanged."""
     g = torch.Generator().manual_seed(bits)
-    x = torch.randn(64, 33, generator=g) * 3
+    x = torch.randn(640, 330, generator=g) * 3
     lo, hi = torch.tensor(-2.3), torch.tensor(1.7)
     step = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
     x[0, :3] = torch.stack([lo, hi, lo + 5 * step])
     expected = torch.round((torch.minimum(torch.maximum(x, lo), hi) - lo) / step)
     assert torch.equal(Grid(lo, hi, bits).codes(x), expected)
-    rows = Grid(torch.full((64, 1), -2.3), torch.full((64, 1), 1.7), bits)
+    rows = Grid(torch.full((640, 1), -2.3), torch.full((640, 1), 1.7), bits)
     assert torch.equal(rows.codes(x), expected)

@@ -91,6 +91,8 @@ def kernel():
                 lib.fullyqt_centred_codes.argtypes = [p, p, p, i64, i64, f32, f32, f32, f32,
                                                       ctypes.c_int]
                 lib.fullyqt_centred_codes.restype = None
+                lib.fullyqt_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
+                lib.fullyqt_codes.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
@@ -121,6 +123,15 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: tor
         x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row),
         torch.get_num_threads())
     return out, inside
+
+
+def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
+    """Float32 codes of ``x`` on one range (float32 values given as numbers), in one pass; only
+    where ``applies(x)``."""
+    out = torch.empty_like(x)
+    kernel().fullyqt_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
+                           torch.get_num_threads())
+    return out
 
 
 def centred_codes(x: torch.Tensor, affine):

@@ -55,6 +55,22 @@ void fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t row
     }
 }
 
+/* Codes round((clamp(x, lo, hi) - lo) / step) of one range, as float32 (what Q.K^T and P.V
+ * multiply in exact evaluation). */
+void fullyqt_codes(const float *x, float *out, int64_t n, float lo, float hi, float step,
+                   int threads) {
+    const int64_t chunk = 16384, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 2)
+    for (int64_t k = 0; k < chunks; ++k) {
+        int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
+        for (int64_t i = s; i < e; ++i) {
+            float c = x[i] < lo ? lo : x[i];
+            c = c > hi ? hi : c;
+            out[i] = nearbyintf((c - lo) / step);
+        }
+    }
+}
+
 /* Centred integer codes clamp(round(x * scale_inv - shift), cmin, cmax) of a rows x cols
  * matrix as int8, and each row's code sum: what an integer matmul reads, in one pass (the same
  * float32 operations as the torch ops). */

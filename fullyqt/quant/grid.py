@@ -64,6 +64,8 @@ class Grid(NamedTuple):
         elementwise ops broadcast a 0-dim tensor several times slower than a scalar."""
         if self.lo.numel() == 1 and self.hi.numel() == 1 and x.dtype == self.lo.dtype:
             lo, hi, step = self.scalars()
+            if fused.applies(x):
+                return fused.codes(x, lo, hi, step)
             return torch.clamp(x, lo, hi).sub_(lo).div_(step).round_()
         return torch.round((torch.clamp(x, self.lo, self.hi) - self.lo) / self.step())
 
