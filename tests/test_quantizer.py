@@ -328,6 +328,43 @@ def test_one_pass_centred_codes_equal_the_ops_written_out(bits, two_threads):
     assert fused.centred_codes(x.t(), affine) is None  # not contiguous: the torch ops run
 
 
+def test_one_pass_kernel_takes_a_transposed_activation_as_it_lies(two_threads):
+    """A (T, B, C) activation transposed from (B, T, C): quantized over its memory in order,
+    values and gradient as the ops written out, in x's own layout."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    x = (torch.randn(24, 37, 128) * 3).transpose(0, 1)
+    lo, hi = torch.tensor(-2.0), torch.tensor(2.5)
+    assert not x.is_contiguous() and fused.applies(x, lo)
+    a = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+    g = torch.randn(x.shape)
+    out = Grid(lo, hi, 8).fake_quantize(a)
+    (out * g).sum().backward()
+    value, inside = _straightforward_fake_quant(x, lo, hi, 8)
+    assert out.stride() == x.stride() and torch.equal(out, value)
+    assert torch.equal(a.grad, g * inside)
+
+
+@pytest.mark.parametrize("row_width", [1, 7, 300])
+def test_one_pass_range_of_the_valid_rows(row_width, two_threads):
+    """The observers' (min, max) over non-padding entries, against numpy on the valid rows;
+    no valid row gives +-inf, a NaN gives NaN."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    torch.manual_seed(row_width)
+    x = torch.randn(90, 40, row_width) * 3
+    valid = torch.rand(90, 40) > 0.3
+    x[~valid] = 1e6  # padding holds anything
+    lo, hi = fused.masked_min_max(x, valid)
+    kept = x.numpy()[valid.numpy()]
+    assert (lo.item(), hi.item()) == (kept.min(), kept.max())
+    assert fused.masked_min_max(x, None)[1].item() == 1e6
+    assert [v.item() for v in fused.masked_min_max(x, torch.zeros_like(valid))] == [
+        float("inf"), float("-inf")]
+    x[valid.nonzero()[5].tolist()] = float("nan")
+    assert all(v.isnan() for v in fused.masked_min_max(x, valid))
+
+
 def test_kernel_is_switched_off_by_the_environment(tmp_path):
     """``FULLYQT_FUSED_QUANT=0``: no kernel, and the quantizers give the same values."""
     code = ("import sys, torch; from fullyqt.quant import fused; from fullyqt.quant.grid import "

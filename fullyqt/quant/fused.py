@@ -93,20 +93,33 @@ def kernel():
                 lib.fullyqt_centred_codes.restype = None
                 lib.fullyqt_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
                 lib.fullyqt_codes.restype = None
+                lib.fullyqt_masked_min_max.argtypes = [p, p, i64, i64, p, ctypes.c_int]
+                lib.fullyqt_masked_min_max.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
 
+def _dense(x: torch.Tensor):
+    """The permutation of ``x``'s dims that makes it contiguous ((), if it is), or None: an
+    elementwise pass may then run over its memory in order."""
+    if x.is_contiguous():
+        return ()
+    perm = tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d])))
+    return perm if x.permute(perm).is_contiguous() else None
+
+
 def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
     """Whether the kernel takes ``x`` with range ``lo`` (None: one range given as numbers): CPU
-    float32, contiguous, one range or one per row of a matrix."""
+    float32; one range over a tensor laid out densely in any order of its dims, or one range per
+    row of a contiguous matrix."""
     if lo is None:
         lo = _ONE
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-            and lo.dtype == torch.float32 and lo.device.type == "cpu"
-            and ((lo.numel() == 1 and lo.dim() <= x.dim())
-                 or (x.dim() == 2 and tuple(lo.shape) == (x.shape[0], 1)))
-            and kernel() is not None)
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and lo.dtype == torch.float32
+            and lo.device.type == "cpu"):
+        return False
+    one = lo.numel() == 1 and lo.dim() <= x.dim() and _dense(x) is not None
+    rows = x.dim() == 2 and x.is_contiguous() and tuple(lo.shape) == (x.shape[0], 1)
+    return (one or rows) and kernel() is not None
 
 
 def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor,
@@ -114,8 +127,9 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: tor
     """(values on the grid, bool mask of ``lo <= x <= hi`` or None), in one pass over ``x``;
     only where ``applies(x, lo)``."""
     lo, hi, step = (t.detach().float().contiguous() for t in (lo, hi, step))
+    # x's layout (dense, in some order of its dims): one elementwise pass over memory in order
     out = torch.empty_like(x)
-    inside = torch.empty(x.shape, dtype=torch.bool) if mask else None
+    inside = torch.empty_like(x, dtype=torch.bool) if mask else None
     per_row = lo.numel() > 1
     rows = x.shape[0] if per_row else 1
     kernel().fullyqt_fake_quantize(
@@ -128,7 +142,7 @@ def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: tor
 def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     """Float32 codes of ``x`` on one range (float32 values given as numbers), in one pass; only
     where ``applies(x)``."""
-    out = torch.empty_like(x)
+    out = torch.empty_like(x)  # x's layout: an elementwise pass over memory in order
     kernel().fullyqt_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
                            torch.get_num_threads())
     return out
@@ -137,7 +151,7 @@ def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
 def centred_codes(x: torch.Tensor, affine):
     """(int8 codes, float32 row sums of the codes) of a CPU float32 matrix from
     ``Grid.centred_code_affine``, in one pass; None where the kernel does not apply."""
-    if not (x.dim() == 2 and applies(x)):
+    if not (x.dim() == 2 and x.is_contiguous() and applies(x)):
         return None
     scale_inv, shift, cmin, cmax = affine
     codes = torch.empty(x.shape, dtype=torch.int8)
@@ -146,3 +160,19 @@ def centred_codes(x: torch.Tensor, affine):
                                    x.shape[1], scale_inv, shift, cmin, cmax,
                                    torch.get_num_threads())
     return codes, sums.float()
+
+
+def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
+    """(min, max) float32 scalars of the entries of ``x`` whose leading-dims index is set in
+    ``valid`` (None: all), in one pass; None where the kernel does not apply."""
+    if not (x.is_contiguous() and applies(x)):
+        return None
+    if valid is not None and not (valid.dtype == torch.bool and valid.is_contiguous()
+                                  and tuple(valid.shape) == tuple(x.shape[:valid.dim()])):
+        return None
+    rows = x.shape[:valid.dim()].numel() if valid is not None else 1
+    out = torch.empty(2)
+    kernel().fullyqt_masked_min_max(x.data_ptr(), None if valid is None else valid.data_ptr(),
+                                    rows, x.numel() // max(rows, 1), out.data_ptr(),
+                                    torch.get_num_threads())
+    return out[0], out[1]

@@ -92,3 +92,32 @@ void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t
         sums[r] = total;
     }
 }
+
+/* Minimum and maximum over the rows r of a rows x cols matrix with valid[r] set (valid NULL:
+ * every row), into out[0], out[1]; +-inf when no row is valid, NaN when a value is NaN (as
+ * torch's reductions give). */
+void fullyqt_masked_min_max(const float *x, const bool *valid, int64_t rows, int64_t cols,
+                            float *out, int threads) {
+    float lo = INFINITY, hi = -INFINITY;
+    int nan = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : lo) \
+    reduction(max : hi) reduction(| : nan) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        if (valid && !valid[r])
+            continue;
+        const float *xr = x + r * cols;
+        float a = INFINITY, b = -INFINITY;
+        int n = 0;
+        for (int64_t i = 0; i < cols; ++i) {
+            float v = xr[i];
+            a = v < a ? v : a;
+            b = v > b ? v : b;
+            n |= v != v;
+        }
+        lo = a < lo ? a : lo;
+        hi = b > hi ? b : hi;
+        nan |= n;
+    }
+    out[0] = nan ? NAN : lo;
+    out[1] = nan ? NAN : hi;
+}

@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from . import fused
 from .grid import Grid, fake_quantize_frozen
 
 OBSERVERS = ("minmax", "mse")
@@ -25,6 +26,9 @@ def batch_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]
     if x.numel() == 0:
         inf = torch.tensor(float("inf"), device=x.device)
         return inf, -inf
+    got = fused.masked_min_max(x, valid)  # one pass on CPU
+    if got is not None:
+        return got
     if valid is None:
         return torch.aminmax(x.float())
     if x.numel() // valid.numel() >= ROW_REDUCE_MIN:
