@@ -361,6 +361,9 @@ def test_one_pass_range_of_the_valid_rows(row_width, two_threads):
     assert fused.masked_min_max(x, None)[1].item() == 1e6
     assert [v.item() for v in fused.masked_min_max(x, torch.zeros_like(valid))] == [
         float("inf"), float("-inf")]
+    # as fairseq hands them over: (T, B, C) and a (T, B) mask, both transposed views
+    lo_t, hi_t = fused.masked_min_max(x.transpose(0, 1), valid.t())
+    assert (lo_t.item(), hi_t.item()) == (kept.min(), kept.max())
     x[valid.nonzero()[5].tolist()] = float("nan")
     assert all(v.isnan() for v in fused.masked_min_max(x, valid))
 

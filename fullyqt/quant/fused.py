@@ -165,12 +165,20 @@ def centred_codes(x: torch.Tensor, affine):
 def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
     """(min, max) float32 scalars of the entries of ``x`` whose leading-dims index is set in
     ``valid`` (None: all), in one pass; None where the kernel does not apply."""
-    if not (x.is_contiguous() and applies(x)):
+    if not applies(x):
         return None
-    if valid is not None and not (valid.dtype == torch.bool and valid.is_contiguous()
-                                  and tuple(valid.shape) == tuple(x.shape[:valid.dim()])):
+    lead = 0 if valid is None else valid.dim()
+    if valid is not None and not (valid.dtype == torch.bool
+                                  and tuple(valid.shape) == tuple(x.shape[:lead])):
         return None
-    rows = x.shape[:valid.dim()].numel() if valid is not None else 1
+    perm = _dense(x)
+    if perm:  # x lies in another order of its leading dims (a (T, B, C) transpose): follow it
+        if tuple(perm[lead:]) != tuple(range(lead, x.dim())):
+            return None
+        x = x.permute(perm)
+        valid = None if valid is None else valid.permute(perm[:lead])
+    valid = None if valid is None else valid.contiguous()
+    rows = x.shape[:lead].numel() if valid is not None else 1
     out = torch.empty(2)
     kernel().fullyqt_masked_min_max(x.data_ptr(), None if valid is None else valid.data_ptr(),
                                     rows, x.numel() // max(rows, 1), out.data_ptr(),
