@@ -121,3 +121,11 @@ void fullyqt_masked_min_max(const float *x, const bool *valid, int64_t rows, int
     out[0] = nan ? NAN : lo;
     out[1] = nan ? NAN : hi;
 }
+
+/* The straight-through gradient: grad where the clamp let x through, 0 elsewhere. */
+void fullyqt_pass_inside(const float *grad, const bool *inside, float *out, int64_t n,
+                         int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = inside[i] ? grad[i] : 0.0f;
+}
