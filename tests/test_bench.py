@@ -213,6 +213,17 @@ def test_report_kronecker_section_judges_the_goals(tmp_path):
     # 200 / 4000 bytes = 0.05x (within 0.06) but 3.0 BLEU below the teacher (more than 2)
     assert "missed by `kron-prune8`: 0.050x, 28.00 vs `float-finetune` 31.00 (-3.00)" in md
     assert "| kron-prune8 | ffn,embed | 8 | 28.00 | -3.00 | 2.67x | 8.00x |" in md
+    # the README block: the report's table and goals, from results.json
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- kronecker:begin -->\nold\n<!-- kronecker:end -->\nb\n")
+    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(tmp_path / "results.json"),
+                    str(readme), "--section", "kronecker"], check=True, cwd=REPO)
+    block = readme.read_text().split("<!-- kronecker:begin -->")[1]
+    assert "old" not in block and "--section kronecker" in block
+    section = md.split("## Kronecker-factorized layers")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| kron")]
+    assert len(table) == 3 and all(line in block for line in table)
+    assert "missed by `kron-prune8`: 0.050x" in block
 
 
 def detokenized(path):

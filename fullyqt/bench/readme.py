@@ -7,6 +7,7 @@ numbers come from ``results.json`` and cannot drift from the run they describe.
     python -m fullyqt.bench.readme runs/train-speed-bible/train_speed.json README.md \
         --block train-speed-bible                                              # a second block
     python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section pruning
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section kronecker
     python -m fullyqt.bench.readme runs/compact-speed.json README.md   # compact-speed:...
 """
 import argparse
@@ -96,11 +97,27 @@ def pruning_block(data: dict) -> List[str]:
             "pruning`.", *lines[1:]]
 
 
+def kronecker_block(data: dict) -> List[str]:
+    """The report's Kronecker table and goals (factorized models against their teacher)."""
+    from .kronecker import kron_rows, markdown
+
+    lines = markdown(kron_rows(data["rows"]))
+    if not lines:
+        raise ValueError("the run has no Kronecker-factorized variant")
+    meta = data["meta"]
+    return [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`; "
+            "generated from `results.json` by `python -m fullyqt.bench.readme --section "
+            "kronecker`.", *lines[1:]]
+
+
+SECTIONS = {"pruning": pruning_block, "kronecker": kronecker_block}
+
+
 def update(results_path: str, markdown_path: str, block: str = None, section: str = "results"):
     with open(results_path, encoding="utf-8") as f:
         data = json.load(f)
-    if section == "pruning":
-        (begin, end), lines = markers(block or "pruning"), pruning_block(data)
+    if section in SECTIONS:
+        (begin, end), lines = markers(block or section), SECTIONS[section](data)
     elif data.get("kind") in TABLES:
         marker, table_lines = TABLES[data["kind"]]()
         (begin, end), lines = markers(block or marker), table_lines(data)
@@ -126,9 +143,9 @@ def main(argv=None):
     p.add_argument("markdown", help="the file to update (e.g. README.md)")
     p.add_argument("--block", help="marker name of the block to fill (default: the table's "
                                    "own, e.g. train-speed), for a second run of the same kind")
-    p.add_argument("--section", choices=("results", "pruning"), default="results",
-                   help="of a benchmark's results.json: its results table (default) or its "
-                        "pruning table and goals")
+    p.add_argument("--section", choices=("results", *SECTIONS), default="results",
+                   help="of a benchmark's results.json: its results table (default), or its "
+                        "pruning or Kronecker table and goals")
     a = p.parse_args(argv)
     try:
         update(a.results, a.markdown, a.block, a.section)
