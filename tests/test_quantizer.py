@@ -385,6 +385,13 @@ def test_kernel_is_switched_off_by_the_environment(tmp_path):
         values.append(torch.load(path))
     assert used == ["False", str(fused.kernel() is not None)]
     assert torch.equal(values[0], values[1])
+    # a cache that cannot be written: the torch ops run, the same values
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    path = tmp_path / "blocked.pt"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          env={**os.environ, "XDG_CACHE_HOME": str(blocked)}, check=True)
+    assert done.stdout.split()[-1] == "False" and torch.equal(torch.load(path), values[0])
 
 
 def mse_reference(x, valid, bits, unsigned, ratios):

@@ -1,10 +1,12 @@
-"""The one-pass fake-quantization kernel (``fused_quantize.c``) on CPU float32 tensors.
+"""One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
+straight-through mask, the backward mask, padding-masked ranges, and integer codes.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
 ``$XDG_CACHE_HOME/fullyqt`` (``~/.cache/fullyqt``); loaded with ctypes, so no torch headers and
-a build well under a second.  Without a compiler, or with ``FULLYQT_FUSED_QUANT=0``, ``kernel()``
-is None and the quantizers run the torch ops (GPU tensors always do).
+a build well under a second.  Without a compiler (or a writable cache), or with
+``FULLYQT_FUSED_QUANT=0``, ``kernel()`` is None and the quantizers run the torch ops (GPU tensors
+always do).
 """
 import contextlib
 import ctypes
@@ -80,9 +82,13 @@ def kernel():
     if not _state["tried"]:
         _state["tried"] = True
         if os.environ.get("FULLYQT_FUSED_QUANT", "1") != "0":
-            path = _build()
-            if path is not None:
-                lib = ctypes.CDLL(path)
+            try:
+                path = _build()
+                lib = None if path is None else ctypes.CDLL(path)
+            except OSError as e:  # an unwritable cache, a library that does not load
+                logger.info("fused fake quantization off (%s); the torch ops run instead", e)
+                lib = None
+            if lib is not None:
                 p, i64 = ctypes.c_void_p, ctypes.c_int64
                 lib.fullyqt_fake_quantize.argtypes = [p, p, p, i64, i64, p, p, p, ctypes.c_int,
                                                       ctypes.c_int]
