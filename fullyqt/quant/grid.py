@@ -160,7 +160,6 @@ def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
     return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
 
 
-
 def _round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:
     """The nearest grid point of values already clamped to the range, in place."""
     return clamped.sub_(lo).div_(step).round_().mul_(step).add_(lo)
