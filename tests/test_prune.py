@@ -271,3 +271,18 @@ def test_unknown_score_init_is_one_error(toy_data, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].endswith("error: --prune-score-init: got 'norm'; allowed: zero, magnitude")
+
+
+def test_pooled_topk_counts_over_all_matrices_and_keeps_one_of_each():
+    from fullyqt.prune.scores import keep_top_shared
+
+    a = torch.tensor([[0.9, 0.1], [0.8, 0.7]])
+    b = torch.tensor([0.6, 0.5, 0.4])
+    c = torch.tensor([[-1.0], [-0.5]])
+    # 9 scores at density 0.3: ceil(2.7) = 3 kept overall (0.9, 0.8, 0.7), all in a; b and c
+    # keep their best (0.6 and -0.5) on top
+    got = keep_top_shared([a, b, c], 0.3)
+    assert got[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert got[1].tolist() == [1.0, 0.0, 0.0]
+    assert got[2].tolist() == [[0.0], [1.0]]
+    assert keep_top_shared([b], 0.5)[0].tolist() == [1.0, 1.0, 0.0]

@@ -132,3 +132,78 @@ def test_head_blocks_are_for_attention_only(toy_data, capsys):
     assert len(err) == 1
     assert err[0].endswith("error: --prune-ffn-block: got 'head'; allowed: RxC with positive "
                            "integers (e.g. 32x32), or row")
+
+
+def _head_norms(attn):
+    d = attn.head_dim
+    w = [getattr(attn, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj")]
+    out = attn.out_proj.weight.detach().double()
+    return torch.stack([sum(x[i * d:(i + 1) * d].pow(2).sum() for x in w)
+                        + out[:, i * d:(i + 1) * d].pow(2).sum()
+                        for i in range(attn.num_heads)]).sqrt()
+
+
+def test_stack_scope_ranks_the_heads_of_a_whole_stack_together(toy_data):
+    """``--prune-topk-scope stack``: the decoder's self and cross attention heads of both layers
+    pooled, the top half of them kept (by norm at the start), so an attention may keep 1 or 4
+    heads; compaction gives those per-layer counts and computes what the masked model did."""
+    model, task, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+                                 "--prune-method", "topk", "--prune-density", "0.5",
+                                 "--prune-score-init", "magnitude", "--prune-topk-scope", "stack")
+    model.set_num_updates(100)
+    batch = sample_batch(task, "train")
+    model.train()
+    with torch.no_grad():
+        model(**batch["net_input"])  # starts the scores; activation ranges
+    model.eval()
+    for stack in (model.encoder, model.decoder):
+        attns = [a for layer in stack.layers
+                 for a in (layer.self_attn, getattr(layer, "encoder_attn", None)) if a is not None]
+        norms = torch.cat([_head_norms(a) for a in attns])
+        keep = torch.zeros(len(norms), dtype=torch.bool)
+        keep[norms.topk(len(norms) // 2).indices] = True
+        alive = torch.cat([heads_alive(a) for a in attns])
+        assert torch.equal(alive, keep), (alive, keep)
+        z = (norms - norms.mean()) / norms.std()
+        scores = torch.cat([a.v_proj.source.scores.scores().detach().view(-1) for a in attns])
+        assert torch.allclose(scores.double(), z, atol=1e-5)
+    compact, shapes = _compact_model(toy_data[1], model, "post-norm")
+    counts = [(s.heads, s.cross_heads) for s in shapes.decoder]
+    assert [c for pair in counts for c in pair] == [
+        int(heads_alive(a).sum()) for layer in model.decoder.layers
+        for a in (layer.self_attn, layer.encoder_attn)]
+    with torch.no_grad():
+        assert torch.equal(model(**batch["net_input"])[0], compact(**batch["net_input"])[0])
+
+
+def test_stack_scope_keeps_a_head_in_every_attention_and_follows_the_scores(toy_data):
+    """Scores set by hand: the decoder's two best heads sit in one attention, and the lowest
+    scores fill a whole attention, which keeps its best head anyway; in training the masks
+    follow scores written through ``.data`` (as fairseq's optimizers write them)."""
+    model, task, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+                                 "--prune-method", "topk", "--prune-density", "0.25",
+                                 "--prune-topk-scope", "stack")
+    model.set_num_updates(100)  # 4 of the decoder's 16 heads
+    layers = model.decoder.layers
+    attns = [layers[0].self_attn, layers[0].encoder_attn, layers[1].self_attn,
+             layers[1].encoder_attn]
+    values = [[9.0, 8.0, 7.0, 6.0], [5.0, -1.0, -2.0, -3.0], [-4.0, -5.0, -6.0, -7.0],
+              [-8.0, -9.0, -10.0, -11.0]]
+    for a, v in zip(attns, values):
+        _set_scores(a.v_proj.source.scores, torch.tensor(v).view(4, 1))
+    model.train()
+    # top 4 of 16 are the first attention's four; every other attention keeps its best head
+    expect = [[1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
+    got = [a.v_proj.source.block_mask().view(-1).tolist() for a in attns]
+    assert got == expect
+    attns[3].v_proj.source.scores.raw.data[3] = 20.0 / attns[3].v_proj.source.scores.scale
+    assert attns[3].v_proj.source.block_mask().view(-1).tolist() == [0, 0, 0, 1]
+    assert attns[0].v_proj.source.block_mask().view(-1).tolist() == [1, 1, 1, 0]
+
+
+def test_stack_scope_needs_topk(toy_data):
+    from fullyqt.prune.blocks import PruneOptionError
+
+    with pytest.raises(PruneOptionError, match="--prune-topk-scope stack applies to "
+                                                "--prune-method topk; got --prune-method sigmoid"):
+        build_model(toy_data[1], *PRUNE, "--prune-topk-scope", "stack")

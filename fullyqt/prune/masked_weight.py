@@ -33,6 +33,10 @@ class BlockMaskedWeight(WeightSource):
         self.__dict__["gate_from"] = gate_from
         self._cache = None
 
+    def train(self, mode: bool = True):
+        self._cache = None  # fairseq's optimizers write p.data: no version counter sees it
+        return super().train(mode)
+
     def block_mask(self) -> torch.Tensor:
         m = self.pruner.mask(self.scores)
         return m.t() if self.transpose else m

@@ -9,10 +9,12 @@ from .schedule import Schedule
 
 METHODS = ("sigmoid", "topk")
 SCORE_INITS = ("zero", "magnitude")
+TOPK_SCOPES = ("matrix", "stack")
 _DEFAULTS = (("prune_method", None), ("prune_attn_block", "32x32"), ("prune_ffn_block", "row"),
              ("prune_threshold", 0.1), ("prune_lambda", 10.0), ("prune_density", None),
              ("prune_warmup_updates", None), ("prune_cooldown_updates", None),
-             ("prune_score_lr", 1e-2), ("prune_score_init", "zero"))
+             ("prune_score_lr", 1e-2), ("prune_score_init", "zero"),
+             ("prune_topk_scope", "matrix"))
 
 
 def _method(option, value):
@@ -24,6 +26,12 @@ def _method(option, value):
 def _score_init(option, value):
     if value not in SCORE_INITS:
         raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(SCORE_INITS)}")
+    return value
+
+
+def _topk_scope(option, value):
+    if value not in TOPK_SCOPES:
+        raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(TOPK_SCOPES)}")
     return value
 
 
@@ -92,8 +100,15 @@ def add_prune_args(parser):
                    metavar="{zero,magnitude}",
                    help="zero: every score starts at 0 and the masks follow the weights' movement "
                         "alone (the paper, default); magnitude: each matrix's scores start at the "
-                        "z-scores of its blocks' L2 norms, for pruning a trained model that is "
-                        "also its own teacher (no movement to read at first)")
+                        "z-scores of its blocks' L2 norms (pooled over the stack with "
+                        "--prune-topk-scope stack), for pruning a trained model that is also its "
+                        "own teacher (no movement to read at first)")
+    g.add_argument("--prune-topk-scope", action=checked_action(_topk_scope),
+                   metavar="{matrix,stack}",
+                   help="topk: keep the top --prune-density of the blocks of each matrix "
+                        "(default), or of all the attention blocks (FFN blocks) of the encoder, "
+                        "and of the decoder, pooled: layers that matter keep more heads and units "
+                        "(each attention keeps at least one head, each FFN one unit)")
     g.add_argument("--prune-compact-shapes", metavar="JSON",
                    help="per-layer head counts and FFN sizes of a compacted model (written by "
                         "fullyqt-export --format compact; read from the checkpoint that "
@@ -123,6 +138,7 @@ class PruneConfig:
     schedule: Schedule
     score_scale: float  # the scores' learning rate over the weights'
     score_init: str = "zero"
+    topk_scope: str = "matrix"
 
     @classmethod
     def from_args(cls, args) -> Optional["PruneConfig"]:
@@ -138,6 +154,10 @@ class PruneConfig:
             raise PruneOptionError(f"--prune-density {args.prune_density} applies to "
                                    "--prune-method topk; with sigmoid the L1 penalty "
                                    "(--prune-lambda) sets the density")
+        scope = _topk_scope("--prune-topk-scope", args.prune_topk_scope)
+        if scope != "matrix" and method != "topk":
+            raise PruneOptionError(f"--prune-topk-scope {scope} applies to --prune-method topk; "
+                                   f"got --prune-method {method}")
         scaled = [f"--{n.replace('_', '-')}" for n in ("fp16", "memory_efficient_fp16", "amp")
                   if getattr(args, n, False)]
         if method == "sigmoid" and scaled and (args.prune_lambda or 0) > 0:
@@ -166,4 +186,4 @@ class PruneConfig:
                                                                      args.prune_density),
                    Schedule(warmup, cooldown, total),
                    _positive("--prune-score-lr", args.prune_score_lr) / lr if lr else 1.0,
-                   _score_init("--prune-score-init", args.prune_score_init))
+                   _score_init("--prune-score-init", args.prune_score_init), scope)

@@ -6,8 +6,9 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
+from ..quant.weight_source import tensor_version
 from .options import PruneConfig
-from .scores import BlockScores
+from .scores import BlockScores, keep_top_shared
 
 GROUPS = ("attn", "ffn")
 
@@ -46,11 +47,18 @@ class Pruner(nn.Module):
         # references, not children: each BlockScores is saved by the layer that owns it
         self.__dict__["scores"] = {g: [] for g in GROUPS}
         self.__dict__["matrices"] = []  # (group, label, QuantLinear)
+        # --prune-topk-scope: the scores ranked together, per (stack, group) or per matrix
+        self.__dict__["scopes"] = {}
+        self.__dict__["scope_of"] = {}
+        self._pooled = (None, {})
 
     def register(self, group: str, label: str, layer, scores: BlockScores = None):
         self.matrices.append((group, label, layer))
         if scores is not None:
             self.scores[group].append(scores)
+            key = (label.split(".")[0], group) if self.pcfg.topk_scope == "stack" else label
+            self.scopes.setdefault(key, []).append(scores)
+            self.scope_of[id(scores)] = key
 
     @torch.no_grad()
     def start_scores(self):
@@ -64,14 +72,18 @@ class Pruner(nn.Module):
             for _, _, layer in self.matrices:
                 key = id(layer.source.scores)
                 energy[key] = energy.get(key, 0) + layer.source.block_energy(layer)
-            for group in self.scores.values():
-                for s in group:
-                    norms = energy[id(s)].sqrt()
-                    spread = norms.std() if norms.numel() > 1 else norms.new_tensor(0.0)
-                    z = (norms - norms.mean()) / spread if spread > 0 else norms * 0
-                    s.raw.copy_((z / s.scale).to(s.raw.dtype))
+            for scope in self.scopes.values():
+                norms = torch.cat([energy[id(s)].reshape(-1) for s in scope]).sqrt()
+                spread = norms.std() if norms.numel() > 1 else norms.new_tensor(0.0)
+                z = (norms - norms.mean()) / spread if spread > 0 else norms * 0
+                for s, part in zip(scope, z.split([s.raw.numel() for s in scope])):
+                    s.raw.copy_((part.view_as(s.raw) / s.scale).to(s.raw.dtype))
         self.scores_started.fill_(True)
         self._started = True
+
+    def train(self, mode: bool = True):
+        self._pooled = (None, {})
+        return super().train(mode)
 
     def _sync(self):
         self._values = (float(self.threshold), float(self.density), float(self.penalty_weight))
@@ -94,7 +106,24 @@ class Pruner(nn.Module):
 
     def mask(self, scores: BlockScores) -> torch.Tensor:
         threshold, density, _ = self._values
-        return scores.mask(self.pcfg.method, threshold, density)
+        if self.pcfg.topk_scope == "matrix" or self.pcfg.method != "topk":
+            return scores.mask(self.pcfg.method, threshold, density)
+        return scores.through(self._pooled_masks(density)[id(scores)])
+
+    def _pooled_masks(self, density: float) -> Dict[int, torch.Tensor]:
+        """Every matrix's top-k mask with the scores of its scope ranked together.  Every
+        matrix of a scope asks for it: outside training it is made once per change of a score
+        or of the density (fairseq's optimizers write ``p.data``, which no version counter sees:
+        training makes it anew each time, and ``train()``/``eval()`` drop it)."""
+        key = (density,) + tuple(tensor_version(s.raw) + tensor_version(s.scale)
+                                 for scope in self.scopes.values() for s in scope)
+        if self.training or self._pooled[0] != key:
+            masks = {}
+            for scope in self.scopes.values():
+                hard = keep_top_shared([s.scores() for s in scope], density)
+                masks.update((id(s), h) for s, h in zip(scope, hard))
+            self._pooled = (key, masks)
+        return self._pooled[1]
 
     def penalty(self) -> torch.Tensor:
         """mean(sigmoid(score)) per matrix, averaged per group, averaged over the groups."""

@@ -20,10 +20,25 @@ class _StraightThrough(torch.autograd.Function):
 
 def keep_top(scores: torch.Tensor, density: float) -> torch.Tensor:
     """1.0 for the ``ceil(density * n)`` largest scores (at least one), 0.0 elsewhere."""
-    k = max(1, min(scores.numel(), math.ceil(density * scores.numel() - 1e-9)))
-    hard = torch.zeros(scores.numel(), dtype=scores.dtype, device=scores.device)
-    hard[torch.topk(scores.detach().reshape(-1), k, sorted=False).indices] = 1.0
-    return hard.view_as(scores)
+    return keep_top_shared([scores], density)[0]
+
+
+def keep_top_shared(tensors, density: float):
+    """``keep_top`` over the scores of several matrices pooled: the ``ceil(density * n)``
+    largest of all ``n``, then each matrix's largest too where none of its own was kept (an
+    attention needs a head, an FFN a unit).  One 0/1 mask per tensor."""
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    k = max(1, min(flat.numel(), math.ceil(density * flat.numel() - 1e-9)))
+    hard = torch.zeros_like(flat)
+    hard[torch.topk(flat, k, sorted=False).indices] = 1.0
+    masks = []
+    for t, m in zip(tensors, hard.split([t.numel() for t in tensors])):
+        m = m.view_as(t)
+        if not bool(m.any()):
+            m = m.clone()
+            m.view(-1)[t.detach().reshape(-1).argmax()] = 1.0
+        masks.append(m)
+    return masks
 
 
 class BlockScores(nn.Module):
@@ -51,7 +66,11 @@ class BlockScores(nn.Module):
             hard = (torch.sigmoid(s.detach()) > threshold).to(s.dtype)
         else:
             hard = keep_top(s, density)
-        return _StraightThrough.apply(s, hard)
+        return self.through(hard)
+
+    def through(self, hard: torch.Tensor) -> torch.Tensor:
+        """``hard`` (a 0/1 mask shaped like the scores) with the straight-through gradient."""
+        return _StraightThrough.apply(self.scores(), hard)
 
     def extra_repr(self):
         return f"tiles={tuple(self.raw.shape)}"

@@ -50,6 +50,10 @@ class QuantLinear(nn.Linear):
         q.bias = linear.bias
         return q
 
+    def train(self, mode: bool = True):
+        self._form = None  # fairseq's optimizers write p.data: no version counter sees it
+        return super().train(mode)
+
     def feed_from(self, quantizer: Optional[ActivationQuantizer]):
         """Wire the quantizer whose output this layer receives (None: not a quantizer's)."""
         if self.input_quant is not None and quantizer is not self.input_quant:

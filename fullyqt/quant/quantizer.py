@@ -56,6 +56,10 @@ class WeightQuantizer(Quantizer):
         self.symmetric = False
         self._cache = None
 
+    def train(self, mode: bool = True):
+        self._cache = None  # fairseq's optimizers write p.data: no version counter sees it
+        return super().train(mode)
+
     def forward(self, w: torch.Tensor, range_of: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Quantized ``w``; ``range_of`` (defaults to ``w``) is the tensor whose buckets set the range."""
         if not self.enabled:
