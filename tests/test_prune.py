@@ -279,10 +279,13 @@ def test_pooled_topk_counts_over_all_matrices_and_keeps_one_of_each():
     a = torch.tensor([[0.9, 0.1], [0.8, 0.7]])
     b = torch.tensor([0.6, 0.5, 0.4])
     c = torch.tensor([[-1.0], [-0.5]])
-    # 9 scores at density 0.3: ceil(2.7) = 3 kept overall (0.9, 0.8, 0.7), all in a; b and c
-    # keep their best (0.6 and -0.5) on top
+    # 9 scores at density 0.3: ceil(2.7) = 3 kept, each matrix's best (0.9, 0.6, -0.5)
     got = keep_top_shared([a, b, c], 0.3)
-    assert got[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert got[0].tolist() == [[1.0, 0.0], [0.0, 0.0]]
     assert got[1].tolist() == [1.0, 0.0, 0.0]
     assert got[2].tolist() == [[0.0], [1.0]]
+    # at 0.5, 5 kept: the three best, then the two largest of the rest (0.8, 0.7), both in a
+    got = keep_top_shared([a, b, c], 0.5)
+    assert got[0].tolist() == [[1.0, 0.0], [1.0, 1.0]]
+    assert got[1].tolist() == [1.0, 0.0, 0.0] and got[2].tolist() == [[0.0], [1.0]]
     assert keep_top_shared([b], 0.5)[0].tolist() == [1.0, 1.0, 0.0]

@@ -487,3 +487,67 @@ def test_one_bucket_codes_equal_the_tensor_formula(bits, two_threads):
     assert torch.equal(Grid(lo, hi, bits).codes(x), expected)
     rows = Grid(torch.full((640, 1), -2.3), torch.full((640, 1), 1.7), bits)
     assert torch.equal(rows.codes(x), expected)
+
+
+@pytest.mark.parametrize("case", ["transposed-padded", "unsigned", "unclipped", "rows-of-7"])
+def test_one_call_training_step_equals_the_observer_and_the_torch_ops(case, two_threads):
+    """An activation quantizer's training step as one kernel call (range update and fake
+    quantization) against the same quantizer running the torch ops: ranges, values and
+    gradients over several batches, one of them all padding and one holding a NaN."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    torch.manual_seed(len(case))
+    width = 7 if case == "rows-of-7" else 128
+    kw = {"unsigned": case == "unsigned", "clip_gradient": case != "unclipped"}
+    quantizers = [ActivationQuantizer(8, **kw), ActivationQuantizer(8, **kw)]
+    for step in range(5):
+        x = torch.randn(33, 41, width) * (step + 1)
+        if case == "unsigned":
+            x = x.abs()
+        valid = torch.rand(33, 41) > 0.2
+        if step == 2:
+            valid[:] = False
+        if step == 3:
+            x[valid.nonzero()[0].tolist()] = float("nan")
+        x[~valid] = 1e6  # padding holds anything
+        x, valid = x.transpose(0, 1), valid.t()  # (T, B, C), as fairseq hands them over
+        if case == "rows-of-7":
+            valid = None if step == 4 else valid
+        g = torch.randn(x.shape)
+        outs, grads = [], []
+        for q, torch_ops in zip(quantizers, (False, True)):
+            a = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
+            with fused.switched_off(torch_ops):
+                out = q(a, valid)
+            (torch.nan_to_num(out) * g).sum().backward()
+            outs.append(out.detach())
+            grads.append(a.grad)
+        one, ops = quantizers
+        assert torch.equal(one.lo, ops.lo) and torch.equal(one.hi, ops.hi), step
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(grads[0], grads[1]), step
+    assert one.lo.item() < one.hi.item() and (one.lo.item() == 0) == (case == "unsigned")
+
+
+def test_a_fake_quantization_that_clips_nothing_keeps_no_mask(two_threads):
+    """Nothing outside the range: no mask is kept and the gradient passes whole (what the mask,
+    all ones, would give); one value outside, or a NaN, and the mask is back."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    lo, hi = torch.tensor(-3.0), torch.tensor(3.0)
+    step = (hi - lo) / 255
+    x = torch.rand(200, 300) * 6 - 3
+    assert fused.fake_quantize(x, lo, hi, step, True)[1] is None
+    for bad in (3.5, float("nan")):
+        y = x.clone()
+        y[17, 5] = bad
+        mask = fused.fake_quantize(y, lo, hi, step, True)[1]
+        assert mask is not None and (~mask).sum() == 1 and not mask[17, 5]
+        a = y.clone().requires_grad_(True)
+        g = torch.randn_like(y)
+        (Grid(lo, hi, 8).fake_quantize(a) * g).sum().backward()
+        assert a.grad[17, 5] == 0 and torch.equal(a.grad, g * mask)
+    a = x.clone().requires_grad_(True)
+    g = torch.randn_like(x)
+    (Grid(lo, hi, 8).fake_quantize(a) * g).sum().backward()
+    assert torch.equal(a.grad, g)

@@ -108,7 +108,8 @@ def add_prune_args(parser):
                    help="topk: keep the top --prune-density of the blocks of each matrix "
                         "(default), or of all the attention blocks (FFN blocks) of the encoder, "
                         "and of the decoder, pooled: layers that matter keep more heads and units "
-                        "(each attention keeps at least one head, each FFN one unit)")
+                        "(each attention keeps its best head and each FFN its best unit, the "
+                        "rest of the share goes by rank)")
     g.add_argument("--prune-compact-shapes", metavar="JSON",
                    help="per-layer head counts and FFN sizes of a compacted model (written by "
                         "fullyqt-export --format compact; read from the checkpoint that "

@@ -24,21 +24,20 @@ def keep_top(scores: torch.Tensor, density: float) -> torch.Tensor:
 
 
 def keep_top_shared(tensors, density: float):
-    """``keep_top`` over the scores of several matrices pooled: the ``ceil(density * n)``
-    largest of all ``n``, then each matrix's largest too where none of its own was kept (an
-    attention needs a head, an FFN a unit).  One 0/1 mask per tensor."""
+    """``keep_top`` over the scores of several matrices pooled, ``ceil(density * n)`` of all
+    ``n`` kept: each matrix's largest first (an attention needs a head, an FFN a unit), then the
+    largest of the rest, whichever matrix holds them.  One 0/1 mask per tensor."""
     flat = torch.cat([t.detach().reshape(-1) for t in tensors])
     k = max(1, min(flat.numel(), math.ceil(density * flat.numel() - 1e-9)))
+    starts = torch.tensor([0] + [t.numel() for t in tensors[:-1]], device=flat.device).cumsum(0)
+    best = starts + torch.stack([t.detach().reshape(-1).argmax() for t in tensors])
     hard = torch.zeros_like(flat)
-    hard[torch.topk(flat, k, sorted=False).indices] = 1.0
-    masks = []
-    for t, m in zip(tensors, hard.split([t.numel() for t in tensors])):
-        m = m.view_as(t)
-        if not bool(m.any()):
-            m = m.clone()
-            m.view(-1)[t.detach().reshape(-1).argmax()] = 1.0
-        masks.append(m)
-    return masks
+    hard[best] = 1.0
+    if k > len(tensors):
+        rest = flat.clone()
+        rest[best] = float("-inf")
+        hard[torch.topk(rest, k - len(tensors), sorted=False).indices] = 1.0
+    return [m.view_as(t) for t, m in zip(tensors, hard.split([t.numel() for t in tensors]))]
 
 
 class BlockScores(nn.Module):

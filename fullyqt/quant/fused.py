@@ -92,15 +92,22 @@ def kernel():
                 p, i64 = ctypes.c_void_p, ctypes.c_int64
                 lib.fullyqt_fake_quantize.argtypes = [p, p, p, i64, i64, p, p, p, ctypes.c_int,
                                                       ctypes.c_int]
-                lib.fullyqt_fake_quantize.restype = None
+                lib.fullyqt_fake_quantize.restype = ctypes.c_int
                 f32 = ctypes.c_float
                 lib.fullyqt_centred_codes.argtypes = [p, p, p, i64, i64, f32, f32, f32, f32,
                                                       ctypes.c_int]
                 lib.fullyqt_centred_codes.restype = None
+                lib.fullyqt_fake_quantize_one.argtypes = [p, p, i64, f32, f32, f32,
+                                                          ctypes.c_int]
+                lib.fullyqt_fake_quantize_one.restype = None
                 lib.fullyqt_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
                 lib.fullyqt_codes.restype = None
                 lib.fullyqt_masked_min_max.argtypes = [p, p, i64, i64, p, ctypes.c_int]
                 lib.fullyqt_masked_min_max.restype = None
+                lib.fullyqt_observe_fake_quantize.argtypes = [
+                    p, p, i64, i64, p, p, f32, f32, ctypes.c_int, ctypes.c_int, p, p,
+                    ctypes.c_int]
+                lib.fullyqt_observe_fake_quantize.restype = ctypes.c_int
                 lib.fullyqt_pass_inside.argtypes = [p, p, p, i64, ctypes.c_int]
                 lib.fullyqt_pass_inside.restype = None
                 _state["lib"] = lib
@@ -132,19 +139,29 @@ def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
 
 def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor,
                   mask: bool):
-    """(values on the grid, bool mask of ``lo <= x <= hi`` or None), in one pass over ``x``;
-    only where ``applies(x, lo)``."""
+    """(values on the grid, bool mask of ``lo <= x <= hi``), in one pass over ``x``; the mask
+    is None when not asked for or when it is all True (no value clipped: the straight-through
+    gradient is the gradient itself).  Only where ``applies(x, lo)``."""
     lo, hi, step = (t.detach().float().contiguous() for t in (lo, hi, step))
     # x's layout (dense, in some order of its dims): one elementwise pass over memory in order
     out = torch.empty_like(x)
     inside = torch.empty_like(x, dtype=torch.bool) if mask else None
     per_row = lo.numel() > 1
     rows = x.shape[0] if per_row else 1
-    kernel().fullyqt_fake_quantize(
+    clipped = kernel().fullyqt_fake_quantize(
         x.data_ptr(), out.data_ptr(), None if inside is None else inside.data_ptr(), rows,
         x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row),
         torch.get_num_threads())
-    return out, inside
+    return out, inside if clipped else None
+
+
+def fake_quantize_one(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
+    """``fake_quantize``'s values for one range given as numbers (float32 values), no mask;
+    only where ``applies(x)``."""
+    out = torch.empty_like(x)
+    kernel().fullyqt_fake_quantize_one(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
+                                       torch.get_num_threads())
+    return out
 
 
 def pass_inside(grad: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
@@ -182,9 +199,10 @@ def centred_codes(x: torch.Tensor, affine):
     return codes, sums.float()
 
 
-def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
-    """(min, max) float32 scalars of the entries of ``x`` whose leading-dims index is set in
-    ``valid`` (None: all), in one pass; None where the kernel does not apply."""
+def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):
+    """(x as rows in memory order, the contiguous padding mask of those rows or None, rows) for
+    a masked pass over ``x`` whose leading-dims index is set in ``valid`` (None: all); None
+    where the kernel does not apply."""
     if not applies(x):
         return None
     lead = 0 if valid is None else valid.dim()
@@ -198,9 +216,37 @@ def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
         x = x.permute(perm)
         valid = None if valid is None else valid.permute(perm[:lead])
     valid = None if valid is None else valid.contiguous()
-    rows = x.shape[:lead].numel() if valid is not None else 1
+    return x, valid, x.shape[:lead].numel() if valid is not None else 1
+
+
+def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
+    """(min, max) float32 scalars of the entries of ``x`` whose leading-dims index is set in
+    ``valid`` (None: all), in one pass; None where the kernel does not apply."""
+    layout = row_layout(x, valid)
+    if layout is None:
+        return None
+    x, valid, rows = layout
     out = torch.empty(2)
     kernel().fullyqt_masked_min_max(x.data_ptr(), None if valid is None else valid.data_ptr(),
                                     rows, x.numel() // max(rows, 1), out.data_ptr(),
                                     torch.get_num_threads())
     return out[0], out[1]
+
+
+def observe_fake_quantize(x: torch.Tensor, layout, lo: torch.Tensor, hi: torch.Tensor,
+                          momentum: float, unsigned: bool, top: int, mask: bool):
+    """An initialized running min-max range's training step in one pass over ``x`` with
+    ``layout = row_layout(x, valid)``: the batch's range updates ``lo``/``hi`` (float32 CPU
+    scalars, in place: their versions move) by ``momentum``, and ``x`` is fake-quantized on the
+    new grid of ``top + 1`` levels; returns (values, bool mask of ``lo <= x <= hi``, None as
+    in ``fake_quantize``)."""
+    rows_x, valid, rows = layout
+    out = torch.empty_like(x)  # x's layout: the quantization runs over memory in order
+    inside = torch.empty_like(x, dtype=torch.bool) if mask else None
+    clipped = kernel().fullyqt_observe_fake_quantize(
+        x.data_ptr(), None if valid is None else valid.data_ptr(), rows,
+        rows_x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), momentum, 1.0 - momentum,
+        int(unsigned), top, out.data_ptr(), None if inside is None else inside.data_ptr(),
+        torch.get_num_threads())
+    torch.autograd.graph.increment_version((lo, hi))
+    return out, inside if clipped else None

@@ -7,15 +7,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-static void span_mask(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
-                      float step) {
+static int span_mask(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
+                     float step) {
+    int outside = 0;
     for (int64_t i = 0; i < n; ++i) {
         float v = x[i];
         float c = v < lo ? lo : v;
         c = c > hi ? hi : c;
         inside[i] = c == v;
+        outside |= c != v;
         out[i] = nearbyintf((c - lo) / step) * step + lo;
     }
+    return outside;
 }
 
 static void span(const float *x, float *out, int64_t n, float lo, float hi, float step) {
@@ -27,32 +30,42 @@ static void span(const float *x, float *out, int64_t n, float lo, float hi, floa
     }
 }
 
-static void run(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
-                float step) {
+static int run(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
+               float step) {
     if (inside)
-        span_mask(x, out, inside, n, lo, hi, step);
-    else
-        span(x, out, n, lo, hi, step);
+        return span_mask(x, out, inside, n, lo, hi, step);
+    span(x, out, n, lo, hi, step);
+    return 0;
 }
 
 /* rows x cols values; lo/hi/step hold one value (the whole tensor) or one per row; inside may
- * be NULL (no mask wanted). */
-void fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows, int64_t cols,
-                           const float *lo, const float *hi, const float *step, int per_row,
-                           int threads) {
+ * be NULL (no mask wanted).  Returns whether the mask holds a 0 (the clamp cut a value). */
+int fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows, int64_t cols,
+                          const float *lo, const float *hi, const float *step, int per_row,
+                          int threads) {
+    int outside = 0;
     if (per_row) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : outside) \
+    if (rows * cols > 32768)
         for (int64_t r = 0; r < rows; ++r)
-            run(x + r * cols, out + r * cols, inside ? inside + r * cols : 0, cols, lo[r], hi[r],
-                step[r]);
-        return;
+            outside |= run(x + r * cols, out + r * cols, inside ? inside + r * cols : 0, cols,
+                           lo[r], hi[r], step[r]);
+        return outside;
     }
     const int64_t n = rows * cols, chunk = 16384, chunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 2)
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(| : outside) \
+    if (chunks > 2)
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
-        run(x + s, out + s, inside ? inside + s : 0, e - s, lo[0], hi[0], step[0]);
+        outside |= run(x + s, out + s, inside ? inside + s : 0, e - s, lo[0], hi[0], step[0]);
     }
+    return outside;
+}
+
+/* fullyqt_fake_quantize of one range given by value, no mask (frozen inference ranges). */
+void fullyqt_fake_quantize_one(const float *x, float *out, int64_t n, float lo, float hi,
+                               float step, int threads) {
+    fullyqt_fake_quantize(x, out, 0, 1, n, &lo, &hi, &step, 0, threads);
 }
 
 /* Codes round((clamp(x, lo, hi) - lo) / step) of one range, as float32 (what Q.K^T and P.V
@@ -93,6 +106,37 @@ void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t
     }
 }
 
+/* Minimum, maximum and NaN flag of n values, in LANES independent lanes (one vector register
+ * each): a reduction the compiler may vectorize without reordering any comparison chain. */
+#define LANES 16
+static void row_min_max(const float *x, int64_t n, float *lo, float *hi, int *nan) {
+    float a[LANES], b[LANES], c[LANES];
+    for (int j = 0; j < LANES; ++j) {
+        a[j] = INFINITY;
+        b[j] = -INFINITY;
+        c[j] = 0.0f;
+    }
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; ++j) {
+            float v = x[i + j];
+            a[j] = v < a[j] ? v : a[j];
+            b[j] = v > b[j] ? v : b[j];
+            c[j] = v != v ? 1.0f : c[j];
+        }
+    for (int j = 0; i + j < n; ++j) {
+        float v = x[i + j];
+        a[j] = v < a[j] ? v : a[j];
+        b[j] = v > b[j] ? v : b[j];
+        c[j] = v != v ? 1.0f : c[j];
+    }
+    for (int j = 0; j < LANES; ++j) {
+        *lo = a[j] < *lo ? a[j] : *lo;
+        *hi = b[j] > *hi ? b[j] : *hi;
+        *nan |= c[j] != 0.0f;
+    }
+}
+
 /* Minimum and maximum over the rows r of a rows x cols matrix with valid[r] set (valid NULL:
  * every row), into out[0], out[1]; +-inf when no row is valid, NaN when a value is NaN (as
  * torch's reductions give). */
@@ -100,26 +144,63 @@ void fullyqt_masked_min_max(const float *x, const bool *valid, int64_t rows, int
                             float *out, int threads) {
     float lo = INFINITY, hi = -INFINITY;
     int nan = 0;
+    if (!valid) {  /* one span of rows * cols values, read in pieces */
+        const int64_t n = rows * cols, piece = 16384, pieces = (n + piece - 1) / piece;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : lo) \
+    reduction(max : hi) reduction(| : nan) if (pieces > 2)
+        for (int64_t k = 0; k < pieces; ++k)
+            row_min_max(x + k * piece, k * piece + piece < n ? piece : n - k * piece, &lo, &hi,
+                        &nan);
+    } else {  /* tasks of 64 rows; consecutive valid rows are read as one span */
+        const int64_t chunk = 64;
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(min : lo) \
     reduction(max : hi) reduction(| : nan) if (rows * cols > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-        if (valid && !valid[r])
-            continue;
-        const float *xr = x + r * cols;
-        float a = INFINITY, b = -INFINITY;
-        int n = 0;
-        for (int64_t i = 0; i < cols; ++i) {
-            float v = xr[i];
-            a = v < a ? v : a;
-            b = v > b ? v : b;
-            n |= v != v;
+        for (int64_t first = 0; first < rows; first += chunk) {
+            int64_t end = first + chunk < rows ? first + chunk : rows;
+            for (int64_t r = first; r < end;) {
+                if (!valid[r]) {
+                    ++r;
+                    continue;
+                }
+                int64_t e = r + 1;
+                while (e < end && valid[e])
+                    ++e;
+                row_min_max(x + r * cols, (e - r) * cols, &lo, &hi, &nan);
+                r = e;
+            }
         }
-        lo = a < lo ? a : lo;
-        hi = b > hi ? b : hi;
-        nan |= n;
     }
     out[0] = nan ? NAN : lo;
     out[1] = nan ? NAN : hi;
+}
+
+/* The training step of an activation quantizer with a running min-max range, in one call:
+ * the batch's (min, max) over the valid rows (lo's end pinned at 0 when unsigned_lo), the
+ * running update range = keep * range + take * batch (as the torch ops: each product rounded,
+ * then the sum; a batch without a finite min and max leaves the range as it was), the grid's
+ * step max(hi - lo, 1e-8) / top, and the fake quantization of all rows * cols values in memory
+ * order, with the straight-through mask when inside is not NULL.  For a range already
+ * initialized (the caller runs the first observation itself).  Returns whether the mask holds
+ * a 0. */
+int fullyqt_observe_fake_quantize(const float *x, const bool *valid, int64_t rows,
+                                   int64_t cols, float *lo, float *hi, float keep, float take,
+                                   int unsigned_lo, int top, float *out, bool *inside,
+                                   int threads) {
+    float batch[2];
+    fullyqt_masked_min_max(x, valid, rows, cols, batch, threads);
+    if (unsigned_lo)
+        batch[0] = 0.0f;
+    if (isfinite(batch[0]) && isfinite(batch[1])) {
+        float a = keep * *lo, b = take * batch[0];
+        *lo = a + b;
+        a = keep * *hi;
+        b = take * batch[1];
+        *hi = a + b;
+    }
+    float step = *hi - *lo;
+    step = step < 1e-8f ? 1e-8f : step;
+    step = step / (float)top;
+    return fullyqt_fake_quantize(x, out, inside, 1, rows * cols, lo, hi, &step, 0, threads);
 }
 
 /* The straight-through gradient: grad where the clamp let x through, 0 elsewhere. */

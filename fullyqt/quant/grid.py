@@ -127,24 +127,34 @@ class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
-        ctx.clip_gradient = clip_gradient
         want_mask = clip_gradient and ctx.needs_input_grad[0]
         if fused.applies(x, lo):
             out, inside = fused.fake_quantize(x, lo, hi, s, want_mask)
-            if want_mask:
-                ctx.save_for_backward(inside)
+            save_mask(ctx, inside)
             return out
         clamped = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
-        if want_mask:
-            ctx.save_for_backward(clamped == x)
+        save_mask(ctx, clamped == x if want_mask else None)
         return _round_onto_grid_(clamped, lo, s)
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.clip_gradient:
-            (inside,) = ctx.saved_tensors
-            grad = fused.pass_inside(grad, inside)
-        return grad, None, None, None, None
+        return pass_inside_backward(ctx, grad), None, None, None, None
+
+
+def save_mask(ctx, inside):
+    """Keep a fake quantization's straight-through mask for backward (None: the gradient passes
+    whole, as where nothing was clipped)."""
+    ctx.masked = inside is not None
+    if ctx.masked:
+        ctx.save_for_backward(inside)
+
+
+def pass_inside_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    """The straight-through gradient of a fake quantization that kept its mask by ``save_mask``."""
+    if not ctx.masked:
+        return grad
+    (inside,) = ctx.saved_tensors
+    return fused.pass_inside(grad, inside)
 
 
 def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
@@ -153,8 +163,7 @@ def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
     inference, Python floats (float32 values)."""
     if not isinstance(lo, torch.Tensor):
         if fused.applies(x):
-            lo, hi, step = (torch.tensor(v, dtype=torch.float32) for v in (lo, hi, step))
-            return fused.fake_quantize(x, lo, hi, step, False)[0]
+            return fused.fake_quantize_one(x, lo, hi, step)
     elif fused.applies(x, lo):
         return fused.fake_quantize(x, lo, hi, step, False)[0]
     return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)

@@ -10,8 +10,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import fused
 from .grid import BUCKETS as WEIGHT_BUCKETS
 from .grid import Grid, fake_quantize_frozen
+from .grid import pass_inside_backward, save_mask
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
 
@@ -168,10 +170,21 @@ class ActivationQuantizer(Quantizer):
             self._frozen = (key, self.grid.scalars())
         return self._frozen[1]
 
+    def _one_pass(self, x: torch.Tensor, valid: Optional[torch.Tensor]):
+        """``row_layout`` of ``x`` where the training step can run as one kernel call (CPU
+        float32, min-max ranges already initialized, no distributed record), else None."""
+        if not (self._initialized and self.observer == "minmax" and self.record is None
+                and self.lo.dtype == torch.float32 and self.lo.device.type == "cpu"):
+            return None
+        return fused.row_layout(x, valid)
+
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not self.enabled:
             return x
         if self.training:
+            layout = self._one_pass(x, valid)
+            if layout is not None:
+                return _ObserveFakeQuantize.apply(x, self, layout)
             self.observe(x, valid)
         if not self._initialized:
             return x
@@ -183,3 +196,22 @@ class ActivationQuantizer(Quantizer):
         return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "
                 f"clip_gradient={self.clip_gradient}, start_update={self.start_update}"
                 + (f", observer={self.observer}" if self.observer != "minmax" else ""))
+
+
+class _ObserveFakeQuantize(torch.autograd.Function):
+    """``ActivationQuantizer``'s training step as one kernel call: the running range's update
+    from the batch (``observe``) and the fake quantization on the new grid with its
+    straight-through mask, the same numbers as the two apart."""
+
+    @staticmethod
+    def forward(ctx, x, quantizer, layout):
+        want_mask = quantizer.clip_gradient and ctx.needs_input_grad[0]
+        out, inside = fused.observe_fake_quantize(
+            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned,
+            quantizer.grid.top, want_mask)
+        save_mask(ctx, inside)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return pass_inside_backward(ctx, grad), None, None
