@@ -551,3 +551,28 @@ def test_a_fake_quantization_that_clips_nothing_keeps_no_mask(two_threads):
     g = torch.randn_like(x)
     (Grid(lo, hi, 8).fake_quantize(a) * g).sum().backward()
     assert torch.equal(a.grad, g)
+
+
+def test_integer_matmul_affine_in_one_pass_equals_addcmul_then_addr(two_threads):
+    """The integer linear's affine over its int32 sums (sums beyond 2^24 included, which
+    float32 rounds) as one kernel pass of fused multiply-adds: bit for bit torch's addcmul and
+    addr where their vector loops cover a row (512 columns), and within the one rounding of a
+    float64 reference everywhere (torch's scalar tail rounds addr's product apart)."""
+    if fused.kernel() is None:
+        pytest.skip("no C compiler on this machine: the torch ops run instead")
+    from fullyqt.quant.integer_form import affine_over_sums
+
+    g = torch.Generator().manual_seed(3)
+    for cols in (512, 7832):
+        sums = torch.randint(-2**26, 2**26, (300, cols), generator=g, dtype=torch.int32)
+        code_sums = torch.randint(-40000, 40000, (300,), generator=g).float()
+        alpha, beta, c = (torch.randn(cols, generator=g) * s for s in (1e-4, 1e-3, 3.0))
+        got = fused.int_affine(sums.clone(), code_sums, alpha, beta, c)
+        assert got.dtype == torch.float32
+        if cols == 512:
+            assert torch.equal(got, affine_over_sums(sums.clone(), code_sums, alpha, beta, c))
+        inner = sums.float().double() * alpha.double() + c.double()  # exact product
+        ref = (inner.float().double() + code_sums.double()[:, None] * beta.double()).float()
+        ulp = torch.finfo(torch.float32).eps * ref.abs()
+        assert ((got.double() - ref.double()).abs() <= ulp).all()
+    assert fused.int_affine(sums.t(), code_sums, alpha, beta, c) is None  # not contiguous

@@ -135,6 +135,10 @@ def test_exact_evaluation_follows_weights_written_through_data(toy_data):
             p.data.add_(torch.randn(p.shape, generator=g) * (0.5 if "raw" in name else 0.05))
     model.train()
     model.eval()
+    layer = model.decoder.layers[0].fc1
+    form = layer.integer_form()
+    model.eval()  # fairseq's validation: eval() again at every batch keeps what was built
+    assert layer.integer_form() is form
     fresh, _, _ = build_model(toy_data[1], *extra)
     fresh.load_state_dict(model.state_dict())
     fresh.eval()

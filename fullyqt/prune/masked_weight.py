@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from ..quant.integer_form import IntegerMatmul
+from ..quant.mode_caches import DropCachesOnModeSwitch
 from ..quant.weight_source import WeightSource, tensor_version
 from .scores import BlockScores
 
 
-class BlockMaskedWeight(WeightSource):
+class BlockMaskedWeight(DropCachesOnModeSwitch, WeightSource):
     def __init__(self, scores: BlockScores, block: Tuple[int, int], pruner, *,
                  owns_scores: bool = True, transpose: bool = False, gate_from=None):
         super().__init__()
@@ -33,9 +34,8 @@ class BlockMaskedWeight(WeightSource):
         self.__dict__["gate_from"] = gate_from
         self._cache = None
 
-    def train(self, mode: bool = True):
-        self._cache = None  # fairseq's optimizers write p.data: no version counter sees it
-        return super().train(mode)
+    def drop_caches(self):
+        self._cache = None
 
     def block_mask(self) -> torch.Tensor:
         m = self.pruner.mask(self.scores)

@@ -6,6 +6,7 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
+from ..quant.mode_caches import DropCachesOnModeSwitch
 from ..quant.weight_source import tensor_version
 from .options import PruneConfig
 from .scores import BlockScores, keep_top_shared
@@ -29,7 +30,7 @@ class _AddToLoss(torch.autograd.Function):
         return grad, weight.to(grad.dtype), None
 
 
-class Pruner(nn.Module):
+class Pruner(DropCachesOnModeSwitch, nn.Module):
     """``threshold`` (sigmoid), ``density`` (topk) and ``penalty_weight`` follow the schedule
     from ``set_num_updates`` and are saved, so a loaded model masks as it did when saved."""
 
@@ -81,9 +82,8 @@ class Pruner(nn.Module):
         self.scores_started.fill_(True)
         self._started = True
 
-    def train(self, mode: bool = True):
+    def drop_caches(self):
         self._pooled = (None, {})
-        return super().train(mode)
 
     def _sync(self):
         self._values = (float(self.threshold), float(self.density), float(self.penalty_weight))
@@ -114,7 +114,7 @@ class Pruner(nn.Module):
         """Every matrix's top-k mask with the scores of its scope ranked together.  Every
         matrix of a scope asks for it: outside training it is made once per change of a score
         or of the density (fairseq's optimizers write ``p.data``, which no version counter sees:
-        training makes it anew each time, and ``train()``/``eval()`` drop it)."""
+        training makes it anew each time, and a switch to evaluation drops it)."""
         key = (density,) + tuple(tensor_version(s.raw) + tensor_version(s.scale)
                                  for scope in self.scopes.values() for s in scope)
         if self.training or self._pooled[0] != key:

@@ -1,5 +1,7 @@
 """One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
-straight-through mask, the backward mask, padding-masked ranges, and integer codes.
+straight-through mask, an activation quantizer's whole training step (range, running update,
+fake quantization), the backward mask, padding-masked ranges, integer codes, and the integer
+matmul's affine over its int32 sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -100,6 +102,8 @@ def kernel():
                 lib.fullyqt_fake_quantize_one.argtypes = [p, p, i64, f32, f32, f32,
                                                           ctypes.c_int]
                 lib.fullyqt_fake_quantize_one.restype = None
+                lib.fullyqt_int_affine.argtypes = [p, p, p, p, p, i64, i64, ctypes.c_int]
+                lib.fullyqt_int_affine.restype = None
                 lib.fullyqt_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
                 lib.fullyqt_codes.restype = None
                 lib.fullyqt_masked_min_max.argtypes = [p, p, i64, i64, p, ctypes.c_int]
@@ -217,6 +221,24 @@ def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):
         valid = None if valid is None else valid.permute(perm[:lead])
     valid = None if valid is None else valid.contiguous()
     return x, valid, x.shape[:lead].numel() if valid is not None else 1
+
+
+def int_affine(sums: torch.Tensor, code_sums: torch.Tensor, alpha: torch.Tensor,
+               beta: torch.Tensor, c: torch.Tensor):
+    """``IntegerMatmul``'s affine over its int32 ``sums`` (rows x cols, contiguous), written
+    over them as float32 in one pass; None (nothing written) where the kernel does not apply."""
+    vectors = (code_sums, alpha, beta, c)
+    if not (sums.dim() == 2 and sums.dtype == torch.int32 and sums.is_contiguous()
+            and sums.device.type == "cpu" and kernel() is not None
+            and all(v.dtype == torch.float32 and v.is_contiguous() and v.device.type == "cpu"
+                    for v in vectors)
+            and code_sums.numel() == sums.shape[0]
+            and alpha.numel() == beta.numel() == c.numel() == sums.shape[1]):
+        return None
+    kernel().fullyqt_int_affine(sums.data_ptr(), code_sums.data_ptr(), alpha.data_ptr(),
+                                beta.data_ptr(), c.data_ptr(), sums.shape[0], sums.shape[1],
+                                torch.get_num_threads())
+    return sums.view(torch.float32)
 
 
 def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):

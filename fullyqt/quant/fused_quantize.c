@@ -106,6 +106,21 @@ void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t
     }
 }
 
+/* An integer matmul's affine over its rows x cols int32 sums, in place as float32:
+ * y = fma(code_sums[m], beta[n], fma(float(sums), alpha[n], c[n])), each a fused multiply-add
+ * rounded once, as torch's addcmul then addr compute it on CPU: one pass instead of three. */
+void fullyqt_int_affine(int32_t *sums, const float *code_sums, const float *alpha,
+                        const float *beta, const float *c, int64_t rows, int64_t cols,
+                        int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        int32_t *sr = sums + r * cols;
+        float *yr = (float *)sr, a = code_sums[r];
+        for (int64_t n = 0; n < cols; ++n)
+            yr[n] = fmaf(a, beta[n], fmaf((float)sr[n], alpha[n], c[n]));
+    }
+}
+
 /* Minimum, maximum and NaN flag of n values, in LANES independent lanes (one vector register
  * each): a reduction the compiler may vectorize without reordering any comparison chain. */
 #define LANES 16

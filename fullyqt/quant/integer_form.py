@@ -81,14 +81,21 @@ class IntegerMatmul(nn.Module):
         # largest; allocating it costs more than the conversion).  Each element is read before
         # its own 4 bytes are written, a full overlap that elementwise copies allow.
         sums = int_matmul(a, self.weight_t)
-        y = sums.view(torch.float32).copy_(sums)
-        torch.addcmul(self.c, y, self.alpha, out=y)
-        y.addr_(code_sums, self.beta)
+        y = fused.int_affine(sums, code_sums, self.alpha, self.beta, self.c)  # one pass on CPU
+        if y is None:
+            y = affine_over_sums(sums, code_sums, self.alpha, self.beta, self.c)
         return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
 
     def extra_repr(self):
         k, n = self.weight_t.shape
         return f"in_features={k}, out_features={n}"
+
+
+def affine_over_sums(sums, code_sums, alpha, beta, c) -> torch.Tensor:
+    """``(c + float(sums) * alpha) + code_sums ⊗ beta`` written over the int32 ``sums``."""
+    y = sums.view(torch.float32).copy_(sums)
+    torch.addcmul(c, y, alpha, out=y)
+    return y.addr_(code_sums, beta)
 
 
 def codes_matmul(c: torch.Tensor, x_grid: Grid, d: torch.Tensor, y_grid: Grid) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import QuantConfig
 from .integer_form import MAX_BITS
+from .mode_caches import DropCachesOnModeSwitch
 from .padding import PaddingContext, valid_mask
 from .quantizer import ActivationQuantizer
 from .weight_source import DenseWeight, WeightSource, tensor_version
@@ -17,7 +18,7 @@ from .weight_source import DenseWeight, WeightSource, tensor_version
 LAYER_KERNELS = ("exact", "fake", "fake64")  # int8 replaces the layer
 
 
-class QuantLinear(nn.Linear):
+class QuantLinear(DropCachesOnModeSwitch, nn.Linear):
     """``nn.Linear`` whose weight (not bias) comes from a ``WeightSource`` and is quantized.
 
     ``quantize_input`` is for inputs no upstream quantizer produced; ``quantize_output`` is for
@@ -50,9 +51,8 @@ class QuantLinear(nn.Linear):
         q.bias = linear.bias
         return q
 
-    def train(self, mode: bool = True):
-        self._form = None  # fairseq's optimizers write p.data: no version counter sees it
-        return super().train(mode)
+    def drop_caches(self):
+        self._form = None
 
     def feed_from(self, quantizer: Optional[ActivationQuantizer]):
         """Wire the quantizer whose output this layer receives (None: not a quantizer's)."""

@@ -14,6 +14,7 @@ from . import fused
 from .grid import BUCKETS as WEIGHT_BUCKETS
 from .grid import Grid, fake_quantize_frozen
 from .grid import pass_inside_backward, save_mask
+from .mode_caches import DropCachesOnModeSwitch
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
 
@@ -42,7 +43,7 @@ class Quantizer(nn.Module):
         self.active.fill_(self._active)
 
 
-class WeightQuantizer(Quantizer):
+class WeightQuantizer(DropCachesOnModeSwitch, Quantizer):
     """Fake-quantizes a weight on the min-max grid of each bucket (a row, or the whole tensor).
 
     ``symmetric`` (set where pruning masks apply) takes symmetric grids, which hold 0.0 exactly:
@@ -58,9 +59,8 @@ class WeightQuantizer(Quantizer):
         self.symmetric = False
         self._cache = None
 
-    def train(self, mode: bool = True):
-        self._cache = None  # fairseq's optimizers write p.data: no version counter sees it
-        return super().train(mode)
+    def drop_caches(self):
+        self._cache = None
 
     def forward(self, w: torch.Tensor, range_of: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Quantized ``w``; ``range_of`` (defaults to ``w``) is the tensor whose buckets set the range."""
