@@ -50,7 +50,6 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         self.__dict__["matrices"] = []  # (group, label, QuantLinear)
         # --prune-topk-scope: the scores ranked together, per (stack, group) or per matrix
         self.__dict__["scopes"] = {}
-        self.__dict__["scope_of"] = {}
         self._pooled = (None, {})
 
     def register(self, group: str, label: str, layer, scores: BlockScores = None):
@@ -59,7 +58,6 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
             self.scores[group].append(scores)
             key = (label.split(".")[0], group) if self.pcfg.topk_scope == "stack" else label
             self.scopes.setdefault(key, []).append(scores)
-            self.scope_of[id(scores)] = key
 
     @torch.no_grad()
     def start_scores(self):

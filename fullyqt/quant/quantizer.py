@@ -12,8 +12,7 @@ from torch import nn
 
 from . import fused
 from .grid import BUCKETS as WEIGHT_BUCKETS
-from .grid import Grid, fake_quantize_frozen
-from .grid import pass_inside_backward, save_mask
+from .grid import Grid, fake_quantize_frozen, pass_inside_backward, save_mask
 from .mode_caches import DropCachesOnModeSwitch
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
