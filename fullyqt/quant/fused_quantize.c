@@ -7,13 +7,18 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* clamp(v, lo, hi) as torch.clamp_min then clamp_max: NaN stays NaN. */
+static inline float clamp_to(float v, float lo, float hi) {
+    float c = v < lo ? lo : v;
+    return c > hi ? hi : c;
+}
+
 static int span_mask(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
                      float step) {
     int outside = 0;
     for (int64_t i = 0; i < n; ++i) {
         float v = x[i];
-        float c = v < lo ? lo : v;
-        c = c > hi ? hi : c;
+        float c = clamp_to(v, lo, hi);
         inside[i] = c == v;
         outside |= c != v;
         out[i] = nearbyintf((c - lo) / step) * step + lo;
@@ -22,12 +27,8 @@ static int span_mask(const float *x, float *out, bool *inside, int64_t n, float 
 }
 
 static void span(const float *x, float *out, int64_t n, float lo, float hi, float step) {
-    for (int64_t i = 0; i < n; ++i) {
-        float v = x[i];
-        float c = v < lo ? lo : v;
-        c = c > hi ? hi : c;
-        out[i] = nearbyintf((c - lo) / step) * step + lo;
-    }
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = nearbyintf((clamp_to(x[i], lo, hi) - lo) / step) * step + lo;
 }
 
 static int run(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
@@ -77,9 +78,7 @@ void fullyqt_codes(const float *x, float *out, int64_t n, float lo, float hi, fl
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
         for (int64_t i = s; i < e; ++i) {
-            float c = x[i] < lo ? lo : x[i];
-            c = c > hi ? hi : c;
-            out[i] = nearbyintf((c - lo) / step);
+            out[i] = nearbyintf((clamp_to(x[i], lo, hi) - lo) / step);
         }
     }
 }
