@@ -21,6 +21,18 @@ def parse_number(option, value, cast, ok, allowed, error=UserError):
     return x
 
 
+def one_of(allowed, error=UserError):
+    """A parser ``(option, value)`` that accepts one of ``allowed`` and raises ``error`` naming
+    them all otherwise."""
+
+    def parse(option, value):
+        if value not in allowed:
+            raise error(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
 def integer(text: str) -> int:
     return int(text, 10)
 

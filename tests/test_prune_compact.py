@@ -88,25 +88,39 @@ def test_compact_model_decodes_step_by_step_like_the_masked_model(toy_data):
     assert hyps[0] == hyps[1]
 
 
-def test_head_blocks_prune_whole_heads_chosen_by_their_norms(toy_data):
-    """``--prune-attn-block head``: one score per head (its Q, K, V rows and output columns),
-    started at the z-score of the head's norm; the top half of each attention's heads stay whole,
-    the rest are zero in all four projections, and compaction removes exactly them."""
-    model, task, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+def _head_pruned(data, *extra):
+    """A model with one score per head, top half kept by norm (``extra``: more options), its
+    scores started and activation ranges set by one training-mode batch; and that batch."""
+    model, task, _ = build_model(data, *PRUNE, "--prune-attn-block", "head",
                                  "--prune-method", "topk", "--prune-density", "0.5",
-                                 "--prune-score-init", "magnitude")
+                                 "--prune-score-init", "magnitude", *extra)
     model.set_num_updates(100)
     batch = sample_batch(task, "train")
     model.train()
     with torch.no_grad():
-        model(**batch["net_input"])  # starts the scores; activation ranges
+        model(**batch["net_input"])
     model.eval()
+    return model, batch
+
+
+def _head_norms(attn):
+    """Each head's norm: its Q, K, V rows and output-projection columns together (float64)."""
+    d = attn.head_dim
+    w = [getattr(attn, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj")]
+    out = attn.out_proj.weight.detach().double()
+    return torch.stack([sum(x[i * d:(i + 1) * d].pow(2).sum() for x in w)
+                        + out[:, i * d:(i + 1) * d].pow(2).sum()
+                        for i in range(attn.num_heads)]).sqrt()
+
+
+def test_head_blocks_prune_whole_heads_chosen_by_their_norms(toy_data):
+    """``--prune-attn-block head``: one score per head (its Q, K, V rows and output columns),
+    started at the z-score of the head's norm; the top half of each attention's heads stay whole,
+    the rest are zero in all four projections, and compaction removes exactly them."""
+    model, batch = _head_pruned(toy_data[1])
     attn = model.decoder.layers[1].encoder_attn
     h, d = attn.num_heads, attn.head_dim
-    w = {n: getattr(attn, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj")}
-    out = attn.out_proj.weight.detach().double()
-    norms = torch.stack([sum(w[n][i * d:(i + 1) * d].pow(2).sum() for n in w)
-                         + out[:, i * d:(i + 1) * d].pow(2).sum() for i in range(h)]).sqrt()
+    norms = _head_norms(attn)
     keep = torch.zeros(h, dtype=torch.bool)
     keep[norms.topk(h // 2).indices] = True
     assert torch.equal(heads_alive(attn), keep)
@@ -134,36 +148,19 @@ def test_head_blocks_are_for_attention_only(toy_data, capsys):
                            "integers (e.g. 32x32), or row")
 
 
-def _head_norms(attn):
-    d = attn.head_dim
-    w = [getattr(attn, n).weight.detach().double() for n in ("q_proj", "k_proj", "v_proj")]
-    out = attn.out_proj.weight.detach().double()
-    return torch.stack([sum(x[i * d:(i + 1) * d].pow(2).sum() for x in w)
-                        + out[:, i * d:(i + 1) * d].pow(2).sum()
-                        for i in range(attn.num_heads)]).sqrt()
-
-
 def test_stack_scope_ranks_the_heads_of_a_whole_stack_together(toy_data):
     """``--prune-topk-scope stack``: the decoder's self and cross attention heads of both layers
     pooled, half of them kept (by norm at the start: each attention's best head, then the
     largest of the rest), so an attention may keep 1 or 4 heads; compaction gives those
     per-layer counts and computes what the masked model did."""
-    model, task, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
-                                 "--prune-method", "topk", "--prune-density", "0.5",
-                                 "--prune-score-init", "magnitude", "--prune-topk-scope", "stack")
-    model.set_num_updates(100)
-    batch = sample_batch(task, "train")
-    model.train()
-    with torch.no_grad():
-        model(**batch["net_input"])  # starts the scores; activation ranges
-    model.eval()
+    model, batch = _head_pruned(toy_data[1], "--prune-topk-scope", "stack")
     for stack in (model.encoder, model.decoder):
         attns = [a for layer in stack.layers
                  for a in (layer.self_attn, getattr(layer, "encoder_attn", None)) if a is not None]
         norms = torch.cat([_head_norms(a) for a in attns])
         keep = torch.zeros(len(norms), dtype=torch.bool)
-        for i, a in enumerate(attns):  # 4 heads each
-            keep[4 * i + int(_head_norms(a).argmax())] = True
+        for i in range(len(attns)):  # 4 heads each
+            keep[4 * i + int(norms[4 * i:4 * i + 4].argmax())] = True
         rest = [i for i in sorted(range(len(norms)), key=lambda i: -float(norms[i]))
                 if not keep[i]]
         keep[rest[:len(norms) // 2 - len(attns)]] = True

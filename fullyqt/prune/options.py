@@ -3,7 +3,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import checked_action, integer, parse_number
+from ..errors import checked_action, integer, one_of, parse_number
 from .blocks import BlockShape, PruneOptionError
 from .schedule import Schedule
 
@@ -17,22 +17,8 @@ _DEFAULTS = (("prune_method", None), ("prune_attn_block", "32x32"), ("prune_ffn_
              ("prune_topk_scope", "matrix"))
 
 
-def _method(option, value):
-    if value not in METHODS:
-        raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(METHODS)}")
-    return value
-
-
-def _score_init(option, value):
-    if value not in SCORE_INITS:
-        raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(SCORE_INITS)}")
-    return value
-
-
-def _topk_scope(option, value):
-    if value not in TOPK_SCOPES:
-        raise PruneOptionError(f"{option}: got {value!r}; allowed: {', '.join(TOPK_SCOPES)}")
-    return value
+_method, _score_init, _topk_scope = (one_of(allowed, PruneOptionError)
+                                     for allowed in (METHODS, SCORE_INITS, TOPK_SCOPES))
 
 
 def _open_fraction(option, value):

@@ -113,9 +113,10 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         matrix of a scope asks for it: outside training it is made once per change of a score
         or of the density (fairseq's optimizers write ``p.data``, which no version counter sees:
         training makes it anew each time, and a switch to evaluation drops it)."""
-        key = (density,) + tuple(tensor_version(s.raw) + tensor_version(s.scale)
-                                 for scope in self.scopes.values() for s in scope)
-        if self.training or self._pooled[0] != key:
+        key = None if self.training else (density,) + tuple(
+            tensor_version(s.raw) + tensor_version(s.scale)
+            for scope in self.scopes.values() for s in scope)
+        if key is None or self._pooled[0] != key:
             masks = {}
             for scope in self.scopes.values():
                 hard = keep_top_shared([s.scores() for s in scope], density)

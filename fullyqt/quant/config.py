@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from ..errors import UserError, checked_action, integer, parse_number
+from ..errors import UserError, checked_action, integer, one_of, parse_number
 from .integer_form import MAX_BITS as MAX_INT8_BITS
 from .observers import OBSERVERS
 from .quantizer import WEIGHT_BUCKETS, ActivationQuantizer, WeightQuantizer
@@ -29,20 +29,9 @@ def _parse_momentum(option, value):
                         QuantOptionError)
 
 
-def _choice(allowed):
-    """A parser that accepts one of ``allowed`` and names them all otherwise."""
-
-    def parse(option, value):
-        if value not in allowed:
-            raise QuantOptionError(f"{option}: got {value!r}; allowed: {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
 KERNELS = ("exact", "fake", "int8", "fake64")
-_parse_buckets, _parse_observer, _parse_kernels = map(_choice, (WEIGHT_BUCKETS, OBSERVERS,
-                                                                KERNELS))
+_parse_buckets, _parse_observer, _parse_kernels = (
+    one_of(allowed, QuantOptionError) for allowed in (WEIGHT_BUCKETS, OBSERVERS, KERNELS))
 
 
 # Options that set bits: with --no-quant, a contradiction refused at parse time (a saved
