@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fullyqt.quant import fused
-from fullyqt.quant.grid import Grid, fake_quantize_frozen
+from fullyqt.quant.grid import Grid, byte_code_values, fake_quantize_frozen
 from fullyqt.quant.quantizer import ActivationQuantizer, WeightQuantizer
 
 
@@ -298,9 +298,16 @@ def test_one_pass_kernel_equals_the_straightforward_ops_on_large_tensors(bits, p
     step = (hi - lo).clamp_min(1e-8) / (2**bits - 1)
     value, inside = _straightforward_fake_quant(x, lo, hi, bits)
     assert fused.applies(x, lo)
-    out, mask = fused.fake_quantize(x, lo, hi, step, True)
+    out, mask, codes = fused.fake_quantize(x, lo, hi, step, True, codes=True)
     torch.testing.assert_close(out, value, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(mask, inside.bool()) and (~mask).any() and mask.any()
+    assert codes is None  # a NaN has no code: autograd keeps the floats
+    rows = slice(1, None)  # without the NaN: byte codes that give the values back, bit for bit
+    lo_r, hi_r, step_r = (t[rows] if per_row else t for t in (lo, hi, step))
+    out, _, codes = fused.fake_quantize(x[rows], lo_r, hi_r, step_r, False, codes=True)
+    k = torch.round((torch.clamp(x[rows], lo_r, hi_r) - lo_r) / step_r)
+    assert codes.dtype == torch.uint8 and torch.equal(codes.long(), k.long())
+    assert torch.equal(byte_code_values(codes, lo_r, step_r, torch.float32), value[rows])
     frozen = fake_quantize_frozen(x, *((lo, hi, step) if per_row else
                                        (lo.item(), hi.item(), step.item())))
     torch.testing.assert_close(frozen, value, rtol=0, atol=0, equal_nan=True)

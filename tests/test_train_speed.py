@@ -21,10 +21,14 @@ def test_times_every_model_on_the_same_batches_and_writes_the_readme_block(toy_d
     data = json.loads((out / "train_speed.json").read_text())
     rows = {r["model"]: r for r in data["rows"]}
     assert set(rows) == {"stock float", "fullyqt --no-quant", "fullyqt 8-bit", "fullyqt 4-bit",
-                         "fullyqt 4-bit mse", "fullyqt 8-bit, torch ops"}
+                         "fullyqt 4-bit mse", "fullyqt 8-bit, torch ops",
+                         "fullyqt 8-bit, floats saved"}
     stock = rows["stock float"]
     for r in rows.values():
         assert r["sec_per_update"] > 0 and r["valid_sec"] > 0 and r["peak_mib"] > 0
+        assert r["live_peak_mib"] > 0
+        assert r["live_peak_vs_stock"] == pytest.approx(r["live_peak_mib"]
+                                                        / stock["live_peak_mib"])
         assert r["update_vs_stock"] == pytest.approx(r["sec_per_update"] / stock["sec_per_update"])
         assert r["valid_vs_stock"] == pytest.approx(r["valid_sec"] / stock["valid_sec"])
         assert r["peak_vs_stock"] == pytest.approx(r["peak_mib"] / stock["peak_mib"])
@@ -32,7 +36,7 @@ def test_times_every_model_on_the_same_batches_and_writes_the_readme_block(toy_d
         assert r["words_per_second"] * r["sec_per_update"] == pytest.approx(
             stock["words_per_second"] * stock["sec_per_update"])
     md = (out / "train_speed.md").read_text()
-    assert md.count("| tiny |") == 6 and "| tiny | fullyqt 8-bit |" in md
+    assert md.count("| tiny |") == 7 and "| tiny | fullyqt 8-bit |" in md
     # run into a benchmark's folder, its table joins that report
     from fullyqt.bench.report import write_report
     from tests.test_bench import row

@@ -1,7 +1,8 @@
 """Training speed: time and peak memory per update of stock float, ``--no-quant``, 8-bit and 4-bit
 QAT (4-bit with min-max and with mse ranges; 8-bit also with the torch op chain instead of the
-one-pass CPU kernel, ``quant/fused.py``), timed interleaved on the same batches in one process,
-as ratios to stock float; and the time of a validation step (exact evaluation for the quantized
+one-pass CPU kernel, ``quant/fused.py``, and with its saved activations kept as floats instead of
+byte codes, ``quant/saved_codes.py``), timed interleaved on the same batches in one process, as
+ratios to stock float; and the time of a validation step (exact evaluation for the quantized
 models).
 
     python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
@@ -11,9 +12,14 @@ models).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over three updates; on CPU the growth of
 the peak resident set (``VmHWM``, reset first) over the built model during three updates, each
-model in a process of its own (CPU tensors have no allocator statistics).
+model in a process of its own (CPU tensors have no allocator statistics), measured twice: as
+glibc's allocator runs by default (what ``fairseq-train`` holds; it keeps freed blocks of up to
+32 MiB for reuse, so the figure moves by a few hundred MiB with the order of allocations), and
+with every block of 128 KiB or more mapped and unmapped on its own (``MALLOC_MMAP_THRESHOLD_``):
+the live tensors, the measure CUDA's figure takes.
 """
 import argparse
+import contextlib
 import glob
 import json
 import multiprocessing
@@ -28,7 +34,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import UserError
-from ..quant import fused
+from ..quant import fused, saved_codes
 from .runner import BIN, USER_DIR, thread_env
 
 SHAPES = {
@@ -41,11 +47,16 @@ MODELS = {
     "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 8-bit, torch ops": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
+    "fullyqt 8-bit, floats saved": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
     "fullyqt 4-bit mse": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
                           "--quant-act-range", "mse"],
 }
-TORCH_OPS = {"fullyqt 8-bit, torch ops"}  # fake quantization by the torch op chain, not the kernel
+# the same model with a part switched off: fake quantization by the torch op chain, not the
+# kernel; saved activations kept as floats, not byte codes
+SWITCHES = {"fullyqt 8-bit, torch ops": fused.switched_off,
+            "fullyqt 8-bit, floats saved": saved_codes.switched_off}
+LIVE_TENSORS = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4", "--lr-scheduler",
          "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.1", "--criterion",
          "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--seed", "1",
@@ -106,7 +117,7 @@ def time_models(data: str, shape: dict, max_tokens: int, updates: int, warmup: i
         for name in order:
             _sync()
             start = time.perf_counter()
-            with fused.switched_off(name in TORCH_OPS):
+            with switched(name):
                 trainers[name].train_step([batch])
             _sync()
             if i >= warmup:
@@ -116,7 +127,7 @@ def time_models(data: str, shape: dict, max_tokens: int, updates: int, warmup: i
         for name in names:
             _sync()
             start = time.perf_counter()
-            with fused.switched_off(name in TORCH_OPS):
+            with switched(name):
                 trainers[name].valid_step(batch)
             _sync()
             valid[name].append(time.perf_counter() - start)
@@ -151,20 +162,35 @@ def _status_kib(key: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
-def _peak_child(queue, data, flags, max_tokens, threads, torch_ops):
+def switched(name: str):
+    """The context a model's steps run in: its switch (``SWITCHES``), or none."""
+    return SWITCHES.get(name, contextlib.nullcontext)()
+
+
+def _peak_child(queue, data, name, flags, max_tokens, threads):
     torch.set_num_threads(threads)
     import fullyqt  # noqa: F401  (registers the models in the fresh process)
 
-    with fused.switched_off(torch_ops):
+    with switched(name):
         queue.put(peak_memory_mib(data, flags, max_tokens))
 
 
-def peak_in_own_process(data, flags, max_tokens, threads, torch_ops=False) -> float:
+def peak_in_own_process(data, name, flags, max_tokens, threads, env=None) -> float:
+    """``peak_memory_mib`` of model ``name`` in a fresh process, with ``env`` added to its
+    environment (read as it starts)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child,
-                       args=(queue, data, flags, max_tokens, threads, torch_ops))
-    proc.start()
+    proc = ctx.Process(target=_peak_child, args=(queue, data, name, flags, max_tokens, threads))
+    before = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        proc.start()
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     value = queue.get()
     proc.join()
     return value
@@ -180,19 +206,20 @@ def measure(data: str, shapes: List[str], max_tokens: int, updates: int, warmup:
         times, valid, tokens = time_models(data, shape, max_tokens, updates, warmup)
         for name, flags in MODELS.items():
             say(f"[{shape_name}] peak memory of {name}")
+            peak = [peak_in_own_process(data, name, flags + shape_flags(shape), max_tokens,
+                                        threads, env) for env in (None, LIVE_TENSORS)]
             rows.append({"shape": shape_name, "model": name,
                          "sec_per_update": statistics.median(times[name]),
                          "valid_sec": statistics.median(valid[name]),
                          "words_per_second": tokens / statistics.median(times[name]),
-                         "peak_mib": peak_in_own_process(data, flags + shape_flags(shape),
-                                                         max_tokens, threads,
-                                                         name in TORCH_OPS)})
+                         "peak_mib": peak[0], "live_peak_mib": peak[1]})
         stock = rows[-len(MODELS)]
         for r in rows[-len(MODELS):]:
             r["update_vs_stock"] = r["sec_per_update"] / stock["sec_per_update"]
             r["valid_vs_stock"] = r["valid_sec"] / stock["valid_sec"]
-            r["peak_vs_stock"] = (r["peak_mib"] / stock["peak_mib"]
-                                  if r["peak_mib"] and stock["peak_mib"] else None)
+            for key in ("peak", "live_peak"):
+                r[f"{key}_vs_stock"] = (r[f"{key}_mib"] / stock[f"{key}_mib"]
+                                        if r[f"{key}_mib"] and stock[f"{key}_mib"] else None)
     return {"kind": "train_speed", "rows": rows, "meta": {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -205,16 +232,22 @@ def table_lines(result: dict) -> List[str]:
     lines = [f"Run of {meta['date']} ({meta['device']}, {meta['threads']} threads, "
              f"`--max-tokens {meta['max_tokens']}`, median of {meta['updates']} updates after "
              f"{meta['warmup']} warm-up, models interleaved); generated by "
-             "`python -m fullyqt.bench.train_speed`.", "",
+             "`python -m fullyqt.bench.train_speed`.  Peak memory: the growth of the resident "
+             "set over three updates, with glibc's allocator as it runs by default, and with "
+             "large blocks unmapped when freed (the live tensors, as CUDA counts).", "",
              "| shape | model | s/update | vs stock | words/s | validation vs stock | "
-             "peak memory MiB | vs stock |", "|---|---|---|---|---|---|---|---|"]
+             "peak memory MiB | vs stock | live tensors MiB | vs stock |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mib(value, ratio):
+        return ("– | –" if value is None else
+                f"{value:.0f} | {'–' if ratio is None else format(ratio, '.2f') + 'x'}")
+
     for r in result["rows"]:
-        peak_ratio = "–" if r["peak_vs_stock"] is None else f"{r['peak_vs_stock']:.2f}x"
         lines.append(f"| {r['shape']} | {r['model']} | {r['sec_per_update']:.3f} | "
                      f"{r['update_vs_stock']:.2f}x | {r['words_per_second']:,.0f} | "
-                     f"{r['valid_vs_stock']:.2f}x | "
-                     f"{'–' if r['peak_mib'] is None else format(r['peak_mib'], '.0f')} | "
-                     f"{peak_ratio} |")
+                     f"{r['valid_vs_stock']:.2f}x | {mib(r['peak_mib'], r['peak_vs_stock'])} | "
+                     f"{mib(r.get('live_peak_mib'), r.get('live_peak_vs_stock'))} |")
     return lines
 
 

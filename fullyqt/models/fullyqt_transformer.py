@@ -52,6 +52,7 @@ from ..quant.layer_norm import QuantLayerNorm
 from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
 from ..quant.quantizer import ActivationQuantizer, Quantizer
+from ..quant.saved_codes import packing
 
 logger = logging.getLogger(__name__)
 
@@ -348,11 +349,13 @@ class FullyQTTransformerModel(TransformerModel):
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """The transformer's forward; while pruning trains, the output also carries the L1
         penalty's gradient (so it applies under any criterion), weighted by the sample size the
-        criterion divides by."""
+        criterion divides by.  In training, fake-quantized activations are saved for backward
+        as their byte codes (``quant/saved_codes.py``)."""
         sync = self._range_sync_for_this_forward()
         if self.pruner is not None and self.training:
             self.pruner.start_scores()
-        out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        with packing(self.training and torch.is_grad_enabled()):
+            out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
         if sync is not None:
             sync.attach(out[0])
         if self.pruner is None or not self.training:

@@ -77,9 +77,27 @@ class QuantMultiheadAttention(MultiheadAttention):
         """Keep one cached key/value row per hypothesis: no beam folding of the encoder keys."""
 
     def _heads(self, x: Tensor) -> Tensor:
-        """(time, batch, embed) -> (batch, heads, time, head_dim)."""
+        """(time, batch, embed) -> (batch, heads, time, head_dim), laid out so in memory: the
+        products take its quantizer's output as it is (autograd keeps that, as codes), with no
+        copy of their own."""
         t, b, _ = x.shape
-        return x.reshape(t, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+        return x.reshape(t, b, self.num_heads, self.head_dim).permute(1, 2, 0, 3).contiguous()
+
+    def _merge_heads(self, out: Tensor, query: Tensor) -> Tensor:
+        """(batch, heads, time, head_dim) -> (time, batch, embed), laid out in memory as the
+        query is (the quantized residual stream is a time-major view of batch-major memory; a
+        float layer norm's output is time-major): the residual sum then runs in one order."""
+        bsz, _, tgt_len, _ = out.shape
+        if query.transpose(0, 1).is_contiguous() and not query.is_contiguous():
+            return out.transpose(1, 2).reshape(bsz, tgt_len, -1).transpose(0, 1)
+        return out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, -1)
+
+    def _heads_valid(self, valid: Optional[Tensor]) -> Optional[Tensor]:
+        """A (time, batch) padding mask over the leading dims of ``_heads``' output."""
+        if valid is None:
+            return None
+        t, b = valid.shape
+        return valid.t()[:, None, :].expand(b, self.num_heads, t)
 
     def forward(self, query: Tensor, key: Optional[Tensor], value: Optional[Tensor],
                 key_padding_mask: Optional[Tensor] = None,
@@ -95,14 +113,15 @@ class QuantMultiheadAttention(MultiheadAttention):
 
         codes = self._on_codes()
         q_valid = valid_mask(self, query)
-        q = self._heads(self.q_quant(self.q_proj(query) * self.scaling, q_valid))
+        q = self.q_quant(self._heads(self.q_proj(query) * self.scaling),
+                         self._heads_valid(q_valid))
         k = v = None
         if key is not None:
             value = key if value is None else value
-            kv_valid = (~key_padding_mask.bool()).t() if (
-                self.training and key_padding_mask is not None) else None
-            k = self._heads(self.k_quant(self.k_proj(key), kv_valid))
-            v = self._heads(self.v_quant(self.v_proj(value), kv_valid))
+            kv_valid = self._heads_valid((~key_padding_mask.bool()).t() if (
+                self.training and key_padding_mask is not None) else None)
+            k = self.k_quant(self._heads(self.k_proj(key)), kv_valid)
+            v = self.v_quant(self._heads(self.v_proj(value)), kv_valid)
             if codes:
                 k, v = self.k_quant.grid.codes(k.float()), self.v_quant.grid.codes(v.float())
 
@@ -138,8 +157,7 @@ class QuantMultiheadAttention(MultiheadAttention):
                 q.dtype)
         else:
             out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
-        out = out.permute(2, 0, 1, 3).reshape(tgt_len, bsz, self.num_heads * self.head_dim)
-        out = self.out_proj(self.attn_output_quant(out, q_valid))
+        out = self.out_proj(self.attn_output_quant(self._merge_heads(out, query), q_valid))
 
         weights = None
         if need_weights:

@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from .layout import memory_order
+
 logger = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_quantize.c")
@@ -92,8 +94,8 @@ def kernel():
                 lib = None
             if lib is not None:
                 p, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.fullyqt_fake_quantize.argtypes = [p, p, p, i64, i64, p, p, p, ctypes.c_int,
-                                                      ctypes.c_int]
+                lib.fullyqt_fake_quantize.argtypes = [p, p, p, p, i64, i64, p, p, p,
+                                                      ctypes.c_int, ctypes.c_int]
                 lib.fullyqt_fake_quantize.restype = ctypes.c_int
                 f32 = ctypes.c_float
                 lib.fullyqt_centred_codes.argtypes = [p, p, p, i64, i64, f32, f32, f32, f32,
@@ -109,22 +111,16 @@ def kernel():
                 lib.fullyqt_masked_min_max.argtypes = [p, p, i64, i64, p, ctypes.c_int]
                 lib.fullyqt_masked_min_max.restype = None
                 lib.fullyqt_observe_fake_quantize.argtypes = [
-                    p, p, i64, i64, p, p, f32, f32, ctypes.c_int, ctypes.c_int, p, p,
+                    p, p, i64, i64, p, p, f32, f32, ctypes.c_int, ctypes.c_int, p, p, p,
                     ctypes.c_int]
                 lib.fullyqt_observe_fake_quantize.restype = ctypes.c_int
                 lib.fullyqt_pass_inside.argtypes = [p, p, p, i64, ctypes.c_int]
                 lib.fullyqt_pass_inside.restype = None
+                lib.fullyqt_grid_values.argtypes = [p, p, i64, i64, p, p, ctypes.c_int,
+                                                    ctypes.c_int]
+                lib.fullyqt_grid_values.restype = None
                 _state["lib"] = lib
     return _state["lib"]
-
-
-def _dense(x: torch.Tensor):
-    """The permutation of ``x``'s dims that makes it contiguous ((), if it is), or None: an
-    elementwise pass may then run over its memory in order."""
-    if x.is_contiguous():
-        return ()
-    perm = tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), -x.shape[d])))
-    return perm if x.permute(perm).is_contiguous() else None
 
 
 def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
@@ -136,27 +132,38 @@ def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
     if not (x.device.type == "cpu" and x.dtype == torch.float32 and lo.dtype == torch.float32
             and lo.device.type == "cpu"):
         return False
-    one = lo.numel() == 1 and lo.dim() <= x.dim() and _dense(x) is not None
+    one = lo.numel() == 1 and lo.dim() <= x.dim() and memory_order(x) is not None
     rows = x.dim() == 2 and x.is_contiguous() and tuple(lo.shape) == (x.shape[0], 1)
     return (one or rows) and kernel() is not None
 
 
 def fake_quantize(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, step: torch.Tensor,
-                  mask: bool):
-    """(values on the grid, bool mask of ``lo <= x <= hi``), in one pass over ``x``; the mask
-    is None when not asked for or when it is all True (no value clipped: the straight-through
-    gradient is the gradient itself).  Only where ``applies(x, lo)``."""
+                  mask: bool, codes: bool = False):
+    """(values on the grid, bool mask of ``lo <= x <= hi``, uint8 codes ``k`` of the values), in
+    one pass over ``x``; the mask is None when not asked for or when it is all True (no value
+    clipped: the straight-through gradient is the gradient itself); the codes are None when
+    not asked for or when one is NaN.  Only where ``applies(x, lo)``."""
     lo, hi, step = (t.detach().float().contiguous() for t in (lo, hi, step))
     # x's layout (dense, in some order of its dims): one elementwise pass over memory in order
     out = torch.empty_like(x)
     inside = torch.empty_like(x, dtype=torch.bool) if mask else None
+    k = torch.empty_like(x, dtype=torch.uint8) if codes else None
     per_row = lo.numel() > 1
     rows = x.shape[0] if per_row else 1
-    clipped = kernel().fullyqt_fake_quantize(
-        x.data_ptr(), out.data_ptr(), None if inside is None else inside.data_ptr(), rows,
-        x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row),
-        torch.get_num_threads())
-    return out, inside if clipped else None
+    flags = kernel().fullyqt_fake_quantize(
+        x.data_ptr(), out.data_ptr(), _ptr(inside), _ptr(k), rows, x.numel() // max(rows, 1),
+        lo.data_ptr(), hi.data_ptr(), step.data_ptr(), int(per_row), torch.get_num_threads())
+    return _outputs(out, inside, k, flags)
+
+
+def _ptr(t: Optional[torch.Tensor]):
+    return None if t is None else t.data_ptr()
+
+
+def _outputs(out, inside, k, flags: int):
+    """The kernels' (values, mask, codes) after their flags: 1, a value was clipped (else no
+    mask is needed); 2, a code is NaN (the codes do not hold the values)."""
+    return out, inside if flags & 1 else None, None if flags & 2 else k
 
 
 def fake_quantize_one(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
@@ -189,6 +196,18 @@ def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     return out
 
 
+def grid_values(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``k * step + lo`` of uint8 codes (float32, laid out as ``codes``; one range, or one per
+    row of a matrix): bit for bit the values ``fake_quantize`` gave with them."""
+    out = torch.empty_like(codes, dtype=torch.float32)
+    per_row = lo.numel() > 1
+    rows = codes.shape[0] if per_row else 1
+    kernel().fullyqt_grid_values(codes.data_ptr(), out.data_ptr(), rows,
+                                 codes.numel() // max(rows, 1), lo.data_ptr(), step.data_ptr(),
+                                 int(per_row), torch.get_num_threads())
+    return out
+
+
 def centred_codes(x: torch.Tensor, affine):
     """(int8 codes, float32 row sums of the codes) of a CPU float32 matrix from
     ``Grid.centred_code_affine``, in one pass; None where the kernel does not apply."""
@@ -213,7 +232,7 @@ def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):
     if valid is not None and not (valid.dtype == torch.bool
                                   and tuple(valid.shape) == tuple(x.shape[:lead])):
         return None
-    perm = _dense(x)
+    perm = memory_order(x)
     if perm:  # x lies in another order of its leading dims (a (T, B, C) transpose): follow it
         if tuple(perm[lead:]) != tuple(range(lead, x.dim())):
             return None
@@ -256,19 +275,19 @@ def masked_min_max(x: torch.Tensor, valid: Optional[torch.Tensor]):
 
 
 def observe_fake_quantize(x: torch.Tensor, layout, lo: torch.Tensor, hi: torch.Tensor,
-                          momentum: float, unsigned: bool, top: int, mask: bool):
+                          momentum: float, unsigned: bool, top: int, mask: bool,
+                          codes: bool = False):
     """An initialized running min-max range's training step in one pass over ``x`` with
     ``layout = row_layout(x, valid)``: the batch's range updates ``lo``/``hi`` (float32 CPU
     scalars, in place: their versions move) by ``momentum``, and ``x`` is fake-quantized on the
-    new grid of ``top + 1`` levels; returns (values, bool mask of ``lo <= x <= hi``, None as
-    in ``fake_quantize``)."""
+    new grid of ``top + 1`` levels; returns (values, mask, codes) as ``fake_quantize``."""
     rows_x, valid, rows = layout
     out = torch.empty_like(x)  # x's layout: the quantization runs over memory in order
     inside = torch.empty_like(x, dtype=torch.bool) if mask else None
-    clipped = kernel().fullyqt_observe_fake_quantize(
-        x.data_ptr(), None if valid is None else valid.data_ptr(), rows,
-        rows_x.numel() // max(rows, 1), lo.data_ptr(), hi.data_ptr(), momentum, 1.0 - momentum,
-        int(unsigned), top, out.data_ptr(), None if inside is None else inside.data_ptr(),
-        torch.get_num_threads())
+    k = torch.empty_like(x, dtype=torch.uint8) if codes else None
+    flags = kernel().fullyqt_observe_fake_quantize(
+        x.data_ptr(), _ptr(valid), rows, rows_x.numel() // max(rows, 1), lo.data_ptr(),
+        hi.data_ptr(), momentum, 1.0 - momentum, int(unsigned), top, out.data_ptr(),
+        _ptr(inside), _ptr(k), torch.get_num_threads())
     torch.autograd.graph.increment_version((lo, hi))
-    return out, inside if clipped else None
+    return _outputs(out, inside, k, flags)

@@ -13,44 +13,52 @@ static inline float clamp_to(float v, float lo, float hi) {
     return c > hi ? hi : c;
 }
 
-static int span_mask(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
-                     float step) {
-    int outside = 0;
+/* One span of n values; the mask and the byte codes (k, also what autograd keeps of the output)
+ * are written where wanted: constant flags, so each use compiles to a loop of its own.  Returns
+ * 1 when the clamp cut a value, | 2 when a code is NaN (the codes then do not hold the output). */
+static inline int span_any(const float *x, float *out, bool *inside, uint8_t *codes, int64_t n,
+                           float lo, float hi, float step, const int want_mask,
+                           const int want_codes) {
+    int outside = 0, nan = 0;
     for (int64_t i = 0; i < n; ++i) {
         float v = x[i];
         float c = clamp_to(v, lo, hi);
-        inside[i] = c == v;
-        outside |= c != v;
-        out[i] = nearbyintf((c - lo) / step) * step + lo;
+        float k = nearbyintf((c - lo) / step);
+        if (want_mask) {
+            inside[i] = c == v;
+            outside |= c != v;
+        }
+        if (want_codes) {
+            nan |= k != k;
+            codes[i] = k == k ? (uint8_t)k : 0;
+        }
+        out[i] = k * step + lo;
     }
-    return outside;
+    return outside | (nan << 1);
 }
 
-static void span(const float *x, float *out, int64_t n, float lo, float hi, float step) {
-    for (int64_t i = 0; i < n; ++i)
-        out[i] = nearbyintf((clamp_to(x[i], lo, hi) - lo) / step) * step + lo;
-}
-
-static int run(const float *x, float *out, bool *inside, int64_t n, float lo, float hi,
-               float step) {
+static int run(const float *x, float *out, bool *inside, uint8_t *codes, int64_t n, float lo,
+               float hi, float step) {
     if (inside)
-        return span_mask(x, out, inside, n, lo, hi, step);
-    span(x, out, n, lo, hi, step);
-    return 0;
+        return codes ? span_any(x, out, inside, codes, n, lo, hi, step, 1, 1)
+                     : span_any(x, out, inside, 0, n, lo, hi, step, 1, 0);
+    return codes ? span_any(x, out, 0, codes, n, lo, hi, step, 0, 1)
+                 : span_any(x, out, 0, 0, n, lo, hi, step, 0, 0);
 }
 
-/* rows x cols values; lo/hi/step hold one value (the whole tensor) or one per row; inside may
- * be NULL (no mask wanted).  Returns whether the mask holds a 0 (the clamp cut a value). */
-int fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows, int64_t cols,
-                          const float *lo, const float *hi, const float *step, int per_row,
-                          int threads) {
+/* rows x cols values; lo/hi/step hold one value (the whole tensor) or one per row; inside and
+ * codes (uint8, top <= 255) may be NULL (not wanted).  Returns 1 when the mask holds a 0 (the
+ * clamp cut a value), | 2 when a code is NaN. */
+int fullyqt_fake_quantize(const float *x, float *out, bool *inside, uint8_t *codes, int64_t rows,
+                          int64_t cols, const float *lo, const float *hi, const float *step,
+                          int per_row, int threads) {
     int outside = 0;
     if (per_row) {
 #pragma omp parallel for num_threads(threads) schedule(static) reduction(| : outside) \
     if (rows * cols > 32768)
         for (int64_t r = 0; r < rows; ++r)
-            outside |= run(x + r * cols, out + r * cols, inside ? inside + r * cols : 0, cols,
-                           lo[r], hi[r], step[r]);
+            outside |= run(x + r * cols, out + r * cols, inside ? inside + r * cols : 0,
+                           codes ? codes + r * cols : 0, cols, lo[r], hi[r], step[r]);
         return outside;
     }
     const int64_t n = rows * cols, chunk = 16384, chunks = (n + chunk - 1) / chunk;
@@ -58,7 +66,8 @@ int fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows
     if (chunks > 2)
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
-        outside |= run(x + s, out + s, inside ? inside + s : 0, e - s, lo[0], hi[0], step[0]);
+        outside |= run(x + s, out + s, inside ? inside + s : 0, codes ? codes + s : 0, e - s,
+                       lo[0], hi[0], step[0]);
     }
     return outside;
 }
@@ -66,7 +75,7 @@ int fullyqt_fake_quantize(const float *x, float *out, bool *inside, int64_t rows
 /* fullyqt_fake_quantize of one range given by value, no mask (frozen inference ranges). */
 void fullyqt_fake_quantize_one(const float *x, float *out, int64_t n, float lo, float hi,
                                float step, int threads) {
-    fullyqt_fake_quantize(x, out, 0, 1, n, &lo, &hi, &step, 0, threads);
+    fullyqt_fake_quantize(x, out, 0, 0, 1, n, &lo, &hi, &step, 0, threads);
 }
 
 /* Codes round((clamp(x, lo, hi) - lo) / step) of one range, as float32 (what Q.K^T and P.V
@@ -193,13 +202,13 @@ void fullyqt_masked_min_max(const float *x, const bool *valid, int64_t rows, int
  * running update range = keep * range + take * batch (as the torch ops: each product rounded,
  * then the sum; a batch without a finite min and max leaves the range as it was), the grid's
  * step max(hi - lo, 1e-8) / top, and the fake quantization of all rows * cols values in memory
- * order, with the straight-through mask when inside is not NULL.  For a range already
- * initialized (the caller runs the first observation itself).  Returns whether the mask holds
- * a 0. */
+ * order, with the straight-through mask and the codes where not NULL.  For a range already
+ * initialized (the caller runs the first observation itself).  Returns as
+ * fullyqt_fake_quantize. */
 int fullyqt_observe_fake_quantize(const float *x, const bool *valid, int64_t rows,
                                    int64_t cols, float *lo, float *hi, float keep, float take,
                                    int unsigned_lo, int top, float *out, bool *inside,
-                                   int threads) {
+                                   uint8_t *codes, int threads) {
     float batch[2];
     fullyqt_masked_min_max(x, valid, rows, cols, batch, threads);
     if (unsigned_lo)
@@ -214,7 +223,8 @@ int fullyqt_observe_fake_quantize(const float *x, const bool *valid, int64_t row
     float step = *hi - *lo;
     step = step < 1e-8f ? 1e-8f : step;
     step = step / (float)top;
-    return fullyqt_fake_quantize(x, out, inside, 1, rows * cols, lo, hi, &step, 0, threads);
+    return fullyqt_fake_quantize(x, out, inside, codes, 1, rows * cols, lo, hi, &step, 0,
+                                 threads);
 }
 
 /* The straight-through gradient: grad where the clamp let x through, 0 elsewhere. */
@@ -223,4 +233,27 @@ void fullyqt_pass_inside(const float *grad, const bool *inside, float *out, int6
 #pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; ++i)
         out[i] = inside[i] ? grad[i] : 0.0f;
+}
+
+static void span_values(const uint8_t *codes, float *out, int64_t n, float lo, float step) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = (float)codes[i] * step + lo;
+}
+
+/* The values k * step + lo of byte codes, bit for bit those fullyqt_fake_quantize gave with
+ * them. */
+void fullyqt_grid_values(const uint8_t *codes, float *out, int64_t rows, int64_t cols,
+                         const float *lo, const float *step, int per_row, int threads) {
+    if (per_row) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 65536)
+        for (int64_t r = 0; r < rows; ++r)
+            span_values(codes + r * cols, out + r * cols, cols, lo[r], step[r]);
+        return;
+    }
+    const int64_t n = rows * cols, chunk = 16384, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 4)
+    for (int64_t k = 0; k < chunks; ++k) {
+        int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
+        span_values(codes + s, out + s, e - s, lo[0], step[0]);
+    }
 }

@@ -12,7 +12,7 @@ from typing import NamedTuple, Tuple
 
 import torch
 
-from . import fused
+from . import fused, saved_codes
 
 EPS = 1e-8
 BUCKETS = ("row", "tensor")
@@ -128,13 +128,19 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
         want_mask = clip_gradient and ctx.needs_input_grad[0]
+        top, want_codes = 2**bits - 1, saved_codes.wanted(x, 2**bits - 1)
         if fused.applies(x, lo):
-            out, inside = fused.fake_quantize(x, lo, hi, s, want_mask)
-            save_mask(ctx, inside)
-            return out
-        clamped = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
-        save_mask(ctx, clamped == x if want_mask else None)
-        return _round_onto_grid_(clamped, lo, s)
+            out, inside, codes = fused.fake_quantize(x, lo, hi, s, want_mask, want_codes)
+            if codes is not None:  # (None: a NaN, which has no code)
+                saved_codes.offer(out, lo, s, top, codes)
+        else:
+            out = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
+            inside = out == x if want_mask else None
+            _round_onto_grid_(out, lo, s)
+            if want_codes:
+                saved_codes.offer(out, lo, s, top)  # codes made if a view of it is saved
+        save_mask(ctx, inside)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -178,3 +184,23 @@ def centred_codes(x: torch.Tensor, affine: Tuple[float, float, float, float]) ->
     """Centred codes of ``x`` (float integers) from ``Grid.centred_code_affine``."""
     scale_inv, shift, cmin, cmax = affine
     return (x * scale_inv).sub_(shift).round_().clamp_(cmin, cmax)
+
+
+def byte_codes(x: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, top: int):
+    """uint8 codes ``k`` (laid out as ``x``) of values already on a grid of at most 256 points,
+    ``x == k * step + lo`` (one range, or one per row of a matrix), in torch ops (the kernel
+    writes them as it quantizes); None where the ranges do not broadcast."""
+    if lo.numel() > 1 and lo.dim() != x.dim():
+        return None
+    return ((x.float() - lo.float()) / step.float()).round_().clamp_(0, top).to(torch.uint8)
+
+
+def byte_code_values(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
+                     dtype) -> torch.Tensor:
+    """``k * step + lo`` in ``dtype``: the values the codes came from, bit for bit (the fake
+    quantization's last two operations)."""
+    if (dtype == torch.float32 == lo.dtype == step.dtype and codes.device.type == "cpu"
+            and lo.device.type == "cpu" and fused.kernel() is not None
+            and (lo.numel() == 1 or (codes.dim() == 2 and codes.is_contiguous()))):
+        return fused.grid_values(codes, lo.contiguous(), step.contiguous())
+    return codes.to(dtype).mul_(step).add_(lo)

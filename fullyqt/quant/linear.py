@@ -10,6 +10,7 @@ from torch import nn
 
 from .config import QuantConfig
 from .integer_form import MAX_BITS
+from .layout import as_rows, from_rows
 from .mode_caches import DropCachesOnModeSwitch
 from .padding import PaddingContext, valid_mask
 from .quantizer import ActivationQuantizer
@@ -95,16 +96,21 @@ class QuantLinear(DropCachesOnModeSwitch, nn.Linear):
         valid = valid_mask(self, x)
         if self.input_quant is not None:
             x = self.input_quant(x, valid)
-        # One 2-D matmul: for a transposed (batch-major view) activation and no bias, F.linear
-        # falls back to a batched matmul that broadcasts the weight to every batch entry (one
-        # matrix-vector product per hypothesis in incremental decoding).
-        x2, b = x.reshape(-1, x.shape[-1]), self.bias
+        # One 2-D matmul: for a 3-D input and no bias, F.linear would fall back to a batched
+        # matmul that broadcasts the weight to every batch entry (one matrix-vector product per
+        # hypothesis in decoding).  In a layer (time-major) the rows go in memory order: the
+        # residual stream, a time-major view of batch-major memory, needs no copy, and autograd
+        # keeps the input quantizer's output (as codes); the output projection's rows go in
+        # batch order, so that the logits come out contiguous.
+        x2, perm = as_rows(x) if self.time_major else (x.reshape(-1, x.shape[-1]), None)
+        b = self.bias
+        rows_valid = valid if perm is None or valid is None else valid.permute(perm)
         if self.kernels == "fake64" and not self.training:
             y = self.source.linear(self, x2.double(), None if b is None else b.double())
             y = y.to(x.dtype)
         else:
-            y = self.source.linear(self, x2, b, valid)
-        y = y.view(*x.shape[:-1], y.shape[-1])
+            y = self.source.linear(self, x2, b, rows_valid)
+        y = from_rows(y, x, perm)
         if self.output_quant is not None:
             y = self.output_quant(y, valid)
         return y

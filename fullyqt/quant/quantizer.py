@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import fused
+from . import fused, saved_codes
 from .grid import BUCKETS as WEIGHT_BUCKETS
 from .grid import Grid, fake_quantize_frozen, pass_inside_backward, save_mask
 from .mode_caches import DropCachesOnModeSwitch
@@ -205,10 +205,14 @@ class _ObserveFakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, quantizer, layout):
         want_mask = quantizer.clip_gradient and ctx.needs_input_grad[0]
-        out, inside = fused.observe_fake_quantize(
-            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned,
-            quantizer.grid.top, want_mask)
+        top = quantizer.grid.top
+        out, inside, codes = fused.observe_fake_quantize(
+            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned, top,
+            want_mask, saved_codes.wanted(x, top))
         save_mask(ctx, inside)
+        if codes is not None:  # autograd may keep these instead of out
+            grid = quantizer.grid
+            saved_codes.offer(out, grid.lo, grid.step(), top, codes)
         return out
 
     @staticmethod
