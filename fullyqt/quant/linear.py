@@ -91,19 +91,13 @@ class QuantLinear(DropCachesOnModeSwitch, nn.Linear):
         if self.kernels == "exact" and not self.training and not torch.is_grad_enabled():
             form = self.integer_form()
             if form is not None:
-                y = form(x)
+                x2, perm = self._rows(x)
+                y = from_rows(form(x2), x, perm)
                 return y if self.output_quant is None else self.output_quant(y)
         valid = valid_mask(self, x)
         if self.input_quant is not None:
             x = self.input_quant(x, valid)
-        # One 2-D matmul: for a 3-D input and no bias, F.linear would fall back to a batched
-        # matmul that broadcasts the weight to every batch entry (one matrix-vector product per
-        # hypothesis in decoding).  In a layer (time-major) the rows go in memory order: the
-        # residual stream, a time-major view of batch-major memory, needs no copy, and autograd
-        # keeps the input quantizer's output (as codes); the output projection's rows go in
-        # batch order, so that the logits come out contiguous.
-        x2, perm = as_rows(x) if self.time_major else (x.reshape(-1, x.shape[-1]), None)
-        b = self.bias
+        (x2, perm), b = self._rows(x), self.bias
         rows_valid = valid if perm is None or valid is None else valid.permute(perm)
         if self.kernels == "fake64" and not self.training:
             y = self.source.linear(self, x2.double(), None if b is None else b.double())
@@ -114,3 +108,13 @@ class QuantLinear(DropCachesOnModeSwitch, nn.Linear):
         if self.output_quant is not None:
             y = self.output_quant(y, valid)
         return y
+
+    def _rows(self, x):
+        """``x`` as one matrix for one 2-D matmul (for a 3-D input and no bias, F.linear would
+        fall back to a batched matmul that broadcasts the weight to every batch entry: one
+        matrix-vector product per hypothesis in decoding), and the permutation for
+        ``from_rows``.  In a layer (time-major) the rows go in memory order: the residual
+        stream, a time-major view of batch-major memory, needs no copy, and autograd keeps the
+        input quantizer's output (as codes); the output projection's go in batch order, so
+        that the logits come out contiguous."""
+        return as_rows(x) if self.time_major else (x.reshape(-1, x.shape[-1]), None)
