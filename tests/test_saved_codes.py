@@ -43,18 +43,19 @@ def test_training_gradients_are_the_same_with_codes_saved(toy_data, monkeypatch,
         return got
 
     monkeypatch.setattr(saved_codes, "_pack", spy)
-    model, task, _ = build_model(toy_data[1], *extra, "--max-update", "10")
+    model, task, _ = build_model(toy_data[1], *extra, "--max-update", "10",
+                                 "--quant-saved-codes")
     model.set_num_updates(10)
     model.train()
     batch = sample_batch(task, "train", n=24)
     floats = copy.deepcopy(model)
+    floats.saved_codes = False
     with fused.switched_off(torch_ops):
         for step in range(3):  # the first step sets the ranges; later ones run the kernel
             with_codes = _grads(model, batch, step)
             assert packed, "nothing was saved as codes"
             packed.clear()
-            with saved_codes.switched_off():
-                expect = _grads(floats, batch, step)
+            expect = _grads(floats, batch, step)
             assert not packed
             assert with_codes.keys() == expect.keys()
             for name in expect:
@@ -86,7 +87,7 @@ def test_a_saved_view_comes_back_bit_for_bit(monkeypatch, dtype):
     back = saved_codes._unpack(packed)
     assert back.stride() == view.stride() and torch.equal(back, view.detach())
     y.sum().backward()
-    with saved_codes.switched_off(), saved_codes.packing():
+    with saved_codes.packing(enabled=False):
         x2 = x.detach().clone().requires_grad_(True)
         w2 = w.detach().clone().requires_grad_(True)
         (_offered(x2, -2.0, 2.5).permute(1, 0, 2) @ w2).sum().backward()

@@ -22,7 +22,7 @@ def test_times_every_model_on_the_same_batches_and_writes_the_readme_block(toy_d
     rows = {r["model"]: r for r in data["rows"]}
     assert set(rows) == {"stock float", "fullyqt --no-quant", "fullyqt 8-bit", "fullyqt 4-bit",
                          "fullyqt 4-bit mse", "fullyqt 8-bit, torch ops",
-                         "fullyqt 8-bit, floats saved"}
+                         "fullyqt 8-bit, saved codes"}
     stock = rows["stock float"]
     for r in rows.values():
         assert r["sec_per_update"] > 0 and r["valid_sec"] > 0 and r["peak_mib"] > 0

@@ -1,8 +1,8 @@
 """Training speed: time and peak memory per update of stock float, ``--no-quant``, 8-bit and 4-bit
 QAT (4-bit with min-max and with mse ranges; 8-bit also with the torch op chain instead of the
-one-pass CPU kernel, ``quant/fused.py``, and with its saved activations kept as floats instead of
-byte codes, ``quant/saved_codes.py``), timed interleaved on the same batches in one process, as
-ratios to stock float; and the time of a validation step (exact evaluation for the quantized
+one-pass CPU kernel, ``quant/fused.py``, and with ``--quant-saved-codes``: its saved activations
+as byte codes, ``quant/saved_codes.py``), timed interleaved on the same batches in one process,
+as ratios to stock float; and the time of a validation step (exact evaluation for the quantized
 models).
 
     python -m fullyqt.bench.train_speed --out runs/train-speed            # toy corpus (13 words:
@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..errors import UserError
-from ..quant import fused, saved_codes
+from ..quant import fused
 from .runner import BIN, USER_DIR, thread_env
 
 SHAPES = {
@@ -47,15 +47,14 @@ MODELS = {
     "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 8-bit, torch ops": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
-    "fullyqt 8-bit, floats saved": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
+    "fullyqt 8-bit, saved codes": ["--arch", "fullyqt_transformer", "--quant-bits", "8",
+                                   "--quant-saved-codes"],
     "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
     "fullyqt 4-bit mse": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
                           "--quant-act-range", "mse"],
 }
-# the same model with a part switched off: fake quantization by the torch op chain, not the
-# kernel; saved activations kept as floats, not byte codes
-SWITCHES = {"fullyqt 8-bit, torch ops": fused.switched_off,
-            "fullyqt 8-bit, floats saved": saved_codes.switched_off}
+# the same model with a part switched off: fake quantization by the torch op chain, not the kernel
+SWITCHES = {"fullyqt 8-bit, torch ops": fused.switched_off}
 LIVE_TENSORS = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 TRAIN = ["--optimizer", "adam", "--adam-betas", "(0.9,0.98)", "--lr", "5e-4", "--lr-scheduler",
          "inverse_sqrt", "--warmup-updates", "4000", "--dropout", "0.1", "--criterion",

@@ -345,16 +345,17 @@ class FullyQTTransformerModel(TransformerModel):
         self._sentence_avg = bool(getattr(args, "sentence_avg", False))
         set_kernels(self, getattr(args, "quant_kernels", "exact"))
         self.range_sync = None
+        self.saved_codes = bool(getattr(args, "quant_saved_codes", False))
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
         """The transformer's forward; while pruning trains, the output also carries the L1
         penalty's gradient (so it applies under any criterion), weighted by the sample size the
-        criterion divides by.  In training, fake-quantized activations are saved for backward
-        as their byte codes (``quant/saved_codes.py``)."""
+        criterion divides by.  With ``--quant-saved-codes``, fake-quantized activations are
+        saved for backward as their byte codes (``quant/saved_codes.py``)."""
         sync = self._range_sync_for_this_forward()
         if self.pruner is not None and self.training:
             self.pruner.start_scores()
-        with packing(self.training and torch.is_grad_enabled()):
+        with packing(self.saved_codes and self.training and torch.is_grad_enabled()):
             out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
         if sync is not None:
             sync.attach(out[0])

@@ -128,7 +128,10 @@ class _FakeQuantize(torch.autograd.Function):
     def forward(ctx, x, lo, hi, bits, clip_gradient):
         s = Grid(lo, hi, bits).step()
         want_mask = clip_gradient and ctx.needs_input_grad[0]
-        top, want_codes = 2**bits - 1, saved_codes.wanted(x, 2**bits - 1)
+        top = 2**bits - 1
+        # activations only: a weight (one range per row) is small beside them, and its floats
+        # are rebuilt in backward by every use
+        want_codes = lo.numel() == 1 and saved_codes.wanted(x, top)
         if fused.applies(x, lo):
             out, inside, codes = fused.fake_quantize(x, lo, hi, s, want_mask, want_codes)
             if codes is not None:  # (None: a NaN, which has no code)

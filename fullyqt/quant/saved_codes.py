@@ -5,7 +5,8 @@ autograd can keep ``k`` in one byte instead of the float in four and give backwa
 floats back, bit for bit.  Within ``packing()`` (a training forward) each fake quantization
 ``offer``s its output with its grid (and its codes, which the CPU kernel writes as it
 quantizes), and torch's saved-tensor hooks (``torch.autograd.graph.saved_tensors_hooks``)
-replace every saved view of an offered output by its codes.
+replace every saved view of an offered output by its codes.  ``--quant-saved-codes`` turns it on
+(``FullyQTTransformerModel.forward``).
 """
 import contextlib
 import threading
@@ -17,7 +18,6 @@ import torch
 from . import grid
 
 _local = threading.local()
-_state = {"off": False}
 _DTYPES = (torch.float32, torch.float16)  # recovering k needs about 8 more bits than b
 SMALLEST = 1 << 16  # values: smaller tensors stay float (a pass each way costs more than it saves)
 
@@ -84,21 +84,10 @@ def offer(out: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, top: int,
 
 
 @contextlib.contextmanager
-def switched_off(off: bool = True):
-    """Within it (when ``off``), ``packing()`` keeps the floats: to measure what the codes save
-    and cost, and to check that they change no gradient."""
-    before, _state["off"] = _state["off"], off
-    try:
-        yield
-    finally:
-        _state["off"] = before
-
-
-@contextlib.contextmanager
 def packing(enabled: bool = True):
     """Tensors that autograd saves within it are kept as codes where they are views of an
-    offered fake quantization's output (``enabled=False``, or ``switched_off()``: a no-op)."""
-    if not enabled or _state["off"]:
+    offered fake quantization's output (``enabled=False``: a no-op)."""
+    if not enabled:
         yield
         return
     before = getattr(_local, "offers", None)
