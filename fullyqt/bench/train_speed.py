@@ -10,13 +10,13 @@ models).
     python -m fullyqt.bench.train_speed --data runs/cpu-small/data/bin --out runs/train-speed-bible
     python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md   # README block
 
-Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over three updates; on CPU the growth of
-the peak resident set (``VmHWM``, reset first) over the built model during three updates, each
-model in a process of its own (CPU tensors have no allocator statistics), measured twice: as
-glibc's allocator runs by default (what ``fairseq-train`` holds; it keeps freed blocks of up to
-32 MiB for reuse, so the figure moves by a few hundred MiB with the order of allocations), and
-with every block of 128 KiB or more mapped and unmapped on its own (``MALLOC_MMAP_THRESHOLD_``):
-the live tensors, the measure CUDA's figure takes.
+Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over three updates (both columns); on
+CPU the growth of the peak resident set (``VmHWM``, reset first) over the built model during
+three updates, each model in a process of its own (CPU tensors have no allocator statistics),
+measured twice: as glibc's allocator runs by default (what ``fairseq-train`` holds; it keeps
+freed blocks of up to 32 MiB for reuse, so the figure moves by a few hundred MiB with the order
+of allocations), and with every block of 128 KiB or more mapped and unmapped on its own
+(``MALLOC_MMAP_THRESHOLD_``): the live tensors, the measure CUDA's figure takes.
 """
 import argparse
 import contextlib
@@ -205,13 +205,15 @@ def measure(data: str, shapes: List[str], max_tokens: int, updates: int, warmup:
         times, valid, tokens = time_models(data, shape, max_tokens, updates, warmup)
         for name, flags in MODELS.items():
             say(f"[{shape_name}] peak memory of {name}")
+            # CUDA's figure counts live tensors already: one measurement there
+            envs = (None,) if torch.cuda.is_available() else (None, LIVE_TENSORS)
             peak = [peak_in_own_process(data, name, flags + shape_flags(shape), max_tokens,
-                                        threads, env) for env in (None, LIVE_TENSORS)]
+                                        threads, env) for env in envs]
             rows.append({"shape": shape_name, "model": name,
                          "sec_per_update": statistics.median(times[name]),
                          "valid_sec": statistics.median(valid[name]),
                          "words_per_second": tokens / statistics.median(times[name]),
-                         "peak_mib": peak[0], "live_peak_mib": peak[1]})
+                         "peak_mib": peak[0], "live_peak_mib": peak[-1]})
         stock = rows[-len(MODELS)]
         for r in rows[-len(MODELS):]:
             r["update_vs_stock"] = r["sec_per_update"] / stock["sec_per_update"]

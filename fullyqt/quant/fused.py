@@ -116,8 +116,7 @@ def kernel():
                 lib.fullyqt_observe_fake_quantize.restype = ctypes.c_int
                 lib.fullyqt_pass_inside.argtypes = [p, p, p, i64, ctypes.c_int]
                 lib.fullyqt_pass_inside.restype = None
-                lib.fullyqt_grid_values.argtypes = [p, p, i64, i64, p, p, ctypes.c_int,
-                                                    ctypes.c_int]
+                lib.fullyqt_grid_values.argtypes = [p, p, i64, f32, f32, ctypes.c_int]
                 lib.fullyqt_grid_values.restype = None
                 _state["lib"] = lib
     return _state["lib"]
@@ -196,15 +195,12 @@ def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     return out
 
 
-def grid_values(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """``k * step + lo`` of uint8 codes (float32, laid out as ``codes``; one range, or one per
-    row of a matrix): bit for bit the values ``fake_quantize`` gave with them."""
+def grid_values(codes: torch.Tensor, lo: float, step: float) -> torch.Tensor:
+    """``k * step + lo`` of uint8 codes on one range (float32 values given as numbers; the
+    result laid out as ``codes``): bit for bit the values ``fake_quantize`` gave with them."""
     out = torch.empty_like(codes, dtype=torch.float32)
-    per_row = lo.numel() > 1
-    rows = codes.shape[0] if per_row else 1
-    kernel().fullyqt_grid_values(codes.data_ptr(), out.data_ptr(), rows,
-                                 codes.numel() // max(rows, 1), lo.data_ptr(), step.data_ptr(),
-                                 int(per_row), torch.get_num_threads())
+    kernel().fullyqt_grid_values(codes.data_ptr(), out.data_ptr(), codes.numel(), lo, step,
+                                 torch.get_num_threads())
     return out
 
 

@@ -235,25 +235,15 @@ void fullyqt_pass_inside(const float *grad, const bool *inside, float *out, int6
         out[i] = inside[i] ? grad[i] : 0.0f;
 }
 
-static void span_values(const uint8_t *codes, float *out, int64_t n, float lo, float step) {
-    for (int64_t i = 0; i < n; ++i)
-        out[i] = (float)codes[i] * step + lo;
-}
-
-/* The values k * step + lo of byte codes, bit for bit those fullyqt_fake_quantize gave with
- * them. */
-void fullyqt_grid_values(const uint8_t *codes, float *out, int64_t rows, int64_t cols,
-                         const float *lo, const float *step, int per_row, int threads) {
-    if (per_row) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 65536)
-        for (int64_t r = 0; r < rows; ++r)
-            span_values(codes + r * cols, out + r * cols, cols, lo[r], step[r]);
-        return;
-    }
-    const int64_t n = rows * cols, chunk = 16384, chunks = (n + chunk - 1) / chunk;
+/* The values k * step + lo of n byte codes on one range, bit for bit those
+ * fullyqt_fake_quantize gave with them. */
+void fullyqt_grid_values(const uint8_t *codes, float *out, int64_t n, float lo, float step,
+                         int threads) {
+    const int64_t chunk = 16384, chunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 4)
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
-        span_values(codes + s, out + s, e - s, lo[0], step[0]);
+        for (int64_t i = s; i < e; ++i)
+            out[i] = (float)codes[i] * step + lo;
     }
 }

@@ -203,7 +203,6 @@ def byte_code_values(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor,
     """``k * step + lo`` in ``dtype``: the values the codes came from, bit for bit (the fake
     quantization's last two operations)."""
     if (dtype == torch.float32 == lo.dtype == step.dtype and codes.device.type == "cpu"
-            and lo.device.type == "cpu" and fused.kernel() is not None
-            and (lo.numel() == 1 or (codes.dim() == 2 and codes.is_contiguous()))):
-        return fused.grid_values(codes, lo.contiguous(), step.contiguous())
+            and lo.device.type == "cpu" and lo.numel() == 1 and fused.kernel() is not None):
+        return fused.grid_values(codes, lo.item(), step.item())
     return codes.to(dtype).mul_(step).add_(lo)

@@ -205,14 +205,13 @@ class _ObserveFakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, quantizer, layout):
         want_mask = quantizer.clip_gradient and ctx.needs_input_grad[0]
-        top = quantizer.grid.top
+        grid = quantizer.grid  # (its lo/hi buffers: the kernel updates them in place)
         out, inside, codes = fused.observe_fake_quantize(
-            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned, top,
-            want_mask, saved_codes.wanted(x, top))
+            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned,
+            grid.top, want_mask, saved_codes.wanted(x, grid.top))
         save_mask(ctx, inside)
         if codes is not None:  # autograd may keep these instead of out
-            grid = quantizer.grid
-            saved_codes.offer(out, grid.lo, grid.step(), top, codes)
+            saved_codes.offer(out, grid.lo, grid.step(), grid.top, codes)
         return out
 
     @staticmethod

@@ -68,12 +68,11 @@ def offer(out: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, top: int,
     """Within ``packing()``: ``out`` holds only ``lo + k * step``, k in 0..top (``lo`` and
     ``step`` one value, or one per row of a matrix), and ``codes`` are its k where known; a
     saved view of it may be kept as codes."""
-    offers: Optional[Dict[int, _Offer]] = getattr(_local, "offers", None)
-    if (offers is None or top > 255 or out.dtype not in _DTYPES or out.storage_offset() != 0
-            or out.numel() < SMALLEST):
+    if not wanted(out, top) or out.dtype not in _DTYPES or out.storage_offset() != 0:
         return
     if out.untyped_storage().nbytes() != out.numel() * out.element_size():
         return  # not one dense block of exactly its values
+    offers: Dict[int, _Offer] = _local.offers
     ptr = out.untyped_storage().data_ptr()
 
     def forget(ref, offers=offers, ptr=ptr):  # the output died unsaved: drop its codes
