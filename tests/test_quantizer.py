@@ -180,6 +180,56 @@ def test_an_unquantized_layer_norm_is_the_plain_formula():
     assert len(torch.unique(quantized(big))) <= 256 < len(torch.unique(ln(big)))
 
 
+def _graph_names(t: torch.Tensor, depth: int = 4) -> set:
+    names, nodes = set(), [t.grad_fn]
+    for _ in range(depth):
+        nodes = [n for node in nodes if node is not None for n, _ in node.next_functions]
+        names |= {type(n).__name__ for n in nodes if n is not None}
+    return names | {type(t.grad_fn).__name__}
+
+
+@pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
+def test_layer_norm_kernel_backward_matches_the_autograd_chain():
+    """A CPU training step's layer norm (the chain outside autograd, one kernel pass backward)
+    against the same module run as torch ops under autograd: values and ranges bit for bit,
+    gradients to float rounding, with clipped values, padding rows and the time-major view of
+    batch-major memory that fairseq's residual stream is."""
+    from fullyqt.quant.config import QuantConfig
+    from fullyqt.quant.layer_norm import QuantLayerNorm
+    from fullyqt.quant.padding import PaddingContext
+
+    torch.manual_seed(0)
+    pad = PaddingContext()
+    kernel_ln, chain_ln = (QuantLayerNorm(64, qcfg=QuantConfig(8, 8), pad=pad) for _ in range(2))
+    with torch.no_grad():
+        kernel_ln.weight.uniform_(0.5, 1.5)
+        kernel_ln.bias.uniform_(-0.5, 0.5)
+    chain_ln.load_state_dict(kernel_ln.state_dict())
+    for step, scale in enumerate([1.0, 1.0, 3.0, 0.5]):  # a wider batch than the range: clips
+        batch_major = torch.randn(6, 50, 64) * scale + torch.randn(6, 50, 1)
+        valid = torch.rand(50, 6) > 0.2  # (time, batch)
+        grad = torch.randn(50, 6, 64)
+        got = []
+        for ln, torch_ops in ((kernel_ln, False), (chain_ln, True)):
+            x = batch_major.clone().transpose(0, 1).requires_grad_(True)
+            ln.zero_grad()
+            with fused.switched_off(torch_ops), pad.tokens(valid.t()):
+                out = ln(x)
+            out.backward(grad)
+            got.append((out.detach(), x.grad, ln.weight.grad, ln.bias.grad,
+                        ln.numerator_quant.lo.clone(), ln.output_quant.hi.clone(), out))
+        (out_k, *grads_k, lo_k, hi_k, graph_k), (out_c, *grads_c, lo_c, hi_c, graph_c) = got
+        if step > 0:  # ranges initialized: the kernel path runs
+            assert "_QuantLayerNormTrainingBackward" in _graph_names(graph_k)
+        assert "_QuantLayerNormTrainingBackward" not in _graph_names(graph_c)
+        assert torch.equal(out_k, out_c) and out_k.stride() == out_c.stride()
+        assert torch.equal(lo_k, lo_c) and torch.equal(hi_k, hi_c)
+        for a, b in zip(grads_k, grads_c):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+        if scale == 3.0:  # the output's range clipped: its mask took part in the bias's gradient
+            assert not torch.allclose(grads_c[2], grad.sum((0, 1)))
+
+
 def test_flags_follow_a_loaded_state_dict():
     q = ActivationQuantizer(8, start_update=5)
     trained = ActivationQuantizer(8, start_update=5)

@@ -1,7 +1,7 @@
 """One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
 straight-through mask, an activation quantizer's whole training step (range, running update,
-fake quantization), the backward mask, padding-masked ranges, integer codes, and the integer
-matmul's affine over its int32 sums.
+fake quantization), the backward mask, the quantized layer norm's backward, padding-masked
+ranges, integer codes, and the integer matmul's affine over its int32 sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -118,6 +118,9 @@ def kernel():
                 lib.fullyqt_pass_inside.restype = None
                 lib.fullyqt_grid_values.argtypes = [p, p, i64, f32, f32, ctypes.c_int]
                 lib.fullyqt_grid_values.restype = None
+                lib.fullyqt_layer_norm_backward.argtypes = [p] * 9 + [i64, i64, p, p,
+                                                                     ctypes.c_int]
+                lib.fullyqt_layer_norm_backward.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
@@ -287,3 +290,19 @@ def observe_fake_quantize(x: torch.Tensor, layout, lo: torch.Tensor, hi: torch.T
         _ptr(inside), _ptr(k), torch.get_num_threads())
     torch.autograd.graph.increment_version((lo, hi))
     return _outputs(out, inside, k, flags)
+
+
+def layer_norm_backward(grad, num, quot, den, root, gain, in_out, in_quot, in_num):
+    """(grad of x, of the gain, of the bias) of ``QuantLayerNorm``'s chain from the gradient of
+    its output, all as contiguous float32 rows (``den``, ``root``: one per row; a mask None where
+    nothing was clipped), in one pass over the rows; only where ``applies(grad)``."""
+    rows, cols = grad.shape
+    blocks = max(1, min(torch.get_num_threads(), rows * cols // 32768))
+    grad_x = torch.empty_like(grad)
+    partial = torch.empty(blocks, 2, cols)
+    kernel().fullyqt_layer_norm_backward(
+        grad.data_ptr(), num.data_ptr(), quot.data_ptr(), den.data_ptr(), root.data_ptr(),
+        gain.data_ptr(), _ptr(in_out), _ptr(in_quot), _ptr(in_num), rows, cols,
+        grad_x.data_ptr(), partial.data_ptr(), blocks)
+    sums = partial.sum(0)
+    return grad_x, sums[1], sums[0]

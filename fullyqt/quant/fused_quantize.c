@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* clamp(v, lo, hi) as torch.clamp_min then clamp_max: NaN stays NaN. */
 static inline float clamp_to(float v, float lo, float hi) {
@@ -245,5 +246,64 @@ void fullyqt_grid_values(const uint8_t *codes, float *out, int64_t n, float lo, 
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
         for (int64_t i = s; i < e; ++i)
             out[i] = (float)codes[i] * step + lo;
+    }
+}
+
+/* Backward of the quantized layer norm (layer_norm.py) over rows x cols, row by row:
+ *   out = Qo(quot * gain + bias), quot = Qq(num / den), den = Qd(root) (straight through),
+ *   root = sqrt(mean(num^2) + eps), num = Qn(x - mean(x));
+ * grad, num, quot and the masks (bytes 0/1; NULL: nothing clipped) are rows x cols, den and
+ * root one per row.  Writes grad_x, and per block of rows the column sums of the output's
+ * gradient (the bias's) and of its product with quot (the gain's) into
+ * partial[block][2][cols].  (Masks read as bytes, not bool: GCC vectorizes those selects.) */
+void fullyqt_layer_norm_backward(const float *grad, const float *num, const float *quot,
+                                 const float *den, const float *root, const float *gain,
+                                 const uint8_t *in_out, const uint8_t *in_quot,
+                                 const uint8_t *in_num, int64_t rows, int64_t cols,
+                                 float *grad_x, float *partial, int blocks) {
+#pragma omp parallel for num_threads(blocks) schedule(static)
+    for (int b = 0; b < blocks; ++b) {
+        float *restrict gb = partial + (int64_t)b * 2 * cols, *restrict gg = gb + cols;
+        uint8_t *ones = malloc(cols);  /* the mask of a range that clipped nothing */
+        for (int64_t j = 0; j < cols; ++j) {
+            gb[j] = gg[j] = 0.0f;
+            ones[j] = 1;
+        }
+        const int64_t first = rows * b / blocks, last = rows * (b + 1) / blocks;
+        for (int64_t r = first; r < last; ++r) {
+            const int64_t o = r * cols;
+            const float *restrict g = grad + o, *restrict n = num + o, *restrict q = quot + o;
+            const uint8_t *restrict mo = in_out ? in_out + o : ones;
+            const uint8_t *restrict mq = in_quot ? in_quot + o : ones;
+            const uint8_t *restrict mn = in_num ? in_num + o : ones;
+            float *restrict gx = grad_x + o;
+            float dot = 0.0f, sum = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t j = 0; j < cols; ++j) {
+                float gv = g[j];
+                float gy = mo[j] != 0 ? gv : 0.0f;
+                gb[j] += gy;
+                gg[j] += gy * q[j];
+                float gr = gy * gain[j];
+                gr = mq[j] != 0 ? gr : 0.0f;
+                gx[j] = gr;
+                dot += gr * n[j];
+            }
+            /* den's gradient -dot / den^2 passes straight to root; root = sqrt(v) takes
+             * 1 / (2 root); v = mean(num^2) gives 2 num / cols */
+            const float dd = den[r];
+            const float c = 2.0f * (-dot / (dd * dd) / (2.0f * root[r]) / (float)cols);
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < cols; ++j) {
+                float ga = gx[j] / dd + n[j] * c;
+                ga = mn[j] != 0 ? ga : 0.0f;
+                gx[j] = ga;
+                sum += ga;
+            }
+            const float mean = sum / (float)cols;
+            for (int64_t j = 0; j < cols; ++j)
+                gx[j] -= mean;
+        }
+        free(ones);
     }
 }

@@ -126,28 +126,34 @@ class _FakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lo, hi, bits, clip_gradient):
-        s = Grid(lo, hi, bits).step()
-        want_mask = clip_gradient and ctx.needs_input_grad[0]
-        top = 2**bits - 1
-        # activations only: a weight (one range per row) is small beside them, and its floats
-        # are rebuilt in backward by every use
-        want_codes = lo.numel() == 1 and saved_codes.wanted(x, top)
-        if fused.applies(x, lo):
-            out, inside, codes = fused.fake_quantize(x, lo, hi, s, want_mask, want_codes)
-            if codes is not None:  # (None: a NaN, which has no code)
-                saved_codes.offer(out, lo, s, top, codes)
-        else:
-            out = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
-            inside = out == x if want_mask else None
-            _round_onto_grid_(out, lo, s)
-            if want_codes:
-                saved_codes.offer(out, lo, s, top)  # codes made if a view of it is saved
+        out, inside = quantize_values(x, lo, hi, bits, clip_gradient and ctx.needs_input_grad[0])
         save_mask(ctx, inside)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         return pass_inside_backward(ctx, grad), None, None, None, None
+
+
+def quantize_values(x, lo, hi, bits, want_mask):
+    """(``x`` on the grid, the bool mask of ``lo <= x <= hi`` or None where not wanted or all
+    True) outside autograd; the value is offered to ``saved_codes``."""
+    s = Grid(lo, hi, bits).step()
+    top = 2**bits - 1
+    # activations only: a weight (one range per row) is small beside them, and its floats
+    # are rebuilt in backward by every use
+    want_codes = lo.numel() == 1 and saved_codes.wanted(x, top)
+    if fused.applies(x, lo):
+        out, inside, codes = fused.fake_quantize(x, lo, hi, s, want_mask, want_codes)
+        if codes is not None:  # (None: a NaN, which has no code)
+            saved_codes.offer(out, lo, s, top, codes)
+    else:
+        out = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
+        inside = out == x if want_mask else None
+        _round_onto_grid_(out, lo, s)
+        if want_codes:
+            saved_codes.offer(out, lo, s, top)  # codes made if a view of it is saved
+    return out, inside
 
 
 def save_mask(ctx, inside):

@@ -1,10 +1,13 @@
 """LayerNorm with its internals quantized: numerator, denominator, quotient, gain and output."""
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .config import QuantConfig
+from .layout import as_rows, from_rows
 from .padding import PaddingContext, valid_mask
 
 
@@ -15,6 +18,8 @@ class QuantLayerNorm(nn.LayerNorm):
     same values.  Parameter names match ``nn.LayerNorm``.  ``dropout`` (the embedding LayerNorm
     only) runs before the output quantizer, so what follows receives quantized values.  A model
     without quantization (``--no-quant``) runs torch's fused layer norm instead of the chain.
+    A training step on CPU float32 runs the same chain outside autograd and its backward as one
+    kernel pass over the rows (``_QuantLayerNormTraining``).
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
@@ -47,6 +52,9 @@ class QuantLayerNorm(nn.LayerNorm):
                 out = self.dropout(out)
             return out.type_as(x)
         valid = valid_mask(self, x)
+        if (self.training and torch.is_grad_enabled() and "dropout" not in self._modules
+                and fused.applies(x) and (x.requires_grad or self.weight.requires_grad)):
+            return _QuantLayerNormTraining.apply(x, self.weight, self.bias, self, valid)
         xf = x.float()
         num = self.numerator_quant(xf - xf.mean(-1, keepdim=True), valid)
         den = self.denominator_quant((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(), valid)
@@ -56,3 +64,39 @@ class QuantLayerNorm(nn.LayerNorm):
             out = self.dropout(out)
         return self.output_quant(out, valid).type_as(x)
 
+
+class _QuantLayerNormTraining(torch.autograd.Function):
+    """``QuantLayerNorm``'s training chain on CPU float32, the same values, with autograd's ~15
+    full-size backward ops (the quantizers' masks, the quotient's, the mean's and the root's
+    gradients, the gain's and bias's sums) in one kernel pass over the rows, and only the
+    numerator, the quotient, their masks and one root and denominator per row kept for it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, ln, valid):
+        masks = []  # each quantizer's straight-through mask (hooks see the quantizers run)
+        num = ln.numerator_quant(x - x.mean(-1, keepdim=True), valid, masks)
+        root = (num.pow(2).mean(-1, keepdim=True) + ln.eps).sqrt()
+        den = ln.denominator_quant(root, valid, masks)  # straight through: no mask
+        quot = ln.quotient_quant(num / den, valid, masks)
+        gain = ln.gain_quant(weight.float())  # its range is its own: nothing clipped
+        out = ln.output_quant(quot * gain + bias.float(), valid, masks)
+        in_num, _, in_quot, in_out = masks
+        ctx.save_for_backward(num, quot, den, root, gain, in_out, in_quot, in_num)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = ctx.saved_tensors
+        rows, perm = as_rows(grad)
+        num, quot, den, root, in_out, in_quot, in_num = (
+            None if t is None else _rows_like(t, perm) for t in saved[:4] + saved[5:])
+        grad_x, grad_gain, grad_bias = fused.layer_norm_backward(
+            rows.contiguous(), num, quot, den, root, saved[4].contiguous(), in_out, in_quot,
+            in_num)
+        return from_rows(grad_x, grad, perm), grad_gain, grad_bias, None, None
+
+
+def _rows_like(t, perm):
+    """``t``'s last-dim vectors as contiguous rows, its leading dims taken in the order ``perm``
+    (None: as they are): the rows of ``as_rows`` of a tensor laid out so."""
+    return (t.permute(*perm, t.dim() - 1) if perm else t).reshape(-1, t.shape[-1]).contiguous()

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import fused, saved_codes
 from .grid import BUCKETS as WEIGHT_BUCKETS
-from .grid import Grid, fake_quantize_frozen, pass_inside_backward, save_mask
+from .grid import Grid, fake_quantize_frozen, pass_inside_backward, quantize_values, save_mask
 from .mode_caches import DropCachesOnModeSwitch
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
@@ -177,7 +177,15 @@ class ActivationQuantizer(Quantizer):
             return None
         return fused.row_layout(x, valid)
 
-    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                masks: Optional[list] = None) -> torch.Tensor:
+        """``masks``: a list that receives the straight-through mask (None where nothing was
+        clipped), for a training caller that writes its own backward: the step then runs
+        outside autograd."""
+        if masks is not None:
+            out, inside = self._train_values(x, valid)
+            masks.append(inside)
+            return out
         if not self.enabled:
             return x
         if self.training:
@@ -190,6 +198,32 @@ class ActivationQuantizer(Quantizer):
         if not self.training and not (torch.is_grad_enabled() and x.requires_grad):
             return fake_quantize_frozen(x, *self.frozen_range())
         return self.grid.to(x.dtype).fake_quantize(x, self.clip_gradient)
+
+    def _train_values(self, x: torch.Tensor, valid: Optional[torch.Tensor]):
+        """The training step outside autograd: (the values ``forward`` gives, the
+        straight-through mask or None where nothing was clipped or the gradient is not
+        clipped)."""
+        if not self.enabled:
+            return x, None
+        layout = self._one_pass(x, valid)
+        if layout is not None:
+            return self._kernel_step(x, layout, self.clip_gradient)
+        self.observe(x, valid)
+        if not self._initialized:
+            return x, None
+        grid = self.grid.to(x.dtype)
+        return quantize_values(x, grid.lo, grid.hi, grid.bits, self.clip_gradient)
+
+    def _kernel_step(self, x: torch.Tensor, layout, want_mask: bool):
+        """``_one_pass``'s kernel call: (values, mask or None); the codes offered to
+        ``saved_codes``."""
+        grid = self.grid  # (its lo/hi buffers: the kernel updates them in place)
+        out, inside, codes = fused.observe_fake_quantize(
+            x, layout, self.lo, self.hi, self.momentum, self.unsigned, grid.top, want_mask,
+            saved_codes.wanted(x, grid.top))
+        if codes is not None:  # autograd may keep these instead of out
+            saved_codes.offer(out, grid.lo, grid.step(), grid.top, codes)
+        return out, inside
 
     def extra_repr(self):
         return (f"bits={self.bits}, momentum={self.momentum}, unsigned={self.unsigned}, "
@@ -204,14 +238,9 @@ class _ObserveFakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, quantizer, layout):
-        want_mask = quantizer.clip_gradient and ctx.needs_input_grad[0]
-        grid = quantizer.grid  # (its lo/hi buffers: the kernel updates them in place)
-        out, inside, codes = fused.observe_fake_quantize(
-            x, layout, quantizer.lo, quantizer.hi, quantizer.momentum, quantizer.unsigned,
-            grid.top, want_mask, saved_codes.wanted(x, grid.top))
+        out, inside = quantizer._kernel_step(
+            x, layout, quantizer.clip_gradient and ctx.needs_input_grad[0])
         save_mask(ctx, inside)
-        if codes is not None:  # autograd may keep these instead of out
-            saved_codes.offer(out, grid.lo, grid.step(), grid.top, codes)
         return out
 
     @staticmethod
