@@ -230,6 +230,41 @@ def test_layer_norm_kernel_backward_matches_the_autograd_chain():
             assert not torch.allclose(grads_c[2], grad.sum((0, 1)))
 
 
+@pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
+def test_layer_norm_kernel_evaluation_equals_the_chain(monkeypatch):
+    """Evaluation on frozen ranges in two kernel passes gives the torch-op chain's values bit
+    for bit (contiguous rows and the time-major view of batch-major memory, clipped values
+    included), and hooks on a quantizer send the layer norm back to the chain."""
+    from fullyqt.quant.config import QuantConfig
+    from fullyqt.quant.layer_norm import QuantLayerNorm
+
+    torch.manual_seed(0)
+    ln = QuantLayerNorm(128, qcfg=QuantConfig(8, 8))
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    for _ in range(3):
+        ln(torch.randn(200, 128))
+    ln.eval()
+    runs = []
+    real = fused.layer_norm_output
+    monkeypatch.setattr(fused, "layer_norm_output", lambda *a: runs.append(1) or real(*a))
+    batch_major = torch.randn(7, 30, 128) * 3  # wider than the ranges: clipped
+    for x in (batch_major.reshape(-1, 128), batch_major, batch_major.transpose(0, 1)):
+        with torch.no_grad():
+            got = ln(x)
+            with fused.switched_off():
+                want = ln(x)
+        assert torch.equal(got, want) and got.stride() == want.stride()
+    assert len(runs) == 3
+    seen = []
+    handle = ln.quotient_quant.register_forward_hook(lambda q, i, out: seen.append(out))
+    with torch.no_grad():
+        ln(batch_major)
+    handle.remove()
+    assert len(seen) == 1 and len(runs) == 3
+
+
 def test_flags_follow_a_loaded_state_dict():
     q = ActivationQuantizer(8, start_update=5)
     trained = ActivationQuantizer(8, start_update=5)

@@ -1,6 +1,6 @@
 """One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
 straight-through mask, an activation quantizer's whole training step (range, running update,
-fake quantization), the backward mask, the quantized layer norm's backward, padding-masked
+fake quantization), the backward mask, the quantized layer norm's backward and evaluation, padding-masked
 ranges, integer codes, and the integer matmul's affine over its int32 sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
@@ -121,6 +121,12 @@ def kernel():
                 lib.fullyqt_layer_norm_backward.argtypes = [p] * 9 + [i64, i64, p, p,
                                                                      ctypes.c_int]
                 lib.fullyqt_layer_norm_backward.restype = None
+                lib.fullyqt_layer_norm_numerator.argtypes = [p, p, p, i64, i64, f32, f32, f32,
+                                                             ctypes.c_int]
+                lib.fullyqt_layer_norm_numerator.restype = None
+                lib.fullyqt_layer_norm_output.argtypes = [p, p, p, p, p, i64, i64, p, p,
+                                                          ctypes.c_int]
+                lib.fullyqt_layer_norm_output.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
@@ -306,3 +312,28 @@ def layer_norm_backward(grad, num, quot, den, root, gain, in_out, in_quot, in_nu
         grad_x.data_ptr(), partial.data_ptr(), blocks)
     sums = partial.sum(0)
     return grad_x, sums[1], sums[0]
+
+
+def layer_norm_numerator(x: torch.Tensor, mean: torch.Tensor, grid) -> torch.Tensor:
+    """``QuantLayerNorm``'s frozen numerator Q(x - mean) of contiguous float32 rows (``mean``
+    one per row; ``grid`` (lo, hi, step) floats), in one pass; only where ``applies(x)``."""
+    rows, cols = x.shape
+    out = torch.empty_like(x)
+    kernel().fullyqt_layer_norm_numerator(x.data_ptr(), mean.contiguous().data_ptr(),
+                                          out.data_ptr(), rows, cols, *grid,
+                                          torch.get_num_threads())
+    return out
+
+
+def layer_norm_output(num: torch.Tensor, den: torch.Tensor, gain: torch.Tensor,
+                      bias: torch.Tensor, quotient_grid, output_grid) -> torch.Tensor:
+    """``QuantLayerNorm``'s frozen Q(Q(num / den) * gain + bias) of contiguous float32 rows
+    (``den`` one per row), in one pass; only where ``applies(num)``."""
+    rows, cols = num.shape
+    grids = torch.tensor([*quotient_grid, *output_grid])
+    out = torch.empty_like(num)
+    kernel().fullyqt_layer_norm_output(
+        num.data_ptr(), den.contiguous().data_ptr(), gain.contiguous().data_ptr(),
+        bias.contiguous().data_ptr(), out.data_ptr(), rows, cols, grids.data_ptr(),
+        grids[3:].data_ptr(), torch.get_num_threads())
+    return out

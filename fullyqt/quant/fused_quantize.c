@@ -307,3 +307,42 @@ void fullyqt_layer_norm_backward(const float *grad, const float *num, const floa
         free(ones);
     }
 }
+
+/* Fake quantization of one value on a frozen grid: span_any's arithmetic. */
+static inline float on_grid(float v, float lo, float hi, float step) {
+    float c = clamp_to(v, lo, hi);
+    return nearbyintf((c - lo) / step) * step + lo;
+}
+
+/* The quantized layer norm's evaluation (layer_norm.py, frozen ranges) over rows x cols, in
+ * the torch ops' order and roundings.  First half: num = Qn(x - mean), mean one per row. */
+void fullyqt_layer_norm_numerator(const float *x, const float *mean, float *num, int64_t rows,
+                                  int64_t cols, float lo, float hi, float step, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float m = mean[r];
+        const float *restrict xr = x + r * cols;
+        float *restrict nr = num + r * cols;
+        for (int64_t j = 0; j < cols; ++j)
+            nr[j] = on_grid(xr[j] - m, lo, hi, step);
+    }
+}
+
+/* Second half: out = Qo(Qq(num / den) * gain + bias), den one per row; q and o hold each
+ * grid's (lo, hi, step). */
+void fullyqt_layer_norm_output(const float *num, const float *den, const float *gain,
+                               const float *bias, float *out, int64_t rows, int64_t cols,
+                               const float *q, const float *o, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float d = den[r];
+        const float *restrict nr = num + r * cols;
+        float *restrict yr = out + r * cols;
+        for (int64_t j = 0; j < cols; ++j) {
+            float quot = on_grid(nr[j] / d, q[0], q[1], q[2]);
+            float y = quot * gain[j];
+            y = y + bias[j];
+            yr[j] = on_grid(y, o[0], o[1], o[2]);
+        }
+    }
+}

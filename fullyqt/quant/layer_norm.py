@@ -7,6 +7,7 @@ from torch import nn
 
 from . import fused
 from .config import QuantConfig
+from .grid import fake_quantize_frozen
 from .layout import as_rows, from_rows
 from .padding import PaddingContext, valid_mask
 
@@ -19,7 +20,8 @@ class QuantLayerNorm(nn.LayerNorm):
     only) runs before the output quantizer, so what follows receives quantized values.  A model
     without quantization (``--no-quant``) runs torch's fused layer norm instead of the chain.
     A training step on CPU float32 runs the same chain outside autograd and its backward as one
-    kernel pass over the rows (``_QuantLayerNormTraining``).
+    kernel pass over the rows (``_QuantLayerNormTraining``); evaluation there, on frozen ranges,
+    runs it as two kernel passes and torch's two means (the same values).
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
@@ -51,6 +53,9 @@ class QuantLayerNorm(nn.LayerNorm):
             if "dropout" in self._modules:
                 out = self.dropout(out)
             return out.type_as(x)
+        grids = self._frozen_grids(x)
+        if grids is not None:
+            return self._evaluate(x, grids)
         valid = valid_mask(self, x)
         if (self.training and torch.is_grad_enabled() and "dropout" not in self._modules
                 and fused.applies(x) and (x.requires_grad or self.weight.requires_grad)):
@@ -63,6 +68,30 @@ class QuantLayerNorm(nn.LayerNorm):
         if "dropout" in self._modules:
             out = self.dropout(out)
         return self.output_quant(out, valid).type_as(x)
+
+    def _frozen_grids(self, x):
+        """The activation quantizers' (lo, hi, step) where evaluation may run in the kernel:
+        CPU float32, no gradient wanted, every range known, no hooks watching; else None."""
+        quantizers = (self.numerator_quant, self.denominator_quant, self.quotient_quant,
+                      self.output_quant)
+        if self.training or (torch.is_grad_enabled() and (
+                x.requires_grad or self.weight.requires_grad)) or not fused.applies(x):
+            return None
+        if "dropout" in self._modules and self.dropout.training:
+            return None
+        if any(q.hooked or not q.has_range for q in quantizers):
+            return None
+        return [q.frozen_range() for q in quantizers]
+
+    def _evaluate(self, x, grids):
+        rows, perm = as_rows(x)
+        rows = rows.contiguous()
+        num = fused.layer_norm_numerator(rows, rows.mean(-1, keepdim=True), grids[0])
+        den = fake_quantize_frozen((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(),
+                                   *grids[1])
+        out = fused.layer_norm_output(num, den, self.gain_quant(self.weight.float()),
+                                      self.bias.float(), grids[2], grids[3])
+        return from_rows(out, x, perm)
 
 
 class _QuantLayerNormTraining(torch.autograd.Function):

@@ -34,6 +34,14 @@ class Quantizer(nn.Module):
         self._sync_flags()
 
     @property
+    def hooked(self) -> bool:
+        """Whether forward hooks watch it (a caller that would fuse its work away runs it as a
+        module instead)."""
+        return bool(self._forward_hooks or self._forward_pre_hooks
+                    or nn.modules.module._global_forward_hooks
+                    or nn.modules.module._global_forward_pre_hooks)
+
+    @property
     def enabled(self) -> bool:
         return self.bits is not None and self._active
 
