@@ -107,3 +107,32 @@ def test_attention_never_takes_the_fused_path(toy_data, monkeypatch):
     model.eval()
     with torch.no_grad():
         model(**batch["net_input"])
+
+
+def test_exact_softmax_kernel_equals_the_chain(toy_data, monkeypatch):
+    """Exact evaluation's quantized softmax in one kernel pass after torch's exp gives the
+    chain's logits and attention weights bit for bit; hooks on a softmax quantizer send it back
+    to the chain (so that they see it run)."""
+    from fullyqt.quant import fused
+    from fullyqt.quant.attention import QuantMultiheadAttention
+
+    if fused.kernel() is None:
+        pytest.skip("no C compiler: the kernel does not build")
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8")
+    batch = sample_batch(task, n=8)
+    model = calibrated(model, batch)
+    runs = []
+    real = fused.softmax_codes
+    monkeypatch.setattr(fused, "softmax_codes", lambda *a: runs.append(1) or real(*a))
+    with torch.no_grad():
+        logits, extra = model(**batch["net_input"])
+    assert runs
+    kernel_runs = len(runs)
+    handles = [m.softmax_denominator_quant.register_forward_hook(lambda *a: None)
+               for m in model.modules() if isinstance(m, QuantMultiheadAttention)]
+    with torch.no_grad():
+        want_logits, want_extra = model(**batch["net_input"])
+    for h in handles:
+        h.remove()
+    assert len(runs) == kernel_runs
+    assert torch.equal(logits, want_logits) and torch.equal(extra["attn"][0], want_extra["attn"][0])

@@ -20,6 +20,7 @@ import torch
 from fairseq.modules import MultiheadAttention
 from torch import Tensor
 
+from . import fused
 from .config import QuantConfig
 from .integer_form import codes_matmul, code_sum
 from .linear import LAYER_KERNELS, QuantLinear
@@ -150,12 +151,12 @@ class QuantMultiheadAttention(MultiheadAttention):
         if before_softmax:
             return scores, self.v_quant.grid.dequantize(v).to(q.dtype) if codes else v
 
-        probs = self._quantized_softmax(scores, q_valid, codes)
         if codes:
-            p_grid = self.softmax_output_quant.grid
-            out = codes_matmul(p_grid.codes(probs.float()), p_grid, v, self.v_quant.grid).to(
-                q.dtype)
+            probs, p_codes = self._exact_softmax(scores, need_weights)
+            out = codes_matmul(p_codes, self.softmax_output_quant.grid, v,
+                               self.v_quant.grid).to(q.dtype)
         else:
+            probs = self._quantized_softmax(scores, q_valid)
             out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
         out = self.out_proj(self.attn_output_quant(self._merge_heads(out, query), q_valid))
 
@@ -168,12 +169,35 @@ class QuantMultiheadAttention(MultiheadAttention):
                            codes: bool = False) -> Tensor:
         """softmax = Q(dropout(Q(exp(s - max)) / Q(sum))); rows whose keys are all masked give
         zeros."""
-        row_max = scores.detach().amax(dim=-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
         valid = None
         if q_valid is not None:  # (tgt, batch) -> (batch, heads, tgt)
             valid = q_valid.t()[:, None, :].expand(scores.shape[:3])
-        num = self.softmax_numerator_quant(torch.exp(scores - row_max), valid)
+        num = self.softmax_numerator_quant(_exp(scores), valid)
         total = code_sum(num, self.softmax_numerator_quant.grid) if codes else num.sum(
             dim=-1, keepdim=True)
         den = self.softmax_denominator_quant(total, valid)
         return self.softmax_output_quant(self.dropout_module(num / den.clamp_min(1e-6)), valid)
+
+    def _exact_softmax(self, scores: Tensor, want_probs: bool):
+        """(probabilities, or None where not wanted; their codes) in exact evaluation: on CPU
+        float32 one kernel pass after torch's exp (the chain's values bit for bit), unless hooks
+        watch a softmax quantizer; else the chain and the codes of its output."""
+        quantizers = (self.softmax_numerator_quant, self.softmax_denominator_quant,
+                      self.softmax_output_quant)
+        int32_sums = scores.shape[-1] * quantizers[0].grid.top < 1 << 31
+        if not (fused.applies(scores) and scores.is_contiguous() and int32_sums) or any(
+                q.hooked for q in quantizers):
+            probs = self._quantized_softmax(scores, None, codes=True)
+            return probs, self.softmax_output_quant.grid.codes(probs.float())
+        num, den, out = quantizers
+        lo, step = num.grid.lo_step()  # code_sum's total: float(sum of codes) * step + n * lo
+        grids = [*num.frozen_range(), *(den.frozen_range() if den.has_range else (0.0,) * 3),
+                 *out.frozen_range()]
+        return fused.softmax_codes(_exp(scores).contiguous(), grids, step,
+                                   scores.shape[-1] * lo, den.has_range, want_probs)
+
+
+def _exp(scores: Tensor) -> Tensor:
+    """exp(scores - row max), a row whose keys are all masked (max -inf) giving zeros."""
+    row_max = scores.detach().amax(dim=-1, keepdim=True).nan_to_num_(0.0, 0.0, 0.0)
+    return torch.exp(scores - row_max)

@@ -1,7 +1,8 @@
 """One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
 straight-through mask, an activation quantizer's whole training step (range, running update,
-fake quantization), the backward mask, the quantized layer norm's backward and evaluation, padding-masked
-ranges, integer codes, and the integer matmul's affine over its int32 sums.
+fake quantization), the backward mask, the quantized layer norm's backward and evaluation, the
+quantized softmax of exact evaluation, padding-masked ranges, integer codes, and the integer
+matmul's affine over its int32 sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -127,6 +128,9 @@ def kernel():
                 lib.fullyqt_layer_norm_output.argtypes = [p, p, p, p, p, i64, i64, p, p,
                                                           ctypes.c_int]
                 lib.fullyqt_layer_norm_output.restype = None
+                lib.fullyqt_softmax_codes.argtypes = [p, i64, i64, p, f32, f32, ctypes.c_int,
+                                                      p, p, ctypes.c_int]
+                lib.fullyqt_softmax_codes.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
@@ -337,3 +341,18 @@ def layer_norm_output(num: torch.Tensor, den: torch.Tensor, gain: torch.Tensor,
         bias.contiguous().data_ptr(), out.data_ptr(), rows, cols, grids.data_ptr(),
         grids[3:].data_ptr(), torch.get_num_threads())
     return out
+
+
+def softmax_codes(e: torch.Tensor, grids, sum_scale: float, sum_shift: float, den_on: bool,
+                  want_probs: bool):
+    """(probabilities or None, their float32 codes) of the quantized softmax of exact evaluation
+    from contiguous float32 ``e = exp(scores - row max)`` (``grids``: the numerator's,
+    denominator's and output's (lo, hi, step), nine floats), in one pass over the rows; only
+    where ``applies(e)``."""
+    g = torch.tensor(grids, dtype=torch.float32)
+    codes = torch.empty_like(e)
+    probs = torch.empty_like(e) if want_probs else None
+    kernel().fullyqt_softmax_codes(e.data_ptr(), e.numel() // max(e.shape[-1], 1), e.shape[-1],
+                                   g.data_ptr(), sum_scale, sum_shift, int(den_on), _ptr(probs),
+                                   codes.data_ptr(), torch.get_num_threads())
+    return probs, codes
