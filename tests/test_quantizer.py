@@ -265,6 +265,45 @@ def test_layer_norm_kernel_evaluation_equals_the_chain(monkeypatch):
     assert len(seen) == 1 and len(runs) == 3
 
 
+@pytest.mark.parametrize("unsigned", [False, True])
+def test_frozen_codes_are_the_codes_of_the_frozen_values(unsigned):
+    """Exact evaluation's codes of a quantizer's output in one kernel pass equal the torch ops'
+    codes of its fake-quantized values, clipped values included."""
+    q = ActivationQuantizer(8, unsigned=unsigned)
+    q(torch.randn(400) * 2)
+    q.eval()
+    x = torch.randn(30, 4, 17) * 5
+    got = q.frozen_codes(x)
+    with fused.switched_off():
+        want = torch.round((torch.clamp(q(x), q.lo, q.hi) - q.lo) / q.grid.step())
+    assert torch.equal(got, want) and want.min() == 0 and want.max() == 255
+
+
+def test_relu_is_left_to_a_zero_based_frozen_range():
+    """In evaluation the unsigned quantizer after ReLU clamps at 0 as ReLU does: ReLU is skipped
+    and the values are Q(relu(x)) exactly; in training, with gradients or hooks it runs."""
+    from fullyqt.quant.activation import QuantActivation
+    from fullyqt.quant.config import QuantConfig
+
+    act = QuantActivation("relu", qcfg=QuantConfig(8, 8))
+    act(torch.randn(100, 16) * 2)
+    calls = []
+    act.fn = lambda t: calls.append(1) or torch.relu(t)
+    act.eval()
+    x = torch.randn(20, 16) * 3
+    x[0, :3] = torch.tensor([-0.0, 0.0, float("nan")])
+    with torch.no_grad():
+        got = act(x)
+    want = act.quant(torch.relu(x))
+    assert not calls and torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+    handle = act.quant.register_forward_pre_hook(lambda q, i: None)
+    with torch.no_grad():
+        act(x)
+    handle.remove()
+    act(x.requires_grad_(True))
+    assert len(calls) == 2
+
+
 def test_flags_follow_a_loaded_state_dict():
     q = ActivationQuantizer(8, start_update=5)
     trained = ActivationQuantizer(8, start_update=5)

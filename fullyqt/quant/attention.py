@@ -114,17 +114,19 @@ class QuantMultiheadAttention(MultiheadAttention):
 
         codes = self._on_codes()
         q_valid = valid_mask(self, query)
-        q = self.q_quant(self._heads(self.q_proj(query) * self.scaling),
-                         self._heads_valid(q_valid))
+        q_in = self._heads(self.q_proj(query) * self.scaling)
+        q = self.q_quant.frozen_codes(q_in) if codes else self.q_quant(
+            q_in, self._heads_valid(q_valid))
         k = v = None
         if key is not None:
             value = key if value is None else value
             kv_valid = self._heads_valid((~key_padding_mask.bool()).t() if (
                 self.training and key_padding_mask is not None) else None)
-            k = self.k_quant(self._heads(self.k_proj(key)), kv_valid)
-            v = self.v_quant(self._heads(self.v_proj(value)), kv_valid)
-            if codes:
-                k, v = self.k_quant.grid.codes(k.float()), self.v_quant.grid.codes(v.float())
+            k_in, v_in = self._heads(self.k_proj(key)), self._heads(self.v_proj(value))
+            if codes:  # the codes, made once: the incremental state keeps them
+                k, v = self.k_quant.frozen_codes(k_in), self.v_quant.frozen_codes(v_in)
+            else:
+                k, v = self.k_quant(k_in, kv_valid), self.v_quant(v_in, kv_valid)
 
         if saved is not None:
             if "prev_key" in saved:
@@ -140,8 +142,8 @@ class QuantMultiheadAttention(MultiheadAttention):
         assert k is not None and v is not None
 
         if codes:
-            scores = codes_matmul(self.q_quant.grid.codes(q.float()), self.q_quant.grid,
-                                  k.transpose(-1, -2), self.k_quant.grid).to(q.dtype)
+            scores = codes_matmul(q, self.q_quant.grid, k.transpose(-1, -2),
+                                  self.k_quant.grid).to(q_in.dtype)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
         if attn_mask is not None:
@@ -149,12 +151,12 @@ class QuantMultiheadAttention(MultiheadAttention):
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :], float("-inf"))
         if before_softmax:
-            return scores, self.v_quant.grid.dequantize(v).to(q.dtype) if codes else v
+            return scores, self.v_quant.grid.dequantize(v).to(q_in.dtype) if codes else v
 
         if codes:
             probs, p_codes = self._exact_softmax(scores, need_weights)
             out = codes_matmul(p_codes, self.softmax_output_quant.grid, v,
-                               self.v_quant.grid).to(q.dtype)
+                               self.v_quant.grid).to(q_in.dtype)
         else:
             probs = self._quantized_softmax(scores, q_valid)
             out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)

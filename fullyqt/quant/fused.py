@@ -131,6 +131,8 @@ def kernel():
                 lib.fullyqt_softmax_codes.argtypes = [p, i64, i64, p, f32, f32, ctypes.c_int,
                                                       p, p, ctypes.c_int]
                 lib.fullyqt_softmax_codes.restype = None
+                lib.fullyqt_quantized_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
+                lib.fullyqt_quantized_codes.restype = None
                 _state["lib"] = lib
     return _state["lib"]
 
@@ -205,6 +207,15 @@ def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     out = torch.empty_like(x)  # x's layout: an elementwise pass over memory in order
     kernel().fullyqt_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
                            torch.get_num_threads())
+    return out
+
+
+def quantized_codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
+    """``codes(fake_quantize_one(x, ...), ...)`` in one pass (float32 values given as numbers);
+    only where ``applies(x)``."""
+    out = torch.empty_like(x)
+    kernel().fullyqt_quantized_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
+                                     torch.get_num_threads())
     return out
 
 

@@ -379,3 +379,17 @@ void fullyqt_softmax_codes(const float *e, int64_t rows, int64_t cols, const flo
         }
     }
 }
+
+/* The codes of x's fake quantization on one frozen range, round((clamp(v) - lo) / step) of
+ * v = the grid value: what fullyqt_codes gives of fullyqt_fake_quantize_one's output, in one
+ * pass. */
+void fullyqt_quantized_codes(const float *x, float *out, int64_t n, float lo, float hi,
+                             float step, int threads) {
+    const int64_t chunk = 16384, chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (chunks > 2)
+    for (int64_t k = 0; k < chunks; ++k) {
+        int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
+        for (int64_t i = s; i < e; ++i)
+            out[i] = nearbyintf((clamp_to(on_grid(x[i], lo, hi, step), lo, hi) - lo) / step);
+    }
+}

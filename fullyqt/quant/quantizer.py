@@ -207,6 +207,14 @@ class ActivationQuantizer(Quantizer):
             return fake_quantize_frozen(x, *self.frozen_range())
         return self.grid.to(x.dtype).fake_quantize(x, self.clip_gradient)
 
+    def frozen_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The float32 codes of ``forward(x)`` in evaluation with a known range (what exact
+        evaluation's integer products take): one kernel pass where it applies and no hooks
+        watch, else ``forward`` and then the grid's codes."""
+        if fused.applies(x) and not (self.training or self.hooked) and self.has_range:
+            return fused.quantized_codes(x, *self.frozen_range())
+        return self.grid.codes(self(x).float())
+
     def _train_values(self, x: torch.Tensor, valid: Optional[torch.Tensor]):
         """The training step outside autograd: (the values ``forward`` gives, the
         straight-through mask or None where nothing was clipped or the gradient is not
