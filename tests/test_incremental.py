@@ -136,3 +136,31 @@ def test_exact_softmax_kernel_equals_the_chain(toy_data, monkeypatch):
         h.remove()
     assert len(runs) == kernel_runs
     assert torch.equal(logits, want_logits) and torch.equal(extra["attn"][0], want_extra["attn"][0])
+
+
+def test_exact_softmax_kernel_keeps_the_chain_on_nan_and_masked_rows():
+    """Rows whose keys are all masked give zeros, a row holding NaN gives NaN, in the kernel as
+    in the chain (a NaN code must not be summed as an integer)."""
+    from fullyqt.quant import fused
+    from fullyqt.quant.attention import QuantMultiheadAttention
+    from fullyqt.quant.config import QuantConfig
+
+    if fused.kernel() is None:
+        pytest.skip("no C compiler: the kernel does not build")
+    attn = QuantMultiheadAttention(16, 2, qcfg=QuantConfig(8, 8), pad=None,
+                                   self_attention=True)
+    x = torch.randn(7, 3, 16)
+    for _ in range(3):
+        attn(x, x, x)
+    attn.eval()
+    scores = torch.randn(3, 2, 7, 7) * 3
+    scores[0, 1, 2] = float("-inf")
+    scores[1, 0, 4, 3] = float("nan")
+    probs, codes = attn._exact_softmax(scores, True)
+    handle = attn.softmax_output_quant.register_forward_hook(lambda *a: None)
+    want_probs, want_codes = attn._exact_softmax(scores, True)
+    handle.remove()
+    torch.testing.assert_close(probs, want_probs, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(codes, want_codes, rtol=0, atol=0, equal_nan=True)
+    assert probs[1, 0, 4].isnan().all() and (probs[0, 1, 2] == 0).all()
+    assert not probs[1, 0, 3].isnan().any()

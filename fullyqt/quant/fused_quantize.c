@@ -361,14 +361,16 @@ void fullyqt_softmax_codes(const float *e, int64_t rows, int64_t cols, const flo
     for (int64_t r = 0; r < rows; ++r) {
         const float *restrict er = e + r * cols;
         float *restrict cr = codes + r * cols;
-        int32_t sum = 0;  /* the caller keeps cols * top below 2^31 */
+        int32_t sum = 0, nan = 0;  /* the caller keeps cols * top below 2^31 */
         for (int64_t j = 0; j < cols; ++j) {
             float num = on_grid(er[j], nlo, nhi, nstep);
             cr[j] = num;
-            sum += (int32_t)nearbyintf((clamp_to(num, nlo, nhi) - nlo) / nstep);
+            float k = nearbyintf((clamp_to(num, nlo, nhi) - nlo) / nstep);
+            nan |= k != k;
+            sum += k == k ? (int32_t)k : 0;
         }
         float total = (float)sum * sum_scale;
-        total = total + sum_shift;
+        total = nan ? NAN : total + sum_shift;  /* a NaN code makes the torch sum NaN */
         float den = den_on ? on_grid(total, g[3], g[4], g[5]) : total;
         den = den < 1e-6f ? 1e-6f : den;
         for (int64_t j = 0; j < cols; ++j) {
