@@ -180,13 +180,19 @@ def _outputs(out, inside, k, flags: int):
     return out, inside if flags & 1 else None, None if flags & 2 else k
 
 
+def _one_range(name: str, x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
+    """Kernel ``name``'s elementwise pass over ``x`` with one range (float32 values given as
+    numbers), into a tensor laid out as ``x``: a pass over memory in order."""
+    out = torch.empty_like(x)
+    getattr(kernel(), name)(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
+                            torch.get_num_threads())
+    return out
+
+
 def fake_quantize_one(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     """``fake_quantize``'s values for one range given as numbers (float32 values), no mask;
     only where ``applies(x)``."""
-    out = torch.empty_like(x)
-    kernel().fullyqt_fake_quantize_one(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
-                                       torch.get_num_threads())
-    return out
+    return _one_range("fullyqt_fake_quantize_one", x, lo, hi, step)
 
 
 def pass_inside(grad: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
@@ -204,19 +210,13 @@ def pass_inside(grad: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
 def codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     """Float32 codes of ``x`` on one range (float32 values given as numbers), in one pass; only
     where ``applies(x)``."""
-    out = torch.empty_like(x)  # x's layout: an elementwise pass over memory in order
-    kernel().fullyqt_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
-                           torch.get_num_threads())
-    return out
+    return _one_range("fullyqt_codes", x, lo, hi, step)
 
 
 def quantized_codes(x: torch.Tensor, lo: float, hi: float, step: float) -> torch.Tensor:
     """``codes(fake_quantize_one(x, ...), ...)`` in one pass (float32 values given as numbers);
     only where ``applies(x)``."""
-    out = torch.empty_like(x)
-    kernel().fullyqt_quantized_codes(x.data_ptr(), out.data_ptr(), x.numel(), lo, hi, step,
-                                     torch.get_num_threads())
-    return out
+    return _one_range("fullyqt_quantized_codes", x, lo, hi, step)
 
 
 def grid_values(codes: torch.Tensor, lo: float, step: float) -> torch.Tensor:

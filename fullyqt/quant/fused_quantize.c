@@ -14,6 +14,16 @@ static inline float clamp_to(float v, float lo, float hi) {
     return c > hi ? hi : c;
 }
 
+/* The code round((clamp(v) - lo) / step) of one value (float32, half to even). */
+static inline float code_of(float v, float lo, float hi, float step) {
+    return nearbyintf((clamp_to(v, lo, hi) - lo) / step);
+}
+
+/* Fake quantization of one value on a frozen grid: span_any's arithmetic. */
+static inline float on_grid(float v, float lo, float hi, float step) {
+    return code_of(v, lo, hi, step) * step + lo;
+}
+
 /* One span of n values; the mask and the byte codes (k, also what autograd keeps of the output)
  * are written where wanted: constant flags, so each use compiles to a loop of its own.  Returns
  * 1 when the clamp cut a value, | 2 when a code is NaN (the codes then do not hold the output). */
@@ -88,7 +98,7 @@ void fullyqt_codes(const float *x, float *out, int64_t n, float lo, float hi, fl
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
         for (int64_t i = s; i < e; ++i) {
-            out[i] = nearbyintf((clamp_to(x[i], lo, hi) - lo) / step);
+            out[i] = code_of(x[i], lo, hi, step);
         }
     }
 }
@@ -308,12 +318,6 @@ void fullyqt_layer_norm_backward(const float *grad, const float *num, const floa
     }
 }
 
-/* Fake quantization of one value on a frozen grid: span_any's arithmetic. */
-static inline float on_grid(float v, float lo, float hi, float step) {
-    float c = clamp_to(v, lo, hi);
-    return nearbyintf((c - lo) / step) * step + lo;
-}
-
 /* The quantized layer norm's evaluation (layer_norm.py, frozen ranges) over rows x cols, in
  * the torch ops' order and roundings.  First half: num = Qn(x - mean), mean one per row. */
 void fullyqt_layer_norm_numerator(const float *x, const float *mean, float *num, int64_t rows,
@@ -365,7 +369,7 @@ void fullyqt_softmax_codes(const float *e, int64_t rows, int64_t cols, const flo
         for (int64_t j = 0; j < cols; ++j) {
             float num = on_grid(er[j], nlo, nhi, nstep);
             cr[j] = num;
-            float k = nearbyintf((clamp_to(num, nlo, nhi) - nlo) / nstep);
+            float k = code_of(num, nlo, nhi, nstep);
             nan |= k != k;
             sum += k == k ? (int32_t)k : 0;
         }
@@ -377,7 +381,7 @@ void fullyqt_softmax_codes(const float *e, int64_t rows, int64_t cols, const flo
             float p = on_grid(cr[j] / den, olo, ohi, ostep);
             if (probs)
                 probs[r * cols + j] = p;
-            cr[j] = nearbyintf((clamp_to(p, olo, ohi) - olo) / ostep);
+            cr[j] = code_of(p, olo, ohi, ostep);
         }
     }
 }
@@ -392,6 +396,6 @@ void fullyqt_quantized_codes(const float *x, float *out, int64_t n, float lo, fl
     for (int64_t k = 0; k < chunks; ++k) {
         int64_t s = k * chunk, e = s + chunk < n ? s + chunk : n;
         for (int64_t i = s; i < e; ++i)
-            out[i] = nearbyintf((clamp_to(on_grid(x[i], lo, hi, step), lo, hi) - lo) / step);
+            out[i] = code_of(on_grid(x[i], lo, hi, step), lo, hi, step);
     }
 }
