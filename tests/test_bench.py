@@ -9,7 +9,7 @@ from fairseq import options
 
 from fullyqt.bench.config import ConfigError, load_preset, presets
 from fullyqt.bench.report import write_report
-from fullyqt.eval.significance import compare
+from fullyqt.eval.significance import compare, interval_text
 from tests.conftest import REPO, USER_DIR, build_model
 
 
@@ -320,11 +320,17 @@ def test_smoke_preset_end_to_end(tmp_path):
     filled = rows["pruned-filled"]
     assert filled["dense"] == "float" and filled["heads"] == pruned["heads"]
     assert filled["ffn"] == pruned["ffn"] and filled["layer_params"] == pruned["layer_params"]
+    # judged against its dense model: the paired interval is of its hypotheses against float's
+    for r in (pruned, filled):
+        want = compare(in_order(r["variant"]), in_order("float"), refs)
+        assert r["baseline"] == "float" and r["vs_control_interval"] == [want.low, want.high]
     step, step_filled = data["pruning"]
+    assert step["vs_dense_interval"] == pruned["vs_control_interval"]
     assert step["variant"] == "pruned" and step["dense_ms"]["decoder_layers_ms"] > 0
     assert step_filled["variant"] == "pruned-filled" and step_filled["dense"] == "float"
     assert step["sentence_bound"] >= 1 and 0 < step["output_share"] < 1
     assert "## Pruning" in md and "Pruning goal" in md
+    assert f"95% interval {interval_text(*pruned['vs_control_interval'])}" in md
     # the README block of the pruning section is the report's, generated from results.json
     readme = out / "README.md"
     readme.write_text("x\n<!-- pruning:begin -->\n<!-- pruning:end -->\n")

@@ -225,7 +225,9 @@ def main(argv=None):
                         threads=a.threads, max_len=length,
                         extra=kernels("exact") if v.bits else [])
         hypotheses[v.name] = dec.hypotheses
-        baseline = v.baseline if v.bits or v.distill_data else None
+        # a pruned model is judged against its dense model, a quantized or distilled one
+        # against its control
+        baseline = v.baseline if v.bits or v.distill_data else shapes.get("dense")
         interval = (compare(dec.hypotheses, hypotheses[baseline], refs)
                     if baseline in hypotheses else None)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,

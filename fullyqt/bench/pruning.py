@@ -4,6 +4,7 @@ rest), the multiply-add bound, and fairseq and CTranslate2 speed, with the issue
 from typing import Dict, List, Optional
 
 from ..checkpoint import arch_of, read_checkpoint
+from ..eval.significance import interval_text
 from .steps import mac_bound, step_split
 
 PARTS = ("decoder_layers_ms", "output_projection_ms", "rest_ms")
@@ -38,6 +39,8 @@ def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str,
         out.append({
             "variant": r["variant"], "dense": dense, "bleu": r["bleu"],
             "dense_bleu": by_name[dense]["bleu"], "bits": r.get("bits"),
+            "vs_dense_interval": r.get("vs_control_interval") if r.get("baseline") == dense
+            else None,
             "layer_params": r["layer_params"], "dense_layer_params": r["dense_layer_params"],
             "heads": r.get("heads"), "ffn": r.get("ffn"),
             "dense_ms": {k: same[k] for k in PARTS}, "compact_ms": {k: c[k] for k in PARTS},
@@ -59,10 +62,12 @@ def findings(prune_rows: List[dict]) -> List[str]:
         share = p["layer_params"] / p["dense_layer_params"]
         delta = p["bleu"] - p["dense_bleu"]
         ok = share <= 0.5 and delta >= -1.0
+        interval = p.get("vs_dense_interval")
         out.append(f"Pruning goal (≤ 50% of the layer parameters, ≤ 1 BLEU below the dense "
-                   f"model) {'met' if ok else 'missed'} by `{p['variant']}`: {share:.0%} of "
+                   f"model) {'met' if ok else 'missed'} by `{p['variant']}`: {share:.1%} of "
                    f"`{p['dense']}`'s layer parameters, {p['bleu']:.2f} vs {p['dense_bleu']:.2f} "
-                   f"BLEU ({delta:+.2f}).")
+                   f"BLEU ({delta:+.2f}" + (f", 95% interval {interval_text(*interval)}"
+                                            if interval else "") + ").")
         layers = _ratio(p["dense_ms"]["decoder_layers_ms"], p["compact_ms"]["decoder_layers_ms"])
         out.append(f"Decoder-layer time per step (goal ≥ 1.8x lower) for `{p['variant']}`: "
                    f"{p['dense_ms']['decoder_layers_ms']:.2f} → "
@@ -106,7 +111,7 @@ def markdown(prune_rows: List[dict], threads) -> List[str]:
         d, c = p["dense_ms"], p["compact_ms"]
         lines.append(
             f"| {p['variant']} | {p['bleu']:.2f} ({p['dense_bleu']:.2f}) | "
-            f"{p['layer_params']:,} ({p['layer_params'] / p['dense_layer_params']:.0%}) | "
+            f"{p['layer_params']:,} ({p['layer_params'] / p['dense_layer_params']:.1%}) | "
             f"{join(h.get('enc'))} / {join(h.get('dec-self'))} / {join(h.get('dec-cross'))} | "
             f"{join(f.get('enc'))} / {join(f.get('dec'))} | "
             f"{c['decoder_layers_ms']:.2f} ({d['decoder_layers_ms']:.2f}) | "
