@@ -184,6 +184,11 @@ def test_report_writer(tmp_path):
     assert ("`fullyqt4-kd` distilled from `float`: 28.50 vs the teacher's 30.00 (-1.50) (4-bit "
             "goal, within 2.0: met); its control `float-finetune` (float, same recipe) 31.00 "
             "(-2.50); the teacher's forward pass takes 25% of update time.") in md
+    # a pruned model's control is the dense model it was pruned from
+    rows.append({**rows[0], "variant": "pruned-kd", "bleu": 29.0, "teacher": "float-finetune",
+                 "baseline": "float", "dense": "float"})
+    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
+    assert ("its control `float` (the dense model it was pruned from) 30.00 (-1.00)") in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     from fullyqt.bench.report import rewrite
 

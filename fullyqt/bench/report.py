@@ -70,7 +70,9 @@ def findings(rows: List[dict]) -> List[str]:
         control = by_name.get(r.get("baseline") or "")
         if control is not None and control is not teacher:
             iv = r.get("vs_control_interval")
-            line += (f"; its control `{control['variant']}` (float, same recipe) "
+            what = ("the dense model it was pruned from" if r.get("dense") == control["variant"]
+                    else "float, same recipe")
+            line += (f"; its control `{control['variant']}` ({what}) "
                      f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f}"
                      + (f", 95% paired-bootstrap interval {interval_text(*iv)}"
                         if iv else "") + ")")
