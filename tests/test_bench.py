@@ -334,6 +334,11 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert step["variant"] == "pruned" and step["dense_ms"]["decoder_layers_ms"] > 0
     assert step_filled["variant"] == "pruned-filled" and step_filled["dense"] == "float"
     assert step["sentence_bound"] >= 1 and 0 < step["output_share"] < 1
+    # CTranslate2 on equal work: both exports timed on the same forced shapes
+    equal = step["ct2_equal_ms"]
+    assert equal["dense"] > 0 and equal["compact"] > 0 and equal["src_len"] >= 1
+    assert 1 <= step["ct2_sentence_bound"] <= step["sentence_bound"] + 1e-9
+    assert f"beam 5 forced to {equal['tgt_len']} target tokens" in md
     assert "## Pruning" in md and "Pruning goal" in md
     assert f"95% interval {interval_text(*pruned['vs_control_interval'])}" in md
     # the README block of the pruning section is the report's, generated from results.json

@@ -141,6 +141,26 @@ def test_ctranslate2_model_of_a_compact_model_scores_like_it(toy_data, pruned, t
         assert torch.allclose(torch.tensor(ct2.log_probs), ours, atol=1e-3), i
 
 
+def test_multiply_adds_counted_as_ctranslate2_pads_heads_match_the_padded_model(pruned,
+                                                                               tmp_path):
+    """The speed bound of a compact model in CTranslate2 counts the heads its export pads in:
+    counted from the compact shapes, equal to the multiply-adds of the padded model the export
+    builds."""
+    from fullyqt.checkpoint import load_model_and_task
+    from fullyqt.export.ctranslate2_compact import padded_float_model
+    from fullyqt.prune.macs import ct2_padded, dims_of, sentence_macs
+
+    compact = tmp_path / "compact.pt"
+    cli("fullyqt-export", pruned[0], "--format", "compact", "--out", compact)
+    model, task = load_model_and_task(str(compact))
+    args = model_args(torch.load(compact, map_location="cpu"))
+    own = dims_of(model)
+    padded = dims_of(padded_float_model(model, args, task)[0])
+    assert ct2_padded(own) == padded
+    assert padded != own  # the fixture's per-layer head counts differ: something is padded
+    assert sentence_macs(padded, 7, 5) > sentence_macs(own, 7, 5)
+
+
 def test_compact_model_fine_tunes_filled(toy_data, pruned, tmp_path):
     compact = tmp_path / "compact.pt"
     cli("fullyqt-export", pruned[0], "--format", "compact", "--out", compact)

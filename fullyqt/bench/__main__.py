@@ -266,7 +266,7 @@ def main(argv=None):
     if any(r.get("dense") for r in rows):
         say("timing decoding steps of the pruned models and their dense models")
         paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows,
-                             step_rows(rows, trained, data["bin"], length))
+                             step_rows(rows, trained, data["bin"], length, a.threads))
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

@@ -1,6 +1,7 @@
 """The pruning section of the report: compact models against their dense models, in BLEU, layer
 parameters, what is left per layer, time per decoding step (decoder layers / output projection /
 rest), the multiply-add bound, and fairseq and CTranslate2 speed, with the issue's goals."""
+import os
 from typing import Dict, List, Optional
 
 from ..checkpoint import arch_of, read_checkpoint
@@ -17,10 +18,33 @@ def _ct2_speed(rows: List[dict], variant: str) -> Optional[float]:
     return None
 
 
+def _ct2_dir(trained: Dict[str, object], variant: str) -> Optional[str]:
+    path = os.path.join(os.path.dirname(trained[variant].checkpoint), "ct2-int8")
+    return path if os.path.isfile(os.path.join(path, "model.bin")) else None
+
+
+def ct2_equal_work(dense_dir: str, compact_dir: str, data_bin: str, src_len: float,
+                   tgt_len: float, threads: int) -> Dict[str, float]:
+    """CTranslate2 milliseconds per sentence of two models on the same work: 32 random sources
+    of the test set's mean source length, beam 5 forced to its mean translation length (free
+    decoding lets each model's beams run as long as its own hypotheses: other work)."""
+    from fairseq.data import Dictionary
+
+    from .compact_speed import ct2_sentence_ms
+
+    d = Dictionary.load(os.path.join(data_bin, "dict.src.txt"))
+    shape = dict(threads=threads, src_len=max(1, round(src_len)), tgt_len=max(1, round(tgt_len)),
+                 repeats=5)
+    return {"dense": ct2_sentence_ms(dense_dir, d, **shape),
+            "compact": ct2_sentence_ms(compact_dir, d, **shape),
+            "src_len": shape["src_len"], "tgt_len": shape["tgt_len"]}
+
+
 def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str,
-              max_len: Optional[int] = None) -> List[dict]:
+              max_len: Optional[int] = None, threads: Optional[int] = None) -> List[dict]:
     """One record per compacted variant (``rows`` holding its ``dense`` model's row too);
-    ``max_len`` caps the beam search that sets the timed lengths."""
+    ``max_len`` caps the beam search that sets the timed lengths; ``threads``: also time both
+    models' CTranslate2 exports on equal work (where both were made)."""
     by_name = {r["variant"]: r for r in rows}
     timed, out = {}, []
     for r in rows:
@@ -36,6 +60,9 @@ def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str,
         (d, same), c = timed[dense], step_split(trained[r["variant"]].checkpoint, data_bin,
                                                 max_len=max_len)
         same = same or d
+        dirs = (_ct2_dir(trained, dense), _ct2_dir(trained, r["variant"]))
+        equal = ct2_equal_work(*dirs, data_bin, d["src_len"], d["tgt_len"], threads) if (
+            threads and all(dirs)) else None
         out.append({
             "variant": r["variant"], "dense": dense, "bleu": r["bleu"],
             "dense_bleu": by_name[dense]["bleu"], "bits": r.get("bits"),
@@ -48,7 +75,8 @@ def step_rows(rows: List[dict], trained: Dict[str, object], data_bin: str,
             **mac_bound(d["dims"], c["dims"], d["src_len"], d["tgt_len"]),
             "fairseq_tps": r.get("tokens_per_second"),
             "dense_fairseq_tps": by_name[dense].get("tokens_per_second"),
-            "ct2_tps": _ct2_speed(rows, r["variant"]), "dense_ct2_tps": _ct2_speed(rows, dense)})
+            "ct2_tps": _ct2_speed(rows, r["variant"]), "dense_ct2_tps": _ct2_speed(rows, dense),
+            "ct2_equal_ms": equal})
     return out
 
 
@@ -76,14 +104,33 @@ def findings(prune_rows: List[dict]) -> List[str]:
                    f"{p['layers_bound']:.2f}x; the dense model in stock fairseq layers: "
                    f"{p.get('dense_stock_ms', p['dense_ms'])['decoder_layers_ms']:.2f} ms).")
         ct2 = _ratio(p["ct2_tps"], p["dense_ct2_tps"])
-        if ct2 is not None:
-            reach = ct2 / p["sentence_bound"]
-            out.append(f"CTranslate2 speed-up of `{p['variant']}` over `{p['dense']}`: {ct2:.2f}x "
-                       f"of a {p['sentence_bound']:.2f}x multiply-add bound per sentence "
-                       f"({p['step_bound']:.2f}x per step; the output projection is "
+        equal = p.get("ct2_equal_ms")
+        up = _ratio(equal["dense"], equal["compact"]) if equal else ct2
+        if up is not None:
+            reach = up / p["sentence_bound"]
+            how = (f" on equal work (32 sources of {equal['src_len']} tokens, beam 5 forced to "
+                   f"{equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
+                   f"{equal['compact']:.2f} ms per sentence)" if equal else
+                   " in free decoding of the test set")
+            tail = (f"; {_padding_text(p, up)}" + (f"; in free decoding of the test set, where "
+                                                   f"each model's beams run as long as its own "
+                                                   f"hypotheses: {ct2:.2f}x" if ct2 else "")
+                    if equal else "")
+            out.append(f"CTranslate2 speed-up of `{p['variant']}` over `{p['dense']}`{how}: "
+                       f"{up:.2f}x of a {p['sentence_bound']:.2f}x multiply-add bound per "
+                       f"sentence ({p['step_bound']:.2f}x per step; the output projection is "
                        f"{p['output_share']:.0%} of a dense step): {reach:.0%} of the bound "
-                       f"(goal ≥ 90%: {'met' if reach >= 0.9 else 'missed'}).")
+                       f"(goal ≥ 90%: {'met' if reach >= 0.9 else 'missed'}){tail}.")
     return out
+
+
+def _padding_text(p: dict, up: float) -> str:
+    padded = p.get("ct2_sentence_bound")
+    if padded is None or padded >= p["sentence_bound"] - 1e-9:
+        return "CTranslate2 holds these head counts without padding"
+    return ("CTranslate2 holds one head count per stack (the decoder's self- and "
+            "cross-attention share it), so every attention is padded to its stack's largest "
+            f"count: the padded model's bound is {padded:.2f}x, {up / padded:.0%} of it reached")
 
 
 def markdown(prune_rows: List[dict], threads) -> List[str]:
@@ -97,18 +144,20 @@ def markdown(prune_rows: List[dict], threads) -> List[str]:
              "(dense) where the dense model runs through fullyqt's own unquantized layers, the "
              "code path the compact model takes (a stock dense model's own time is in "
              "results.json, `dense_stock_ms`); MAC bound = dense multiply-adds / compact "
-             "multiply-adds.", "",
+             "multiply-adds; CT2 equal work: both CTranslate2 exports on 32 random sources of "
+             "the mean source length, beam 5 forced to the mean translation length.", "",
              "| variant | BLEU (dense) | layer params | heads enc / dec-self / dec-cross | "
              "FFN units enc / dec | decoder layers ms | output proj. ms | rest ms | "
-             "MAC bound step / sentence | fairseq tok/s (dense) | CT2 tok/s (dense) |",
-             "|" + "---|" * 11]
+             "MAC bound step / sentence | fairseq tok/s (dense) | CT2 tok/s (dense) | "
+             "CT2 ms/sentence, equal work (dense) |",
+             "|" + "---|" * 12]
 
     def join(v):
         return ",".join("–" if x is None else str(x) for x in (v or []))
 
     for p in prune_rows:
         h, f = p.get("heads") or {}, p.get("ffn") or {}
-        d, c = p["dense_ms"], p["compact_ms"]
+        d, c, eq = p["dense_ms"], p["compact_ms"], p.get("ct2_equal_ms")
         lines.append(
             f"| {p['variant']} | {p['bleu']:.2f} ({p['dense_bleu']:.2f}) | "
             f"{p['layer_params']:,} ({p['layer_params'] / p['dense_layer_params']:.1%}) | "
@@ -120,7 +169,8 @@ def markdown(prune_rows: List[dict], threads) -> List[str]:
             f"{p['step_bound']:.2f}x / {p['sentence_bound']:.2f}x | "
             f"{p['fairseq_tps'] or 0:.0f} ({p['dense_fairseq_tps'] or 0:.0f}) | "
             + (f"{p['ct2_tps']:.0f} ({p['dense_ct2_tps']:.0f}) |" if p["ct2_tps"] and
-               p["dense_ct2_tps"] else "– |"))
+               p["dense_ct2_tps"] else "– |")
+            + (f" {eq['compact']:.2f} ({eq['dense']:.2f}) |" if eq else " – |"))
     lines += ["", "Heads and units are those kept (a layer keeps at least one of each, with zero "
               "output columns when none survived).", ""]
     lines += [f"- {x}" for x in findings(prune_rows)]
@@ -131,8 +181,9 @@ def retime(out_dir: str, data_bin: str) -> str:
     """Redo the pruning section of a finished run (``OUT/results.json``) on this machine, now;
     returns the report's path."""
     import json
-    import os
     from types import SimpleNamespace
+
+    import torch
 
     from .report import rewrite
 
@@ -148,7 +199,8 @@ def retime(out_dir: str, data_bin: str) -> str:
         elif os.path.isfile(os.path.join(vdir, "train_result.json")):
             with open(os.path.join(vdir, "train_result.json")) as f:
                 trained[r["variant"]] = SimpleNamespace(checkpoint=json.load(f)["checkpoint"])
-    data["pruning"] = step_rows(data["rows"], trained, data_bin)
+    data["pruning"] = step_rows(data["rows"], trained, data_bin,
+                                threads=torch.get_num_threads())
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     os.replace(path + ".tmp", path)
@@ -157,7 +209,6 @@ def retime(out_dir: str, data_bin: str) -> str:
 
 if __name__ == "__main__":
     import logging
-    import os
     import sys
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

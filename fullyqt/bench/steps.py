@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..prune.macs import dims_of, sentence_macs, step_macs
+from ..prune.macs import ct2_padded, dims_of, sentence_macs, step_macs
 from .profile import _batches, _load, generator
 
 
@@ -110,12 +110,15 @@ def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, bea
 
 
 def mac_bound(dense, compact, src_len: float, tgt_len: float) -> Dict[str, float]:
-    """Dense MACs / compact MACs: per decoding step (mid-sentence) and per sentence; and the
-    output projection's share of a dense step."""
+    """Dense MACs / compact MACs: per decoding step (mid-sentence) and per sentence, the latter
+    also against the compact model as CTranslate2 holds it (heads padded); and the output
+    projection's share of a dense step."""
     s, t = max(1, round(src_len)), max(1, round(tgt_len))
     mid = max(1, t // 2)
     d_step, c_step = step_macs(dense, mid, s), step_macs(compact, mid, s)
     return {"step_bound": sum(d_step.values()) / sum(c_step.values()),
             "layers_bound": d_step["decoder_layers"] / c_step["decoder_layers"],
             "sentence_bound": sentence_macs(dense, s, t) / sentence_macs(compact, s, t),
+            "ct2_sentence_bound": sentence_macs(dense, s, t) / sentence_macs(ct2_padded(compact),
+                                                                             s, t),
             "output_share": d_step["output_projection"] / sum(d_step.values())}

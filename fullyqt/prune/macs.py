@@ -36,6 +36,16 @@ def dims_of(model) -> Dims:
     return Dims(model.decoder.embed_dim, attn.head_dim, vocab, enc, dec)
 
 
+def ct2_padded(d: Dims) -> Dims:
+    """``d`` as CTranslate2 runs it: one head count per stack (the decoder's self- and
+    cross-attention share it), so every attention is padded to its stack's largest count, and
+    padded heads cost their multiply-adds."""
+    enc = max(h for h, _ in d.encoder)
+    dec = max(max(s, c) for s, c, _ in d.decoder)
+    return d._replace(encoder=[(enc, f) for _, f in d.encoder],
+                      decoder=[(dec, dec if c else 0, f) for _, c, f in d.decoder])
+
+
 def step_macs(d: Dims, position: int, src_len: int) -> Dict[str, int]:
     """One decoder step of one hypothesis at target ``position`` (1-based): the decoder layers
     (projections, attention over ``position`` keys and ``src_len`` encoder keys, FFN) and the
