@@ -205,6 +205,33 @@ def test_stack_scope_keeps_a_head_in_every_attention_and_follows_the_scores(toy_
     assert got == [[1, 1, 1, 1], [1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 1]]
 
 
+def test_ffn_stack_scope_pools_ffn_units_per_stack_and_keeps_heads_per_attention(toy_data):
+    """``--prune-topk-scope ffn-stack``: every attention keeps its own top half of the heads
+    (equal counts: what CTranslate2 holds unpadded) while the FFN units of a stack are ranked
+    together, so the FFN whose units score higher keeps more of them."""
+    model, _, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+                              "--prune-method", "topk", "--prune-density", "0.5",
+                              "--prune-topk-scope", "ffn-stack")
+    model.set_num_updates(100)
+    layers = model.decoder.layers
+    attns = [layers[0].self_attn, layers[0].encoder_attn, layers[1].self_attn,
+             layers[1].encoder_attn]
+    # the stack scope would give the first attention all four heads (see the test above)
+    for a, v in zip(attns, [[9.0, 8.0, 7.0, 6.0], [5.0, -1.0, -2.0, -3.0],
+                            [-4.0, -5.0, -7.0, -6.0], [-8.0, -9.0, -10.0, -11.0]]):
+        _set_scores(a.v_proj.source.scores, torch.tensor(v).view(4, 1))
+    units = layers[0].fc1.out_features
+    high = torch.arange(units, dtype=torch.float) + 10.0
+    _set_scores(layers[0].fc1.source.scores, high.view(units, 1))
+    _set_scores(layers[1].fc1.source.scores, -high.view(units, 1))
+    model.train()
+    got = [a.v_proj.source.block_mask().view(-1).tolist() for a in attns]
+    assert got == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    # half of the decoder's 2 x units kept: the second FFN keeps only its best unit (-10)
+    assert torch.equal(units_alive(layers[0]), torch.arange(units) >= 1)
+    assert torch.equal(units_alive(layers[1]), torch.arange(units) == 0)
+
+
 def test_stack_scope_needs_topk(toy_data):
     from fullyqt.prune.blocks import PruneOptionError
 

@@ -9,7 +9,7 @@ from .schedule import Schedule
 
 METHODS = ("sigmoid", "topk")
 SCORE_INITS = ("zero", "magnitude")
-TOPK_SCOPES = ("matrix", "stack")
+TOPK_SCOPES = ("matrix", "stack", "ffn-stack")
 _DEFAULTS = (("prune_method", None), ("prune_attn_block", "32x32"), ("prune_ffn_block", "row"),
              ("prune_threshold", 0.1), ("prune_lambda", 10.0), ("prune_density", None),
              ("prune_warmup_updates", None), ("prune_cooldown_updates", None),
@@ -86,16 +86,18 @@ def add_prune_args(parser):
                    metavar="{zero,magnitude}",
                    help="zero: every score starts at 0 and the masks follow the weights' movement "
                         "alone (the paper, default); magnitude: each matrix's scores start at the "
-                        "z-scores of its blocks' L2 norms (pooled over the stack with "
-                        "--prune-topk-scope stack), for pruning a trained model that is also its "
+                        "z-scores of its blocks' L2 norms (pooled as --prune-topk-scope "
+                        "ranks them), for pruning a trained model that is also its "
                         "own teacher (no movement to read at first)")
     g.add_argument("--prune-topk-scope", action=checked_action(_topk_scope),
-                   metavar="{matrix,stack}",
+                   metavar="{matrix,stack,ffn-stack}",
                    help="topk: keep the top --prune-density of the blocks of each matrix "
                         "(default), or of all the attention blocks (FFN blocks) of the encoder, "
                         "and of the decoder, pooled: layers that matter keep more heads and units "
                         "(each attention keeps its best head and each FFN its best unit, the "
-                        "rest of the share goes by rank)")
+                        "rest of the share goes by rank); ffn-stack: FFN units pooled per stack, "
+                        "attention per matrix, so that every attention keeps the same number of "
+                        "heads, which CTranslate2 holds without padding")
     g.add_argument("--prune-compact-shapes", metavar="JSON",
                    help="per-layer head counts and FFN sizes of a compacted model (written by "
                         "fullyqt-export --format compact; read from the checkpoint that "

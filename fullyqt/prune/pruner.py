@@ -49,6 +49,7 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         self.__dict__["scores"] = {g: [] for g in GROUPS}
         self.__dict__["matrices"] = []  # (group, label, QuantLinear)
         # --prune-topk-scope: the scores ranked together, per (stack, group) or per matrix
+        # (ffn-stack: per stack for the FFN, per matrix for attention)
         self.__dict__["scopes"] = {}
         self._pooled = (None, {})
 
@@ -56,7 +57,9 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         self.matrices.append((group, label, layer))
         if scores is not None:
             self.scores[group].append(scores)
-            key = (label.split(".")[0], group) if self.pcfg.topk_scope == "stack" else label
+            pooled = self.pcfg.topk_scope == "stack" or (self.pcfg.topk_scope == "ffn-stack"
+                                                         and group == "ffn")
+            key = (label.split(".")[0], group) if pooled else label
             self.scopes.setdefault(key, []).append(scores)
 
     @torch.no_grad()
