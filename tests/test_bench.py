@@ -206,6 +206,12 @@ def test_report_kronecker_section_judges_the_goals(tmp_path):
                 ffn_attn_params=1990, embed_params=2000, kind="trained"),
             row("kron4-ce", bleu=29.0, kron_layers="ffn,attn", ffn_attn_params=1990,
                 embed_params=2000, kind="trained"),
+            row("kron4-kd-long-t1", bleu=29.6, teacher="float-finetune", kron_layers="ffn,attn",
+                ffn_attn_params=2001, embed_params=2000, kind="trained"),
+            row("kron8-kd", bleu=29.4, teacher="float-finetune", kron_layers="ffn,attn",
+                ffn_attn_params=1000, embed_params=2000, kind="trained"),
+            row("kron4-hidden", bleu=20.0, teacher="float-finetune", kron_layers="ffn,attn",
+                ffn_attn_params=1990, embed_params=2000, kind="trained"),
             row("kron-prune8", bits=8, bleu=28.0, teacher="float-finetune", model_bytes=200,
                 kron_layers="ffn,embed", ffn_attn_params=3000, embed_params=250,
                 dense="float-finetune", kind="trained")]
@@ -215,6 +221,11 @@ def test_report_kronecker_section_judges_the_goals(tmp_path):
     assert "met by `kron4-kd`: 4.02x fewer, 29.60 vs `float-finetune` 31.00 (-1.40)" in md
     assert "Distillation goal (≥ 0.5 BLEU over the same updates without it) met by " \
            "`kron4-kd`: 29.60 vs 29.00 (+0.60)" in md
+    # every distilled student is judged (a longer stage 2 too), not the stage-1 model; 8000 /
+    # 2001 = 3.998x: B's few numbers on top of a quarter, 4.00x as shown
+    assert "met by `kron4-kd-long-t1`: 4.00x fewer, 29.60 vs `float-finetune` 31.00 (-1.40)" in md
+    assert "missed by `kron8-kd`: 8.00x fewer, 29.40 vs `float-finetune` 31.00 (-1.60)" in md
+    assert "by `kron4-hidden`" not in md
     # 200 / 4000 bytes = 0.05x (within 0.06) but 3.0 BLEU below the teacher (more than 2)
     assert "missed by `kron-prune8`: 0.050x, 28.00 vs `float-finetune` 31.00 (-3.00)" in md
     assert "| kron-prune8 | ffn,embed | 8 | 28.00 | -3.00 | 2.67x | 8.00x |" in md
@@ -227,7 +238,7 @@ def test_report_kronecker_section_judges_the_goals(tmp_path):
     assert "old" not in block and "--section kronecker" in block
     section = md.split("## Kronecker-factorized layers")[1].split("\n## ")[0]
     table = [line for line in section.splitlines() if line.startswith("| kron")]
-    assert len(table) == 3 and all(line in block for line in table)
+    assert len(table) == 6 and all(line in block for line in table)
     assert "missed by `kron-prune8`: 0.050x" in block
 
 
