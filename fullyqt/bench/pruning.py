@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 from ..checkpoint import arch_of, read_checkpoint
 from ..eval.significance import interval_text
-from .steps import mac_bound, step_split
+from .steps import mac_bound, step_split, whole_lengths
 
 PARTS = ("decoder_layers_ms", "output_projection_ms", "rest_ms")
 
@@ -33,8 +33,8 @@ def ct2_equal_work(dense_dir: str, compact_dir: str, data_bin: str, src_len: flo
     from .compact_speed import ct2_sentence_ms
 
     d = Dictionary.load(os.path.join(data_bin, "dict.src.txt"))
-    shape = dict(threads=threads, src_len=max(1, round(src_len)), tgt_len=max(1, round(tgt_len)),
-                 repeats=5)
+    s, t = whole_lengths(src_len, tgt_len)
+    shape = dict(threads=threads, src_len=s, tgt_len=t, repeats=5)
     return {"dense": ct2_sentence_ms(dense_dir, d, **shape),
             "compact": ct2_sentence_ms(compact_dir, d, **shape),
             "src_len": shape["src_len"], "tgt_len": shape["tgt_len"]}
@@ -108,14 +108,16 @@ def findings(prune_rows: List[dict]) -> List[str]:
         up = _ratio(equal["dense"], equal["compact"]) if equal else ct2
         if up is not None:
             reach = up / p["sentence_bound"]
-            how = (f" on equal work (32 sources of {equal['src_len']} tokens, beam 5 forced to "
-                   f"{equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
-                   f"{equal['compact']:.2f} ms per sentence)" if equal else
-                   " in free decoding of the test set")
-            tail = (f"; {_padding_text(p, up)}" + (f"; in free decoding of the test set, where "
-                                                   f"each model's beams run as long as its own "
-                                                   f"hypotheses: {ct2:.2f}x" if ct2 else "")
-                    if equal else "")
+            if equal:
+                how = (f" on equal work (32 sources of {equal['src_len']} tokens, beam 5 forced "
+                       f"to {equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
+                       f"{equal['compact']:.2f} ms per sentence)")
+                tail = f"; {_padding_text(p, up)}"
+                if ct2:
+                    tail += (f"; in free decoding of the test set, where each model's beams run "
+                             f"as long as its own hypotheses: {ct2:.2f}x")
+            else:
+                how, tail = " in free decoding of the test set", ""
             out.append(f"CTranslate2 speed-up of `{p['variant']}` over `{p['dense']}`{how}: "
                        f"{up:.2f}x of a {p['sentence_bound']:.2f}x multiply-add bound per "
                        f"sentence ({p['step_bound']:.2f}x per step; the output projection is "

@@ -109,11 +109,17 @@ def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, bea
             "src_len": src_len, "tgt_len": tgt_len, "dims": dims_of(model)}
 
 
+def whole_lengths(src_len: float, tgt_len: float) -> Tuple[int, int]:
+    """Mean lengths as the token counts that the bound and the CTranslate2 equal-work timing
+    both use (at least one each)."""
+    return max(1, round(src_len)), max(1, round(tgt_len))
+
+
 def mac_bound(dense, compact, src_len: float, tgt_len: float) -> Dict[str, float]:
     """Dense MACs / compact MACs: per decoding step (mid-sentence) and per sentence, the latter
     also against the compact model as CTranslate2 holds it (heads padded); and the output
     projection's share of a dense step."""
-    s, t = max(1, round(src_len)), max(1, round(tgt_len))
+    s, t = whole_lengths(src_len, tgt_len)
     mid = max(1, t // 2)
     d_step, c_step = step_macs(dense, mid, s), step_macs(compact, mid, s)
     return {"step_bound": sum(d_step.values()) / sum(c_step.values()),
