@@ -238,3 +238,51 @@ def test_stack_scope_needs_topk(toy_data):
     with pytest.raises(PruneOptionError, match="--prune-topk-scope stack applies to "
                                                 "--prune-method topk; got --prune-method sigmoid"):
         build_model(toy_data[1], *PRUNE, "--prune-topk-scope", "stack")
+
+
+def test_decoder_density_thins_the_decoder_on_its_own_schedule(toy_data):
+    """``--prune-decoder-density``: the decoder's attentions and FFNs keep the top quarter,
+    the encoder's the top three quarters (hand-set scores; per matrix and with the FFN units of a
+    stack pooled), each density falling on the cubic schedule; a checkpoint saved before the
+    option (no ``decoder_density``) masks its decoder at the one density."""
+    from fullyqt.prune.schedule import Schedule
+
+    for scope in ("matrix", "ffn-stack"):
+        model, _, _ = build_model(toy_data[1], *PRUNE, "--prune-attn-block", "head",
+                                  "--prune-method", "topk", "--prune-density", "0.75",
+                                  "--prune-decoder-density", "0.25", "--prune-topk-scope", scope)
+        ramp = Schedule(10, 20, 100)  # --warmup-updates 10, cooldown a fifth of 100
+        model.set_num_updates(40)
+        assert float(model.pruner.density) == pytest.approx(ramp.falling(0.75, 40))
+        assert float(model.pruner.decoder_density) == pytest.approx(ramp.falling(0.25, 40))
+        model.set_num_updates(100)
+        for stack in (model.encoder, model.decoder):
+            for layer in stack.layers:
+                for attn in (layer.self_attn, getattr(layer, "encoder_attn", None)):
+                    if attn is not None:
+                        _set_scores(attn.v_proj.source.scores,
+                                    torch.tensor([1.0, 4.0, 3.0, 2.0]).view(4, 1))
+                units = layer.fc1.out_features
+                _set_scores(layer.fc1.source.scores,
+                            torch.arange(units, dtype=torch.float).view(units, 1))
+        model.train()
+        for stack, heads in ((model.encoder, [0, 1, 1, 1]), (model.decoder, [0, 1, 0, 0])):
+            keep = 0.75 if stack is model.encoder else 0.25
+            for layer in stack.layers:
+                assert heads_alive(layer.self_attn).int().tolist() == heads
+                units = layer.fc1.out_features
+                # the same scores in every FFN of the stack: pooled or not, each keeps its top
+                kept = int(keep * units)
+                assert torch.equal(units_alive(layer), torch.arange(units) >= units - kept)
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("decoder_density")}
+    model.load_state_dict(old)
+    assert float(model.pruner.decoder_density) == float(model.pruner.density) == 0.75
+    assert heads_alive(model.decoder.layers[0].self_attn).int().tolist() == [0, 1, 1, 1]
+
+
+def test_decoder_density_needs_topk(toy_data):
+    from fullyqt.prune.blocks import PruneOptionError
+
+    with pytest.raises(PruneOptionError, match="--prune-decoder-density 0.3 applies to "
+                                                "--prune-method topk; got --prune-method sigmoid"):
+        build_model(toy_data[1], *PRUNE, "--prune-decoder-density", "0.3")

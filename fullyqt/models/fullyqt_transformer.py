@@ -408,6 +408,8 @@ class FullyQTTransformerModel(TransformerModel):
             raise UserError("the checkpoint holds pruning masks but the model is built without "
                             "--prune-method: export it with fullyqt-export --format compact, "
                             "or pass the --prune-* options it was trained with")
+        if self.pruner is not None:
+            self.pruner.upgrade_state(state_dict, f"{prefix}pruner.")
         own = self.state_dict()
         missing = [k for k in own if prefix + k not in state_dict and _is_fresh_state(self, k)]
         for k in missing:

@@ -31,8 +31,9 @@ class _AddToLoss(torch.autograd.Function):
 
 
 class Pruner(DropCachesOnModeSwitch, nn.Module):
-    """``threshold`` (sigmoid), ``density`` (topk) and ``penalty_weight`` follow the schedule
-    from ``set_num_updates`` and are saved, so a loaded model masks as it did when saved."""
+    """``threshold`` (sigmoid), ``density`` and ``decoder_density`` (topk) and
+    ``penalty_weight`` follow the schedule from ``set_num_updates`` and are saved, so a loaded
+    model masks as it did when saved."""
 
     stock = False  # not part of a stock transformer: the stock export leaves it out
 
@@ -43,7 +44,8 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         self.register_buffer("density", torch.tensor(1.0))
         self.register_buffer("penalty_weight", torch.tensor(0.0))
         self.register_buffer("scores_started", torch.tensor(False))
-        self._values = (0.0, 1.0, 0.0)
+        self.register_buffer("decoder_density", torch.tensor(1.0))
+        self._values = (0.0, 1.0, 0.0, 1.0)
         self._started = False
         # references, not children: each BlockScores is saved by the layer that owns it
         self.__dict__["scores"] = {g: [] for g in GROUPS}
@@ -51,6 +53,7 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         # --prune-topk-scope: the scores ranked together, per (stack, group) or per matrix
         # (ffn-stack: per stack for the FFN, per matrix for attention)
         self.__dict__["scopes"] = {}
+        self.__dict__["stack_of"] = {}  # id(scores) or scope key -> encoder / decoder
         self._pooled = (None, {})
 
     def register(self, group: str, label: str, layer, scores: BlockScores = None):
@@ -59,8 +62,10 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
             self.scores[group].append(scores)
             pooled = self.pcfg.topk_scope == "stack" or (self.pcfg.topk_scope == "ffn-stack"
                                                          and group == "ffn")
-            key = (label.split(".")[0], group) if pooled else label
+            stack = label.split(".")[0]
+            key = (stack, group) if pooled else label
             self.scopes.setdefault(key, []).append(scores)
+            self.stack_of[key] = self.stack_of[id(scores)] = stack
 
     @torch.no_grad()
     def start_scores(self):
@@ -87,42 +92,59 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         self._pooled = (None, {})
 
     def _sync(self):
-        self._values = (float(self.threshold), float(self.density), float(self.penalty_weight))
+        self._values = (float(self.threshold), float(self.density), float(self.penalty_weight),
+                        float(self.decoder_density))
         self._started = bool(self.scores_started)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._sync()
 
+    @staticmethod
+    def upgrade_state(state_dict, prefix: str):
+        """A checkpoint saved before ``--prune-decoder-density``: its decoder followed the one
+        density."""
+        if prefix + "density" in state_dict:
+            state_dict.setdefault(prefix + "decoder_density",
+                                  state_dict[prefix + "density"].clone())
+
     def set_num_updates(self, num_updates: int):
         p, s = self.pcfg, self.pcfg.schedule
         self.threshold.fill_(s.rising(p.threshold, num_updates) if p.method == "sigmoid" else 0)
-        self.density.fill_(s.falling(p.density, num_updates) if p.method == "topk" else 1.0)
+        for buffer, stack in ((self.density, "encoder"), (self.decoder_density, "decoder")):
+            buffer.fill_(s.falling(p.final_density(stack), num_updates)
+                         if p.method == "topk" else 1.0)
         self.penalty_weight.fill_(s.rising(p.penalty, num_updates)
                                   if p.method == "sigmoid" else 0.0)
         self._sync()
 
     def version(self) -> tuple:
-        return self._values[:2]
+        return self._values[:2] + self._values[3:]
+
+    def _density(self, stack) -> float:
+        """The current top-k density of ``stack`` (a matrix of no stack: ``--prune-density``)."""
+        return self._values[3] if stack == "decoder" else self._values[1]
 
     def mask(self, scores: BlockScores) -> torch.Tensor:
-        threshold, density, _ = self._values
+        threshold = self._values[0]
         if self.pcfg.topk_scope == "matrix" or self.pcfg.method != "topk":
-            return scores.mask(self.pcfg.method, threshold, density)
-        return scores.through(self._pooled_masks(density)[id(scores)])
+            return scores.mask(self.pcfg.method, threshold,
+                               self._density(self.stack_of.get(id(scores))))
+        return scores.through(self._pooled_masks()[id(scores)])
 
-    def _pooled_masks(self, density: float) -> Dict[int, torch.Tensor]:
+    def _pooled_masks(self) -> Dict[int, torch.Tensor]:
         """Every matrix's top-k mask with the scores of its scope ranked together.  Every
         matrix of a scope asks for it: outside training it is made once per change of a score
         or of the density (fairseq's optimizers write ``p.data``, which no version counter sees:
         training makes it anew each time, and a switch to evaluation drops it)."""
-        key = None if self.training else (density,) + tuple(
+        key = None if self.training else self.version() + tuple(
             tensor_version(s.raw) + tensor_version(s.scale)
             for scope in self.scopes.values() for s in scope)
         if key is None or self._pooled[0] != key:
             masks = {}
-            for scope in self.scopes.values():
-                hard = keep_top_shared([s.scores() for s in scope], density)
+            for name, scope in self.scopes.items():
+                hard = keep_top_shared([s.scores() for s in scope],
+                                       self._density(self.stack_of[name]))
                 masks.update((id(s), h) for s, h in zip(scope, hard))
             self._pooled = (key, masks)
         return self._pooled[1]
@@ -144,9 +166,11 @@ class Pruner(DropCachesOnModeSwitch, nn.Module):
         return {g: k / total[g] for g, k in zip(kept, sums)}
 
     def summary(self) -> str:
-        threshold, density, weight = self._values
+        threshold, density, weight, decoder = self._values
         where = (f"threshold {threshold:.4f} lambda {weight:.3g}" if self.pcfg.method == "sigmoid"
-                 else f"target density {density:.3f}")
+                 else f"target density {density:.3f}" + (
+                     f" (decoder {decoder:.3f})" if self.pcfg.decoder_density is not None
+                     else ""))
         kept = " ".join(f"{g} {d:.3f}" for g, d in self.densities().items())
         return f"{where} | density {kept}"
 
