@@ -63,6 +63,34 @@ def test_exports_in_the_0_1_0_format_still_load(trained_8bit):
                 assert torch.equal(old[name], q(state[name])), name
 
 
+def test_bundled_state_unbundles_to_the_packed_state_and_saves_smaller(trained_8bit, tmp_path):
+    """One flat tensor per dtype in the file; unbundled, every entry is the packed one, and a
+    tied unquantized tensor comes back tied (stored once)."""
+    from fullyqt.export.integer import BUNDLE_INDEX, bundle, pack_state, unbundle
+
+    packed = pack_state(load_model(str(trained_8bit)), 8)
+    shared = torch.arange(6.0).reshape(2, 3)
+    packed["tied.a"], packed["tied.b"] = shared, shared
+    packed["int.c"] = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32)
+    bundled = bundle(packed)
+    tensors = [k for k, v in bundled.items() if isinstance(v, torch.Tensor)]
+    assert sorted({str(bundled[k].dtype) for k in tensors}) == sorted(
+        {str(v.dtype) for v in packed.values() if isinstance(v, torch.Tensor)})
+    assert len(tensors) == len({v.dtype for v in packed.values() if isinstance(v, torch.Tensor)})
+    plain, small = tmp_path / "plain.pt", tmp_path / "bundled.pt"
+    torch.save(packed, plain)
+    torch.save(bundled, small)
+    assert os.path.getsize(small) < 0.9 * os.path.getsize(plain)
+    back = unbundle(torch.load(small, weights_only=True))
+    assert BUNDLE_INDEX not in back and set(back) == set(packed)
+    for k, v in packed.items():
+        if isinstance(v, torch.Tensor):
+            assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+        else:
+            assert back[k] == v, k
+    assert back["tied.a"].data_ptr() == back["tied.b"].data_ptr()
+
+
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_packing_round_trip(bits):
     codes = torch.randint(0, 2**bits, (7, 13))

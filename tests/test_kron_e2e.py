@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from fullyqt.export.integer import unbundle
 from tests.conftest import TINY, TRAIN, USER_DIR, cli
 
 _CRITERION = TRAIN.index("--criterion")
@@ -67,7 +68,7 @@ def test_student_translates_and_its_int8_export_decodes_identically(toy_data, st
     # the factors are the size win: smaller than the int8 export of the same model held dense
     dense = tmp_path / "dense.int8.pt"
     cli("fullyqt-export", trained_8bit, "--format", "int8", "--out", dense)
-    matrices = lambda path: sum(t.numel() for k, t in torch.load(  # noqa: E731
-        path, map_location="cpu")["model"].items() if k.endswith("@codes"))
+    matrices = lambda path: sum(t.numel() for k, t in unbundle(torch.load(  # noqa: E731
+        path, map_location="cpu")["model"]).items() if k.endswith("@codes"))
     assert matrices(int8) < matrices(dense) / 3
     assert os.path.getsize(int8) < os.path.getsize(dense)

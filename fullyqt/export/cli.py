@@ -24,7 +24,7 @@ from ..checkpoint import (
 )
 from ..errors import UserError
 from ..quant.config import QuantConfig
-from .integer import FORMAT_KEY, pack_state
+from .integer import FORMAT_KEY, bundle, pack_state
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
         # the export decodes with integer kernels unless --model-overrides says otherwise
         packed.update(with_model_args(state, quant_kernels="int8"))
-        packed.update(model=pack_state(model, bits), optimizer_history=[
+        packed.update(model=bundle(pack_state(model, bits)), optimizer_history=[
             {**state["optimizer_history"][-1], "num_updates": num_updates}],
             last_optimizer_state=None)
         packed[FORMAT_KEY] = {"format": fmt, "bits": bits}
