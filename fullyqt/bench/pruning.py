@@ -25,8 +25,8 @@ def _ct2_dir(trained: Dict[str, object], variant: str) -> Optional[str]:
 
 def ct2_equal_work(dense_dir: str, compact_dir: str, data_bin: str, src_len: float,
                    tgt_len: float, threads: int) -> Dict[str, float]:
-    """CTranslate2 milliseconds per sentence of two models on the same work: 32 random sources
-    of the test set's mean source length, beam 5 forced to its mean translation length (free
+    """CTranslate2 milliseconds per sentence of two models on the same work: 32 random sources a
+    thread (one batch per thread) of the test set's mean source length, beam 5 forced to its mean translation length (free
     decoding lets each model's beams run as long as its own hypotheses: other work)."""
     from fairseq.data import Dictionary
 
@@ -109,7 +109,7 @@ def findings(prune_rows: List[dict]) -> List[str]:
         if up is not None:
             reach = up / p["sentence_bound"]
             if equal:
-                how = (f" on equal work (32 sources of {equal['src_len']} tokens, beam 5 forced "
+                how = (f" on equal work (32 sources a thread of {equal['src_len']} tokens, beam 5 forced "
                        f"to {equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
                        f"{equal['compact']:.2f} ms per sentence)")
                 tail = f"; {_padding_text(p, up)}"
@@ -146,8 +146,10 @@ def markdown(prune_rows: List[dict], threads) -> List[str]:
              "(dense) where the dense model runs through fullyqt's own unquantized layers, the "
              "code path the compact model takes (a stock dense model's own time is in "
              "results.json, `dense_stock_ms`); MAC bound = dense multiply-adds / compact "
-             "multiply-adds; CT2 equal work: both CTranslate2 exports on 32 random sources of "
-             "the mean source length, beam 5 forced to the mean translation length.", "",
+             "multiply-adds; CT2: one batch per thread (`inter_threads` = threads, "
+             "`intra_threads` 1); CT2 equal work: both CTranslate2 exports on 32 random sources "
+             "a thread of the mean source length, beam 5 forced to the mean translation "
+             "length.", "",
              "| variant | BLEU (dense) | layer params | heads enc / dec-self / dec-cross | "
              "FFN units enc / dec | decoder layers ms | output proj. ms | rest ms | "
              "MAC bound step / sentence | fairseq tok/s (dense) | CT2 tok/s (dense) | "

@@ -145,7 +145,10 @@ def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = (
               "once; for export and CTranslate2 rows, the size on disk.",
               "Decode: beam 5, batch 32, target tokens (with EOS) per second of generation, "
               "model loading excluded; fairseq-generate for fairseq rows, "
-              "ctranslate2.Translator for CT2 rows.", "", "## Findings", ""]
+              "ctranslate2.Translator for CT2 rows, one batch per thread (`inter_threads` = "
+              "threads, `intra_threads` 1: CTranslate2's throughput setting; at small widths one "
+              "batch on several threads spends its time synchronizing them).", "",
+              "## Findings", ""]
     lines += [f"- {x}" for x in findings(rows) + list(meta.get("notes", []))]
     lines += ["", "## Variants", ""]
     lines += [f"- `{r['variant']}`: {r['description']}" for r in rows]
