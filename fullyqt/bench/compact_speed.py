@@ -153,9 +153,10 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
     ct2 = [r for r in rows if "ct2_dense_ms" in r]
     if ct2:
         lines += ["", "CTranslate2 (int8, `fullyqt-export --format ctranslate2`): the same two "
-                  "models, 32 random sources of 30 tokens a thread (one batch per thread), beam 5 forced to exactly 30 target "
-                  "tokens; the bound is dense / compact multiply-adds of a whole sentence "
-                  "(encoder, cross-attention keys and values, 30 decoder steps).", "",
+                  "models, 32 random sources of 30 tokens a thread (one batch per thread), beam 5 "
+                  "forced to exactly 30 target tokens; the bound is dense / compact multiply-adds "
+                  "of a whole sentence (encoder, cross-attention keys and values, 30 decoder "
+                  "steps).", "",
                   "| size | ms per sentence dense → compact | speed-up | MAC bound | "
                   "share of the bound |", "|---|---|---|---|---|"]
         for r in ct2:

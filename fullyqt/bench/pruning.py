@@ -26,8 +26,9 @@ def _ct2_dir(trained: Dict[str, object], variant: str) -> Optional[str]:
 def ct2_equal_work(dense_dir: str, compact_dir: str, data_bin: str, src_len: float,
                    tgt_len: float, threads: int) -> Dict[str, float]:
     """CTranslate2 milliseconds per sentence of two models on the same work: 32 random sources a
-    thread (one batch per thread) of the test set's mean source length, beam 5 forced to its mean translation length (free
-    decoding lets each model's beams run as long as its own hypotheses: other work)."""
+    thread (one batch per thread) of the test set's mean source length, beam 5 forced to its
+    mean translation length (free decoding lets each model's beams run as long as its own
+    hypotheses: other work)."""
     from fairseq.data import Dictionary
 
     from .compact_speed import ct2_sentence_ms
@@ -109,8 +110,8 @@ def findings(prune_rows: List[dict]) -> List[str]:
         if up is not None:
             reach = up / p["sentence_bound"]
             if equal:
-                how = (f" on equal work (32 sources a thread of {equal['src_len']} tokens, beam 5 forced "
-                       f"to {equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
+                how = (f" on equal work (32 sources a thread of {equal['src_len']} tokens, beam 5 "
+                       f"forced to {equal['tgt_len']} target tokens: {equal['dense']:.2f} → "
                        f"{equal['compact']:.2f} ms per sentence)")
                 tail = f"; {_padding_text(p, up)}"
                 if ct2:
