@@ -134,6 +134,29 @@ def test_distillation_variants_name_their_teacher(tmp_path):
         load_preset("cpu-small", root=str(tmp_path))
 
 
+def test_each_variant_is_judged_against_the_model_trained_like_it():
+    from fullyqt.bench.__main__ import control_of
+
+    cpu = load_preset("cpu-small")
+    by_name = {v.name: v for v in cpu.variants + cpu.extra_variants}
+    pruned = {"dense": "float-finetune"}
+    # a float student of a teacher against the float model fine-tuned the same way without one,
+    # like its 8-bit twin; teacher and student differ in size, so no other control fits
+    assert control_of(by_name["float-kdbig-t1"], {}) == "float-finetune"
+    assert control_of(by_name["fullyqt8-kdbig-t1"], {}) == "float-finetune"
+    assert by_name["float-kdbig-t1"].train["kd-weight"] == by_name["fullyqt8-kdbig-t1"].train[
+        "kd-weight"]
+    assert control_of(by_name["small-seqkd"], {}) == "small"
+    # a pruned model, taught or not, against its dense model unless it is quantized
+    assert control_of(by_name["prune-topk30"], pruned) == "float-finetune"
+    assert by_name["prune-topk30"].teacher and by_name["prune-topk30"].baseline == "float"
+    assert control_of(by_name["prune8-topk50"], {"dense": "x"}) == by_name[
+        "prune8-topk50"].baseline
+    # a float model trained on references alone has no control
+    assert control_of(by_name["float-teacher"], {}) is None
+    assert control_of(by_name["float"], {}) is None
+
+
 def test_kernel_timing_cli_names_a_bad_size():
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "huge"],
                           capture_output=True, text=True, cwd=REPO)

@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -59,6 +59,16 @@ def selected(variants, names: List[str]):
             todo += [d for d in (v.finetune_from, v.match_updates, v.teacher, v.distill_data,
                                  v.baseline) if d in by_name]
     return [v for v in variants if v.name in keep]
+
+
+def control_of(v, shapes: dict) -> Optional[str]:
+    """The variant ``v``'s BLEU is judged against: a pruned model's dense model (``shapes``);
+    a quantized or distilled one's control (its ``baseline``); none for another float model."""
+    if v.bits or v.distill_data:
+        return v.baseline
+    if shapes:
+        return shapes.get("dense")
+    return v.baseline if v.teacher else None
 
 
 def kernels(name: str) -> List[str]:
@@ -225,9 +235,7 @@ def main(argv=None):
                         threads=a.threads, max_len=length,
                         extra=kernels("exact") if v.bits else [])
         hypotheses[v.name] = dec.hypotheses
-        # a pruned model is judged against its dense model, a quantized or distilled one
-        # against its control
-        baseline = v.baseline if v.bits or v.distill_data else shapes.get("dense")
+        baseline = control_of(v, shapes)
         interval = (compare(dec.hypotheses, hypotheses[baseline], refs)
                     if baseline in hypotheses else None)
         rows.append({"variant": v.name, "kind": "trained", "description": v.description,
