@@ -142,10 +142,12 @@ def test_each_variant_is_judged_against_the_model_trained_like_it():
     pruned = {"dense": "float-finetune"}
     # a float student of a teacher against the float model fine-tuned the same way without one,
     # like its 8-bit twin; teacher and student differ in size, so no other control fits
-    assert control_of(by_name["float-kdbig-t1"], {}) == "float-finetune"
-    assert control_of(by_name["fullyqt8-kdbig-t1"], {}) == "float-finetune"
-    assert by_name["float-kdbig-t1"].train["kd-weight"] == by_name["fullyqt8-kdbig-t1"].train[
-        "kd-weight"]
+    assert control_of(by_name["float-kdwide-t1"], {}) == "float-finetune"
+    assert control_of(by_name["fullyqt8-kdwide-t1"], {}) == "float-finetune"
+    recipe = lambda name: [by_name[name].train[k] for k in (  # noqa: E731
+        "criterion", "kd-weight", "kd-temperature", "max-tokens", "lr")]
+    assert recipe("float-kdwide-t1") == recipe("fullyqt8-kdwide-t1")
+    assert by_name["float-kdwide-t1"].teacher == by_name["fullyqt8-kdwide-t1"].teacher
     assert control_of(by_name["small-seqkd"], {}) == "small"
     # a pruned model, taught or not, against its dense model unless it is quantized
     assert control_of(by_name["prune-topk30"], pruned) == "float-finetune"
