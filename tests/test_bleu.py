@@ -1,4 +1,5 @@
 """Scoring refuses an output that lacks sentences instead of scoring them as empty."""
+import re
 import subprocess
 import sys
 
@@ -38,5 +39,37 @@ def test_bleu_command_names_the_count(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", str(out), str(ref)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == ("bleu: error: 3 of 4 sentences translated (missing ids [3]); "
-                                   "run fairseq-generate with --required-batch-size-multiple 1")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"bleu: error: {out}: 3 of 4 sentences translated (missing ids [3]); "
+        "run fairseq-generate with --required-batch-size-multiple 1")
+
+
+def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
+    words = "the lord said unto moses go and speak to the children of israel".split()
+    refs = [" ".join(words[i % 5:i % 5 + 6]) for i in range(30)]
+    better = [r if i % 3 else r.split(" ", 1)[1] for i, r in enumerate(refs)]  # a third cut short
+    worse = [" ".join(reversed(r.split())) if i % 2 else r for i, r in enumerate(refs)]
+    ref, sys_out, ctl_out = tmp_path / "ref.txt", tmp_path / "a.txt", tmp_path / "b.txt"
+    ref.write_text("\n".join(refs) + "\n")
+    for path, hyps in ((sys_out, better), (ctl_out, worse)):
+        path.write_text("\n".join(f"D-{i}\t-0.5\t{h}" for i, h in enumerate(hyps)) + "\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", *map(str, args)],
+                              capture_output=True, text=True, cwd=REPO)
+
+    proc = run(sys_out, ref, "--control", ctl_out)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.splitlines()[-1]
+    delta, low, high = (float(x) for x in re.findall(r"[-+]\d+\.\d+", line))
+    want = corpus_bleu(better, refs)[0] - corpus_bleu(worse, refs)[0]
+    assert line.startswith(f"vs control {ctl_out}: ") and delta == pytest.approx(want, abs=0.006)
+    assert want > 10 and low < delta < high and low > 0  # a real gap, beyond resampling noise
+    assert run(sys_out, ref, "--control", sys_out).stdout.splitlines()[-1].endswith(
+        ": +0.00 [+0.00, +0.00]  (95% paired bootstrap)")
+    ctl_out.write_text("D-0\t-0.5\tthe lord\n")
+    proc = run(sys_out, ref, "--control", ctl_out)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"bleu: error: {ctl_out}: 1 of 30 sentences translated "
+                                   "(missing ids [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ...); run "
+                                   "fairseq-generate with --required-batch-size-multiple 1")

@@ -5,6 +5,7 @@ data (unknown words become <unk>, BPE is joined the model's way); this module re
 (detokenized) lines of fairseq-generate's output instead and scores them against the raw text.
 
     python -m fullyqt.eval.bleu GENERATE_OUTPUT REFERENCE_FILE
+    python -m fullyqt.eval.bleu GENERATE_OUTPUT REFERENCE_FILE --control OTHER_OUTPUT
 """
 import argparse
 import re
@@ -55,16 +56,31 @@ def main(argv=None):
                                 description=__doc__.splitlines()[0])
     p.add_argument("generate_output", help="fairseq-generate's stdout saved to a file")
     p.add_argument("reference", help="raw (untokenized) reference text, one sentence per line")
+    p.add_argument("--control", metavar="GENERATE_OUTPUT",
+                   help="a second system's fairseq-generate output: also print the BLEU "
+                        "difference to it with its 95%% paired-bootstrap interval")
     a = p.parse_args(argv)
     try:
         with open(a.reference, encoding="utf-8") as f:
             refs = [line.rstrip("\n") for line in f]
-        with open(a.generate_output, encoding="utf-8") as f:
-            hyps = hypotheses_from_generate(f, len(refs))
+        hyps = _read_hypotheses(a.generate_output, len(refs))
+        control = _read_hypotheses(a.control, len(refs)) if a.control else None
         score, sig = corpus_bleu(hyps, refs)
     except (OSError, ValueError) as e:
         sys.exit(f"bleu: error: {e}")
     print(f"BLEU = {score:.2f}  ({len(hyps)} sentences; {sig})")
+    if control is not None:
+        from .significance import compare
+
+        print(f"vs control {a.control}: {compare(hyps, control, refs)}  (95% paired bootstrap)")
+
+
+def _read_hypotheses(path: str, n: int) -> List[str]:
+    with open(path, encoding="utf-8") as f:
+        try:
+            return hypotheses_from_generate(f, n)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 if __name__ == "__main__":
