@@ -70,6 +70,7 @@ def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
     ctl_out.write_text("D-0\t-0.5\tthe lord\n")
     proc = run(sys_out, ref, "--control", ctl_out)
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (f"bleu: error: {ctl_out}: 1 of 30 sentences translated "
-                                   "(missing ids [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ...); run "
-                                   "fairseq-generate with --required-batch-size-multiple 1")
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"bleu: error: {ctl_out}: 1 of 30 sentences translated (missing ids "
+        "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ...); run fairseq-generate with "
+        "--required-batch-size-multiple 1")
