@@ -61,7 +61,7 @@ def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
     proc = run(sys_out, ref, "--control", ctl_out)
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.splitlines()[-1]
-    delta, low, high = (float(x) for x in re.findall(r"[-+]\d+\.\d+", line))
+    delta, low, high = (float(x) for x in re.findall(r"[-+]\d+\.\d+", line.rsplit(": ", 1)[1]))
     want = corpus_bleu(better, refs)[0] - corpus_bleu(worse, refs)[0]
     assert line.startswith(f"vs control {ctl_out}: ") and delta == pytest.approx(want, abs=0.006)
     assert want > 10 and low < delta < high and low > 0  # a real gap, beyond resampling noise

@@ -129,7 +129,7 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
                               "finetune_from (the dense model it is compared with)")
         names_here = {x.name for x in variants} if v in variants else names
         deps = (v.finetune_from, v.match_updates, v.teacher, v.distill_data) + (
-            (v.baseline,) if v.bits or v.teacher else ())
+            (v.baseline,) if v.bits or v.distill_data or v.teacher else ())
         for dep in deps:
             if dep and dep not in names_here:
                 raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
