@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["fullyqt", "fullyqt.*"]),
-    package_data={"fullyqt": ["data/corpora/*", "quant/*.c"]},
+    package_data={"fullyqt": ["data/corpora/*", "quant/kernels/*.c", "quant/kernels/*.h"]},
     install_requires=[
         # fairseq 0.12.2 does not import on Python 3.11; this PyPI fork does (imports as fairseq).
         "fairseq-fixed==0.12.3.1",

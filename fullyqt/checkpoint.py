@@ -1,6 +1,8 @@
-"""Reading fairseq checkpoints with errors a user can act on."""
+"""Reading fairseq checkpoints with errors a user can act on, and writing them whole."""
+import argparse
 import os
 import pickle
+import tempfile
 import zipfile
 from typing import Optional
 
@@ -15,6 +17,9 @@ class CheckpointError(UserError):
 
 def read_checkpoint(path: str) -> dict:
     """The checkpoint's top-level dict (tensors on CPU), or a CheckpointError."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: a directory, not a checkpoint file (a training run's "
+                              "is DIR/checkpoint_best.pt or DIR/checkpoint_last.pt)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
@@ -79,3 +84,31 @@ def load_model_and_task(path: str, data: Optional[str] = None, **model_overrides
 def load_model(path: str, data: Optional[str] = None, **model_overrides):
     """``load_model_and_task``'s model."""
     return load_model_and_task(path, data, **model_overrides)[0]
+
+
+def atomic_save(obj, path: str):
+    """``torch.save`` to a temporary file beside ``path``, then renamed: ``path`` is never
+    half-written."""
+    fd, tmp = tempfile.mkstemp(prefix="tmp-export-", suffix=".pt",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def with_model_args(state: dict, **updates) -> dict:
+    """Copies of the checkpoint's ``args`` / ``cfg`` entries with model options changed."""
+    out = {}
+    if state.get("args") is not None:
+        out["args"] = argparse.Namespace(**{**vars(state["args"]), **updates})
+    cfg = state.get("cfg")
+    if cfg is not None:
+        cfg = dict(cfg)
+        if isinstance(cfg.get("model"), argparse.Namespace):
+            cfg["model"] = argparse.Namespace(**{**vars(cfg["model"]), **updates})
+        out["cfg"] = cfg
+    return out

@@ -11,6 +11,9 @@ from fullyqt.data.synthetic import write_reversal_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.join(REPO, "fullyqt")
+# A small 8-bit checkpoint saved by an earlier release, with its dictionaries and test lines.
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "legacy")
+CKPT = os.path.join(FIXTURE, "checkpoint.pt")
 
 # A model small enough to train the reversal task in well under a minute on 2 CPU cores.
 TINY = ["--arch", "fullyqt_transformer_tiny", "--encoder-embed-dim", "64",
@@ -105,6 +108,21 @@ def build_model(data, *extra, arch_args=TINY):
     return task.build_model(args), task, args
 
 
+def calibrated(model, batch, steps=3):
+    """Train-mode forwards so that every running range has been observed, then eval."""
+    model.train()
+    for _ in range(steps):
+        model(**batch["net_input"])
+    return model.eval()
+
+
+def row(variant, **fields):
+    """A trained row as the benchmark writes it (float-like defaults)."""
+    return {"variant": variant, "description": "d", "bits": None, "bleu": 30.0,
+            "signature": "s", "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0,
+            "num_updates": 10, "sec_per_update": 1.0, **fields}
+
+
 def sample_batch(task, split="valid", n=16):
     task.load_dataset(split)
     ds = task.dataset(split)
@@ -114,3 +132,13 @@ def sample_batch(task, split="valid", n=16):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Fixtures that train a model with fairseq-train: every test that uses one is end to end.
+TRAINING_FIXTURES = {"trained_8bit", "teacher", "pruned"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -10,9 +10,10 @@ from fairseq import options
 from fullyqt.bench.config import ConfigError, load_preset, presets
 from fullyqt.bench.report import write_report
 from fullyqt.eval.significance import compare, interval_text
-from tests.conftest import REPO, USER_DIR, build_model
+from tests.conftest import REPO, USER_DIR, build_model, row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", presets())
 def test_every_config_parses_into_fairseq_args(preset, toy_data):
     loaded = load_preset(preset)
@@ -25,6 +26,7 @@ def test_every_config_parses_into_fairseq_args(preset, toy_data):
             assert (args.quant_weight_bits or args.quant_bits) == exp.bits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["smoke", "cpu-small", "wmt-base"])
 def test_configs_build_models(preset, toy_data):
     for exp in load_preset(preset).variants:
@@ -34,6 +36,7 @@ def test_configs_build_models(preset, toy_data):
         assert (n_quant > 0) == (exp.bits is not None), exp.name
 
 
+@pytest.mark.slow
 def test_bad_preset_name_lists_the_allowed_ones():
     with pytest.raises(ConfigError, match="'nope'.*cpu-small"):
         load_preset("nope")
@@ -43,6 +46,7 @@ def test_bad_preset_name_lists_the_allowed_ones():
     assert "preset 'nope': allowed:" in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_directory_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "wmt-base",
@@ -55,6 +59,7 @@ def test_missing_data_directory_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_unknown_variant_is_one_line_before_any_data_is_prepared(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--out", str(out),
@@ -71,7 +76,7 @@ def test_bad_kernel_size_in_a_preset_is_named(tmp_path):
     shutil.copytree(os.path.join(REPO, "configs", "smoke"), tmp_path / "smoke")
     (tmp_path / "smoke" / "preset.yaml").write_text(
         "variants: [float]\nkernel_sizes: [cpu-small, huge]\n")
-    with pytest.raises(ConfigError, match=r"kernel_sizes \['huge'\]: allowed: cpu-small, base"):
+    with pytest.raises(ConfigError, match=r"kernel_sizes \['huge'\]: allowed: tiny, cpu-small, base"):
         load_preset("smoke", root=str(tmp_path))
 
 
@@ -159,18 +164,12 @@ def test_each_variant_is_judged_against_the_model_trained_like_it():
     assert control_of(by_name["float"], {}) is None
 
 
+@pytest.mark.slow
 def test_kernel_timing_cli_names_a_bad_size():
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "huge"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "--sizes: got 'huge'; allowed: cpu-small, base, big" in proc.stderr
-
-
-def row(variant, **fields):
-    """A trained row as the benchmark writes it (float-like defaults)."""
-    return {"variant": variant, "description": "d", "bits": None, "bleu": 30.0,
-            "signature": "s", "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0,
-            "num_updates": 10, "sec_per_update": 1.0, **fields}
+    assert "--sizes: got 'huge'; allowed: tiny, cpu-small, base, big" in proc.stderr
 
 
 def test_report_writer(tmp_path):
@@ -224,6 +223,7 @@ def test_report_writer(tmp_path):
                                                           "results.json"]
 
 
+@pytest.mark.slow
 def test_report_kronecker_section_judges_the_goals(tmp_path):
     dense = dict(ffn_attn_params=8000, embed_params=2000, kind="trained")
     rows = [row("float", **dense), row("float-finetune", bleu=31.0, **dense),
@@ -285,6 +285,7 @@ def md_text(out):
     return (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_smoke_preset_end_to_end(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "smoke", "--out",
@@ -399,6 +400,7 @@ def test_report_states_how_many_sentences_each_row_scored(tmp_path):
     assert "Sentences scored: fewer than the 60 test sentences for `fullyqt8` 59." in md
 
 
+@pytest.mark.slow
 def test_readme_block_is_generated_from_results(tmp_path):
     rows = [row("float"), row("fullyqt4-kd", bits=4, bleu=28.75, model_bytes=600,
                               tokens_per_second=80.0, num_updates=3, sec_per_update=1.5,

@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import sacrebleu
 
-from fullyqt.eval.bleu import corpus_bleu, hypotheses_from_generate
+from fullyqt.eval.bleu import hypotheses_from_generate
 from tests.conftest import REPO
 
 
@@ -26,15 +27,21 @@ def test_every_sentence_must_have_a_hypothesis():
         hypotheses_from_generate(generate_lines(range(4)), 3)
 
 
+@pytest.mark.slow
 def test_bleu_command_names_the_count(tmp_path):
     out, ref = tmp_path / "gen.txt", tmp_path / "ref.txt"
-    out.write_text("\n".join(generate_lines(range(3))) + "\n")
-    ref.write_text("sentence number 0\nsentence number 1\nsentence number 2\n")
+    hyps = [f"this is the sentence number {i} of three" for i in range(3)]
+    out.write_text("".join(f"D-{i}\t-0.5\t{h}\n" for i, h in enumerate(hyps)))
+    ref.write_text("\n".join(hyps) + "\n")
     proc = subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", str(out), str(ref)],
                           capture_output=True, text=True, cwd=REPO)
-    expected = corpus_bleu([f"sentence number {i}" for i in range(3)],
-                           ref.read_text().splitlines())[0]
-    assert proc.returncode == 0 and f"BLEU = {expected:.2f}  (3 sentences; " in proc.stdout
+    assert proc.returncode == 0 and "BLEU = 100.00  (3 sentences; " in proc.stdout  # all match
+    ref.write_text("this is the sentence number 0 of three\nthis is sentence number 1 of three"
+                   "\nthat was the sentence numeral 2 of three\n")
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", str(out), str(ref)],
+                          capture_output=True, text=True, cwd=REPO)
+    expected = sacrebleu.corpus_bleu(hyps, [ref.read_text().splitlines()]).score
+    assert 0 < expected < 100 and f"BLEU = {expected:.2f}  (3 sentences; " in proc.stdout
     ref.write_text("a\nb\nc\nd\n")
     proc = subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", str(out), str(ref)],
                           capture_output=True, text=True, cwd=REPO)
@@ -44,6 +51,7 @@ def test_bleu_command_names_the_count(tmp_path):
         "run fairseq-generate with --required-batch-size-multiple 1")
 
 
+@pytest.mark.slow
 def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
     words = "the lord said unto moses go and speak to the children of israel".split()
     refs = [" ".join(words[i % 5:i % 5 + 6]) for i in range(30)]
@@ -62,7 +70,8 @@ def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.splitlines()[-1]
     delta, low, high = (float(x) for x in re.findall(r"[-+]\d+\.\d+", line.rsplit(": ", 1)[1]))
-    want = corpus_bleu(better, refs)[0] - corpus_bleu(worse, refs)[0]
+    want = (sacrebleu.corpus_bleu(better, [refs]).score
+            - sacrebleu.corpus_bleu(worse, [refs]).score)
     assert line.startswith(f"vs control {ctl_out}: ") and delta == pytest.approx(want, abs=0.006)
     assert want > 10 and low < delta < high and low > 0  # a real gap, beyond resampling noise
     assert run(sys_out, ref, "--control", sys_out).stdout.splitlines()[-1].endswith(

@@ -1,4 +1,5 @@
 """The plugin through fairseq's own command-line tools, on the generated reversal task."""
+import pytest
 import torch
 
 from fullyqt.eval.bleu import corpus_bleu, hypotheses_from_generate
@@ -17,6 +18,7 @@ def bleu_of(data, ckpt, raw):
     return corpus_bleu(hypotheses_from_generate(out.stdout.splitlines(), len(refs)), refs)[0]
 
 
+@pytest.mark.slow
 def test_train_generate_bleu_far_above_untrained(toy_data, trained_8bit, tmp_path):
     raw, data = toy_data
     train(data, tmp_path, *TINY, "--quant-bits", "8", "--max-update", "1", "--lr", "1e-7",
@@ -36,6 +38,7 @@ def test_checkpoint_holds_quantizer_state(trained_8bit):
     assert args.arch == "fullyqt_transformer_tiny" and args.quant_bits == 8
 
 
+@pytest.mark.slow
 def test_interactive_translates(toy_data, trained_8bit):
     raw, data = toy_data
     src = "w1 w2 w3 w4"

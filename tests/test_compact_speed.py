@@ -40,6 +40,7 @@ def test_the_compact_model_has_the_shapes_and_its_mac_ratio_is_counted_by_hand()
                                 "compact_step_ms")) > 0
 
 
+@pytest.mark.slow
 def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound(tmp_path):
     (row,) = measure(["tiny"], 0.5, 0.25, src_len=6, steps=4, table=TINY, ct2_threads=1)
     size, w, hd = TINY["tiny"], 32, 8
@@ -62,8 +63,9 @@ def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound(tmp_pa
     assert len(tables) == 2 and all(line in block for line in tables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
-    (["--sizes", "huge"], "--sizes: got 'huge'; allowed: cpu-small, base, big"),
+    (["--sizes", "huge"], "--sizes: got 'huge'; allowed: tiny, cpu-small, base, big"),
     (["--heads", "1.5"], "--heads: got 1.5; allowed: a share in (0, 1]"),
     (["--ffn", "0"], "--ffn: got 0.0; allowed: a share in (0, 1]"),
 ])

@@ -7,7 +7,7 @@ from torch.overrides import TorchFunctionMode
 
 from fullyqt.quant.coverage import format_table, quantization_points
 from fullyqt.quant.quantizer import ActivationQuantizer
-from tests.conftest import TINY, build_model, cli, sample_batch, train
+from tests.conftest import CKPT, FIXTURE, TINY, build_model, calibrated, cli, sample_batch, train
 
 MATMUL_LIKE = {F.linear: (0, 1), torch.matmul: (0, 1), torch.bmm: (0, 1),
                torch.Tensor.__matmul__: (0, 1), F.embedding: (1,), torch.einsum: None}
@@ -33,14 +33,6 @@ class OperandRecorder(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def calibrated(model, batch, steps=3):
-    """Train-mode forwards so that every running range has been observed, then eval."""
-    model.train()
-    for _ in range(steps):
-        model(**batch["net_input"])
-    return model.eval()
-
-
 def record(model, task, batch, bits):
     rec = OperandRecorder()
     with torch.no_grad(), rec:
@@ -50,6 +42,7 @@ def record(model, task, batch, bits):
     return rec.calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--encoder-normalize-before", "--decoder-normalize-before"],
                                    ["--quant-weight-buckets", "tensor"]])
 def test_every_matmul_operand_is_on_the_4bit_grid(toy_data, extra):
@@ -65,6 +58,7 @@ def test_every_matmul_operand_is_on_the_4bit_grid(toy_data, extra):
     assert not offending, offending[:5]
 
 
+@pytest.mark.slow
 def test_the_check_catches_an_unquantized_model(toy_data):
     """The same check on a float model finds operands off the grid (so it can fail)."""
     model, task, _ = build_model(toy_data[1], "--no-quant")
@@ -160,6 +154,7 @@ def test_coverage_listing_names_every_site(toy_data):
     assert "activation" in format_table(points)
 
 
+@pytest.mark.slow
 def test_coverage_of_a_stock_checkpoint_is_an_error(toy_data, tmp_path):
     stock = ["--arch", "transformer", *TINY[2:]]
     train(toy_data[1], tmp_path, *stock, "--max-update", "1", "--disable-validation",
@@ -173,7 +168,6 @@ def test_coverage_of_a_stock_checkpoint_is_an_error(toy_data, tmp_path):
 def test_a_missing_data_directory_is_one_error_line(tmp_path):
     """The legacy fixture recorded a data directory that is gone: name it, or the bad --data."""
     from fullyqt.quant.coverage import main
-    from tests.test_legacy_checkpoint import CKPT, FIXTURE
 
     with pytest.raises(SystemExit, match=r"its data directory .* \(recorded when it was trained\)"
                                          r": no such directory; pass --data DIR"):

@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_state_mse_averages_over_real_positions_only():
     assert state_mse(s, t, valid).item() == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_criterion_mixes_cross_entropy_and_soft_targets(toy_data, teacher):
     data = toy_data[1]
     model, task, criterion = distill_setup(data, teacher, "--kd-weight", "0.3", "--no-quant",
@@ -154,6 +156,7 @@ def test_hidden_pairs_follow_the_layer_map(toy_data, teacher):
 
 # ----- errors -----
 
+@pytest.mark.slow
 def test_dictionary_mismatch_is_refused_naming_both_sizes(toy_data, teacher, tmp_path):
     raw = toy_data[0]
     other = tmp_path / "bin"
@@ -167,6 +170,45 @@ def test_dictionary_mismatch_is_refused_naming_both_sizes(toy_data, teacher, tmp
         distill_setup(other, teacher)
 
 
+def _with_data(checkpoint, data, out):
+    """A copy of ``checkpoint`` recording ``data`` as the directory it was trained on."""
+    state = torch.load(checkpoint, weights_only=False)
+    cfg = state["cfg"]
+    task = cfg["task"]
+    if isinstance(task, dict):
+        task["data"] = str(data)
+    else:
+        task.data = str(data)
+    if getattr(cfg.get("model"), "data", None) is not None:
+        cfg["model"].data = str(data)
+    torch.save(state, out)
+    return out
+
+
+def test_a_teacher_on_a_permuted_dictionary_of_the_same_size_is_refused(toy_data, teacher,
+                                                                        tmp_path):
+    other = tmp_path / "permuted"
+    shutil.copytree(toy_data[1], other)
+    for name in ("dict.src.txt", "dict.tgt.txt"):
+        lines = (other / name).read_text().splitlines(keepends=True)
+        lines[2], lines[5] = lines[5], lines[2]
+        (other / name).write_text("".join(lines))
+    moved = _with_data(teacher, other, tmp_path / "teacher.pt")
+    nspecial = Dictionary.load(str(toy_data[1] / "dict.src.txt")).nspecial
+    swapped = [ln.split(" ", 1)[0] for ln in (other / "dict.src.txt").read_text().splitlines()]
+    with pytest.raises(DistillError, match=(
+            f"the teacher's source dictionary \\({other}/dict.src.txt\\) differs from the "
+            f"task's at entry {nspecial + 2}: '{swapped[2]}' against '{swapped[5]}'")):
+        distill_setup(toy_data[1], moved)
+    proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *FLAGS, *STUDENT_ARCH,
+               "--max-update", "1", "--save-dir", tmp_path / "s", "--criterion",
+               "fullyqt_distill", "--teacher-path", moved, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "differs from the task's at entry" in proc.stderr.strip().splitlines()[-1]
+    distill_setup(toy_data[1], _with_data(teacher, toy_data[1], tmp_path / "same.pt"))
+
+
+@pytest.mark.slow
 def test_teacher_errors_are_one_line(toy_data, teacher, tmp_path):
     lm = tmp_path / "lm.pt"
     torch.save({"model": {}, "args": argparse.Namespace(arch="transformer_lm")}, lm)
@@ -175,6 +217,7 @@ def test_teacher_errors_are_one_line(toy_data, teacher, tmp_path):
     cases = {
         (): "--criterion fullyqt_distill needs --teacher-path CKPT",
         ("--teacher-path", tmp_path / "missing.pt"): "missing.pt: no such file",
+        ("--teacher-path", tmp_path): f"{tmp_path}: a directory, not a checkpoint file",
         ("--teacher-path", lm): "'transformer_lm' is not a translation (encoder-decoder) model",
         ("--teacher-path", teacher, "--kd-temperature", "0"):
             "--kd-temperature: got '0'; allowed: a number > 0",
@@ -195,6 +238,7 @@ def test_teacher_errors_are_one_line(toy_data, teacher, tmp_path):
 
 # ----- end to end through fairseq-train -----
 
+@pytest.mark.slow
 def test_fairseq_train_4bit_student_with_hidden_kd_resumes(toy_data, teacher, tmp_path):
     data = toy_data[1]
     kd = ["--criterion", "fullyqt_distill", "--teacher-path", teacher, "--kd-weight", "0.9",
@@ -226,6 +270,7 @@ def test_fairseq_train_4bit_student_with_hidden_kd_resumes(toy_data, teacher, tm
     assert "Translated 200 sentences" in gen.stdout + gen.stderr
 
 
+@pytest.mark.slow
 def test_finetune_4bit_from_the_teacher_with_kd(toy_data, teacher, tmp_path):
     """Same shape as the teacher: no projection, the student starts from its weights."""
     same = ["--arch", "fullyqt_transformer_tiny", *TEACHER_ARCH[2:]]
@@ -245,6 +290,23 @@ def _read_targets(directory):
     return [ds[i].tolist() for i in range(len(ds))]
 
 
+@pytest.mark.slow
+def _interrupted(monkeypatch, args, after):
+    """``fullyqt-distill-data`` interrupted (Ctrl-C) once ``after`` sentences are translated."""
+    real_add, calls = corpus.Parts.add, {"n": 0}
+
+    def add_then_stop(self, sentence_id, tokens):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise KeyboardInterrupt
+        real_add(self, sentence_id, tokens)
+
+    monkeypatch.setattr(corpus.Parts, "add", add_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        corpus.run(args)
+    monkeypatch.setattr(corpus.Parts, "add", real_add)
+
+
 def test_distilled_corpus_is_the_teachers_beam_output_and_resumes(toy_data, teacher, tmp_path,
                                                                   monkeypatch):
     data = toy_data[1]
@@ -255,22 +317,10 @@ def test_distilled_corpus_is_the_teachers_beam_output_and_resumes(toy_data, teac
 
     stopped = tmp_path / "stopped"
     monkeypatch.setattr(corpus, "PART_SENTENCES", 100)
-    calls = {"n": 0}
-    real_add = corpus.Parts.add
-
-    def add_then_stop(self, sentence_id, tokens):
-        calls["n"] += 1
-        if calls["n"] > 1050:
-            raise KeyboardInterrupt
-        real_add(self, sentence_id, tokens)
-
-    monkeypatch.setattr(corpus.Parts, "add", add_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        corpus.run(args + ["--out", str(stopped)])
+    _interrupted(monkeypatch, args + ["--out", str(stopped)], after=1050)
     assert not stopped.exists()
     partial = tmp_path / "stopped.partial"
     assert len(list(partial.glob("part-*.pt"))) == 11  # ten full parts and the flushed rest
-    monkeypatch.setattr(corpus.Parts, "add", real_add)
     summary = corpus.run(args + ["--out", str(stopped)])
     assert not partial.exists()
     assert summary["sentences"] == 4000
@@ -305,9 +355,31 @@ def test_distilled_corpus_refuses_changed_settings_on_resume(toy_data, teacher, 
     out = tmp_path / "out"
     partial = tmp_path / "out.partial"
     partial.mkdir()
-    (partial / "settings.json").write_text('{"beam": 4}')
+    (partial / "settings.json").write_text(
+        json.dumps({"beam": 4, "teacher_sha256": corpus.file_sha256(teacher)}))
     with pytest.raises(UserError, match="beam 4 then, 2 now"):
         corpus.run([str(teacher), str(toy_data[1]), "--beam", "2", "--out", str(out)])
+
+
+def test_distilled_corpus_refuses_a_teacher_replaced_at_the_same_path(toy_data, teacher,
+                                                                      tmp_path, monkeypatch):
+    """Killed, the teacher file replaced by another model, rerun: no corpus of two teachers."""
+    path = tmp_path / "teacher.pt"
+    shutil.copy(teacher, path)
+    args = [str(path), str(toy_data[1]), "--subset", "valid", "--beam", "2", "--batch-size",
+            "16", "--threads", "1", "--no-progress-bar", "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(corpus, "PART_SENTENCES", 16)
+    _interrupted(monkeypatch, args, after=40)
+    assert list((tmp_path / "out.partial").glob("part-*.pt"))
+    other = torch.load(teacher, weights_only=False)
+    with torch.no_grad():
+        for t in other["model"].values():
+            t.mul_(1.01)
+    torch.save(other, path)
+    with pytest.raises(UserError, match=f"{path}: not the teacher that made the translations"):
+        corpus.run(args)
+    summary = corpus.run(args + ["--restart"])
+    assert summary["sentences"] == len((toy_data[0] / "valid.src").read_text().splitlines())
 
 
 def test_distilled_corpus_in_shards_merges_into_the_unsharded_directory(toy_data, teacher,

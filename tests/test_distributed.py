@@ -211,6 +211,7 @@ def batches_per_epoch(data):
                                        max_positions=(1024, 1024), seed=1))
 
 
+@pytest.mark.slow
 def test_distributed_two_processes_8bit_identical_ranks(toy_data, tmp_path):
     # An odd number of batches: rank 1 runs fairseq's dummy batch at the end of every epoch.
     assert batches_per_epoch(toy_data[1]) % 2 == 1
@@ -220,6 +221,7 @@ def test_distributed_two_processes_8bit_identical_ranks(toy_data, tmp_path):
     assert_ranks_identical_and_saved(tmp_path / "dump", tmp_path / "ckpt" / "checkpoint_last.pt")
 
 
+@pytest.mark.slow
 def test_distributed_update_freq_and_resume_continue_exactly(toy_data, tmp_path):
     """--update-freq 2 on two processes, stopped in epoch 1 and resumed past an epoch boundary,
     ends with the same parameters and ranges as the uninterrupted run."""
@@ -237,6 +239,7 @@ def test_distributed_update_freq_and_resume_continue_exactly(toy_data, tmp_path)
     assert not differ, f"resumed run differs in {len(differ)} tensors, e.g. {differ[:3]}"
 
 
+@pytest.mark.slow
 def test_distributed_distillation_pruning_and_kronecker_with_no_c10d(toy_data, teacher,
                                                                       tmp_path):
     """The distillation criterion, pruning scores (their own learning rate) and masks, and

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from tests.conftest import build_model, sample_batch
-from tests.test_coverage import calibrated
+from tests.conftest import build_model, calibrated, sample_batch
 
 
 def decode_both_ways(model, task, batch, steps=6):

@@ -1,17 +1,18 @@
 """Kronecker-factorized layers: factor shapes, the two-matmul product against the dense one, the
 nearest-product initialization, integer evaluation, exports, refused shapes."""
+import logging
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fullyqt.export.integer import pack_state, unpack_state
+from fullyqt.quant.packed_state import pack_state, unpack_state
 from fullyqt.export.stock import stock_state_dict
 from fullyqt.kron.factors import KronOptionError, KronShape, choose, from_second
 from fullyqt.kron.kron_weight import KroneckerWeight
 from fullyqt.kron.nearest import nearest, stacked
-from fullyqt.native.convert import to_native_int8
+from fullyqt.quant.native.convert import to_native_int8
 from fullyqt.quant.config import QuantConfig
 from fullyqt.quant.linear import QuantLinear
 from tests.conftest import build_model, sample_batch
@@ -175,6 +176,20 @@ def test_options_are_checked_in_one_line(toy_data):
     kron, _, _ = build_model(toy_data[1], *KRON, "--quant-bits", "8")
     with pytest.raises(Exception, match="holds Kronecker factors"):
         dense.load_state_dict(kron.state_dict())
+
+
+def test_a_factor_far_from_what_the_matrices_allow_is_warned_once_per_shape(toy_data, caplog):
+    with caplog.at_level(logging.WARNING, logger="fullyqt.kron.attach"):
+        model, _, _ = build_model(toy_data[1], "--kron-layers", "ffn", "--kron-factor", "1e6")
+    far = [r.getMessage() for r in caplog.records if "is far from" in r.getMessage()]
+    shapes = {ks for _, ks in model.factorized}
+    assert len(far) == len(shapes) == 2  # fc1 and fc2: two shapes, one line each
+    best = max(ks.compression for ks in shapes)
+    assert best < 1e3 and any(f"{best:.1f}x fewer numbers" in line for line in far)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fullyqt.kron.attach"):
+        build_model(toy_data[1], *KRON)
+    assert not [r for r in caplog.records if "is far from" in r.getMessage()]
 
 
 def test_pruned_heads_and_kronecker_ffn_compact_into_one_model(toy_data):

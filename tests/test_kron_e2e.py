@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fullyqt.export.integer import unbundle
+from fullyqt.quant.packed_state import unbundle
 from tests.conftest import TINY, TRAIN, USER_DIR, cli
 
 _CRITERION = TRAIN.index("--criterion")
@@ -38,6 +38,7 @@ def _hypotheses(data, ckpt):
     return sorted(line for line in out.splitlines() if line.startswith("H-"))
 
 
+@pytest.mark.slow
 def test_first_stage_starts_from_the_teachers_nearest_factors(student):
     _, first, second = student
     inits = [ln for ln in first.splitlines() if "initialised from the dense weight" in ln]
@@ -49,6 +50,7 @@ def test_first_stage_starts_from_the_teachers_nearest_factors(student):
     assert "initialised from the dense weight" not in second  # stage 2 loads the factors
 
 
+@pytest.mark.slow
 def test_student_translates_and_its_int8_export_decodes_identically(toy_data, student, tmp_path,
                                                                     trained_8bit):
     ckpt, _, _ = student

@@ -8,11 +8,9 @@ import pytest
 import torch
 
 from fullyqt.checkpoint import load_model
-from tests.conftest import USER_DIR, cli
+from tests.conftest import CKPT, FIXTURE, USER_DIR, cli
 from tests.legacy_batch import padded_batch, read_lines
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "legacy")
-CKPT = os.path.join(FIXTURE, "checkpoint.pt")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +52,7 @@ def test_fake_quant_logits_are_those_the_old_code_computed(expected):
                        expected["logits_fake"])
 
 
+@pytest.mark.slow
 def test_exact_logits_moved_only_where_attention_products_became_exact(expected, int8_export):
     """Since issue 13 item 3, exact evaluation computes Q·Kᵀ, P·V and the softmax sum from
     integer codes (the old code multiplied floats there): a few logits move by about one
@@ -76,6 +75,7 @@ def test_translations_are_those_the_old_code_made(expected, int8_export, name):
     assert hub.translate(lines, beam=5) == expected[f"translations_{name}"]
 
 
+@pytest.mark.slow
 def test_coverage_lists_the_points_the_old_code_listed():
     import json
 

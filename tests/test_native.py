@@ -5,8 +5,8 @@ natively through fairseq-generate (exact == int8 bit for bit on separately loade
 import pytest
 import torch
 
-from fullyqt.inference import set_kernels
-from fullyqt.native import Int8Linear, NativeConversionError, to_native_int8
+from fullyqt.quant.inference import set_kernels
+from fullyqt.quant.native import Int8Linear, NativeConversionError, to_native_int8
 from fullyqt.quant.config import QuantConfig
 from fullyqt.quant.linear import QuantLinear
 from tests.conftest import build_model, sample_batch
@@ -159,6 +159,7 @@ def test_conversion_refuses_wide_weights_and_training_mode(toy_data):
         to_native_int8(model.train())
 
 
+@pytest.mark.slow
 def test_int8_export_loads_with_integer_kernels_everywhere(toy_data, trained_8bit, tmp_path):
     from fairseq.models.transformer import TransformerModel
 

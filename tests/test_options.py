@@ -8,6 +8,7 @@ from fullyqt.quant.quantizer import ActivationQuantizer
 from tests.conftest import TINY, USER_DIR, build_model, cli
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option,value,allowed", [
     ("--quant-bits", "1", "integer from 2 to 16"),
     ("--quant-bits", "17", "integer from 2 to 16"),
@@ -31,6 +32,7 @@ def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, 
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,message", [
     (["--no-quant", "--quant-bits", "4"], "--quant-bits 4 contradicts --no-quant"),
     (["--quant-act-bits", "4", "--no-quant"], "--no-quant contradicts --quant-act-bits"),
@@ -38,6 +40,12 @@ def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, 
      "--quant-kernels int8: runs weights and activations of at most 8 bits (got 12-bit weights"),
     (["--quant-act-bits", "10", "--quant-kernels", "int8"], "10-bit activations"),
     (["--encoder-learned-pos"], "fullyqt_transformer does not support --encoder-learned-pos"),
+    (["--no-quant", "--quant-kernels", "int8"],
+     "--quant-kernels int8 runs integer codes, which a --no-quant model has none of"),
+    (["--no-quant", "--quant-saved-codes"],
+     "--quant-saved-codes keeps fake-quantized activations as byte codes, which a --no-quant"),
+    (["--prune-density", "0.5"], "--prune-density 0.5 applies to --prune-method topk, which is"),
+    (["--prune-decoder-density", "0.5"], "--prune-decoder-density 0.5 applies to --prune-method"),
 ])
 def test_contradictions_and_unsupported_options_stop_with_one_line(toy_data, tmp_path, flags,
                                                                     message):
@@ -95,6 +103,7 @@ def test_unsupported_stock_options_are_refused(toy_data):
         build_model(toy_data[1], "--encoder-learned-pos")
 
 
+@pytest.mark.slow
 def test_bad_override_at_decode_time_is_one_line(toy_data, trained_8bit):
     """--model-overrides bypasses argparse; the plugin still answers with one line."""
     proc = cli("fairseq-generate", toy_data[1], "--user-dir", USER_DIR, "--path", trained_8bit,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fullyqt.export.integer import pack_state, unpack_state
+from fullyqt.quant.packed_state import pack_state, unpack_state
 from fullyqt.export.stock import stock_state_dict
 from fullyqt.prune.blocks import BlockShape, PruneOptionError
 from fullyqt.prune.masked_weight import BlockMaskedWeight

@@ -35,6 +35,7 @@ def _scores(path):
     return {k: v for k, v in state.items() if ".source." in k or k.startswith("pruner.")}
 
 
+@pytest.mark.slow
 def test_log_shows_densities_and_what_is_left(pruned):
     _, log, _ = pruned
     assert "attn_density" in log and "ffn_density" in log and "prune_penalty" in log
@@ -74,6 +75,7 @@ def _hypotheses(data, ckpt):
     return hyps
 
 
+@pytest.mark.slow
 def test_compact_translates_like_the_masked_model_and_exports_to_int8(toy_data, pruned,
                                                                        tmp_path):
     ckpt = pruned[0]
@@ -103,6 +105,7 @@ def test_compact_translates_like_the_masked_model_and_exports_to_int8(toy_data, 
     assert not (tmp_path / "s.pt").exists()
 
 
+@pytest.mark.slow
 def test_ctranslate2_model_of_a_compact_model_scores_like_it(toy_data, pruned, tmp_path):
     """CTranslate2 (float32) against the compact model's own float weights, unpadded: forced
     decoding gives the same log-probabilities, so padding heads and per-layer FFN sizes are
@@ -141,6 +144,7 @@ def test_ctranslate2_model_of_a_compact_model_scores_like_it(toy_data, pruned, t
         assert torch.allclose(torch.tensor(ct2.log_probs), ours, atol=1e-3), i
 
 
+@pytest.mark.slow
 def test_multiply_adds_counted_as_ctranslate2_pads_heads_match_the_padded_model(pruned,
                                                                                tmp_path):
     """The speed bound of a compact model in CTranslate2 counts the heads its export pads in:
@@ -161,6 +165,7 @@ def test_multiply_adds_counted_as_ctranslate2_pads_heads_match_the_padded_model(
     assert sentence_macs(padded, 7, 5) > sentence_macs(own, 7, 5)
 
 
+@pytest.mark.slow
 def test_compact_model_fine_tunes_filled(toy_data, pruned, tmp_path):
     compact = tmp_path / "compact.pt"
     cli("fullyqt-export", pruned[0], "--format", "compact", "--out", compact)
@@ -173,6 +178,7 @@ def test_compact_model_fine_tunes_filled(toy_data, pruned, tmp_path):
     assert not [k for k in filled["model"] if ".source." in k]
 
 
+@pytest.mark.slow
 def test_a_masked_checkpoint_needs_its_pruning_options(toy_data, pruned, tmp_path):
     proc = cli("fairseq-train", toy_data[1], "--save-dir", tmp_path, "--user-dir", USER_DIR,
                *TINY, "--quant-bits", "8", "--finetune-from-model", pruned[0], "--max-update",

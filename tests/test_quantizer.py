@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fullyqt.quant import fused
+from fullyqt.quant.fake_quant import fake_quantize
 from fullyqt.quant.grid import Grid, byte_code_values, fake_quantize_frozen
 from fullyqt.quant.quantizer import ActivationQuantizer, WeightQuantizer
 
@@ -323,10 +324,10 @@ def test_inference_path_is_bit_identical_to_training_arithmetic(bits):
     x = torch.randn(16, 32) * 4
     with torch.no_grad():
         fast = q(x)
-    assert torch.equal(fast, Grid(q.lo, q.hi, bits).fake_quantize(x))
+    assert torch.equal(fast, fake_quantize(Grid(q.lo, q.hi, bits), x))
     with torch.no_grad():  # a changed range is picked up, not served from the cache
         q.hi.mul_(0.5)
-        assert torch.equal(q(x), Grid(q.lo, q.hi, bits).fake_quantize(x))
+        assert torch.equal(q(x), fake_quantize(Grid(q.lo, q.hi, bits), x))
 
 
 def _reference_fake_quantize(x, lo, hi, bits, clip_gradient=True):
@@ -353,7 +354,7 @@ def test_fused_fake_quantize_equals_the_unfused_reference(bits, clip_gradient, c
         lo, hi = x.amin(1, keepdim=True) * 0.8, x.amax(1, keepdim=True) * 0.9
     upstream = torch.randn(6, 33)
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    fused = Grid(lo, hi, bits).fake_quantize(a, clip_gradient)
+    fused = fake_quantize(Grid(lo, hi, bits), a, clip_gradient)
     ref = _reference_fake_quantize(b, lo, hi, bits, clip_gradient)
     assert torch.equal(fused, ref)
     (fused * upstream).sum().backward()
@@ -437,7 +438,7 @@ def test_one_pass_kernel_equals_the_straightforward_ops_on_large_tensors(bits, p
     torch.testing.assert_close(frozen, value, rtol=0, atol=0, equal_nan=True)
     a = x.clone().requires_grad_(True)
     g = torch.randn_like(x)
-    (Grid(lo, hi, bits).fake_quantize(a) * g).sum().backward()
+    (fake_quantize(Grid(lo, hi, bits), a) * g).sum().backward()
     assert torch.equal(a.grad, g * inside)
 
 
@@ -469,7 +470,7 @@ def test_one_pass_kernel_takes_a_transposed_activation_as_it_lies(two_threads):
     assert not x.is_contiguous() and fused.applies(x, lo)
     a = x.clone(memory_format=torch.preserve_format).requires_grad_(True)
     g = torch.randn(x.shape)
-    out = Grid(lo, hi, 8).fake_quantize(a)
+    out = fake_quantize(Grid(lo, hi, 8), a)
     (out * g).sum().backward()
     value, inside = _straightforward_fake_quant(x, lo, hi, 8)
     assert out.stride() == x.stride() and torch.equal(out, value)
@@ -499,12 +500,14 @@ def test_one_pass_range_of_the_valid_rows(row_width, two_threads):
     assert all(v.isnan() for v in fused.masked_min_max(x, valid))
 
 
+@pytest.mark.slow
 def test_kernel_is_switched_off_by_the_environment(tmp_path):
     """``FULLYQT_FUSED_QUANT=0``: no kernel, and the quantizers give the same values."""
     code = ("import sys, torch; from fullyqt.quant import fused; from fullyqt.quant.grid import "
-            "Grid; torch.manual_seed(0); x = torch.randn(50, 40) * 2;"
+            "Grid; from fullyqt.quant.fake_quant import fake_quantize; torch.manual_seed(0); "
+            "x = torch.randn(50, 40) * 2;"
             "print(fused.kernel() is not None);"
-            "torch.save(Grid(torch.tensor(-1.), torch.tensor(1.5), 4).fake_quantize(x), "
+            "torch.save(fake_quantize(Grid(torch.tensor(-1.), torch.tensor(1.5), 4), x), "
             "sys.argv[1])")
     used, values = [], []
     for flag in ("0", "1"):
@@ -676,11 +679,11 @@ def test_a_fake_quantization_that_clips_nothing_keeps_no_mask(two_threads):
         assert mask is not None and (~mask).sum() == 1 and not mask[17, 5]
         a = y.clone().requires_grad_(True)
         g = torch.randn_like(y)
-        (Grid(lo, hi, 8).fake_quantize(a) * g).sum().backward()
+        (fake_quantize(Grid(lo, hi, 8), a) * g).sum().backward()
         assert a.grad[17, 5] == 0 and torch.equal(a.grad, g * mask)
     a = x.clone().requires_grad_(True)
     g = torch.randn_like(x)
-    (Grid(lo, hi, 8).fake_quantize(a) * g).sum().backward()
+    (fake_quantize(Grid(lo, hi, 8), a) * g).sum().backward()
     assert torch.equal(a.grad, g)
 
 

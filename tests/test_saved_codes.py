@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fullyqt.quant import fused, saved_codes
+from fullyqt.quant.fake_quant import fake_quantize
 from fullyqt.quant.grid import Grid
 from fullyqt.quant.layout import as_rows, from_rows
 from tests.conftest import build_model, sample_batch
@@ -64,7 +65,7 @@ def test_training_gradients_are_the_same_with_codes_saved(toy_data, monkeypatch,
 
 def _offered(x, lo, hi, bits=8):
     """``Grid.fake_quantize`` of x on [lo, hi] (offered, within ``packing()``)."""
-    return Grid(torch.tensor(lo), torch.tensor(hi), bits).fake_quantize(x)
+    return fake_quantize(Grid(torch.tensor(lo), torch.tensor(hi), bits), x)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -108,7 +109,7 @@ def test_floats_are_kept_where_codes_cannot_stand_for_them(monkeypatch):
         plain = torch.randn(64, 32)  # never offered
         kept = saved_codes._pack(offers, plain)
         assert not isinstance(kept, tuple) and torch.equal(kept, plain)
-        wide = Grid(torch.tensor(-1.0), torch.tensor(1.0), 16).fake_quantize(x.nan_to_num())
+        wide = fake_quantize(Grid(torch.tensor(-1.0), torch.tensor(1.0), 16), x.nan_to_num())
         assert not isinstance(saved_codes._pack(offers, wide), tuple)  # 2^16 levels: no byte
         dead = _offered(x.nan_to_num(), -1.0, 1.0)
         ptr = dead.untyped_storage().data_ptr()

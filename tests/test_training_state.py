@@ -1,6 +1,7 @@
 """Resuming keeps the quantizer state; fine-tuning starts quantizers fresh from a float model."""
 import json
 
+import pytest
 import torch
 from fullyqt.quant.quantizer import Quantizer
 from tests.conftest import TINY, make_trainer, train
@@ -20,6 +21,7 @@ def losses(stdout):
     return out
 
 
+@pytest.mark.slow
 def test_resume_restores_ranges_counter_and_loss(toy_data, tmp_path):
     data = toy_data[1]
     common = ("--quant-bits", "8", "--disable-validation", "--log-format", "json",
@@ -43,6 +45,7 @@ def test_resume_restores_ranges_counter_and_loss(toy_data, tmp_path):
     assert mean_after < mean_before * 1.1, (mean_before, mean_after)
 
 
+@pytest.mark.slow
 def test_finetune_quantized_from_float_transformer(toy_data, tmp_path):
     data = toy_data[1]
     float_dir, qat_dir = tmp_path / "float", tmp_path / "qat"
@@ -68,11 +71,12 @@ def test_finetune_quantized_from_float_transformer(toy_data, tmp_path):
     assert bool(tuned["encoder.layers.0.self_attn.q_quant.initialized"])
 
 
+@pytest.mark.slow
 def test_training_with_int8_kernels_validates_and_resumes(toy_data, tmp_path):
     """--quant-kernels int8 names the decoding arithmetic: training and validation never see
     integer modules (they evaluate exactly), so the checkpoint and the optimizer state keep the
     float model's layout and a resumed run goes on."""
-    from fullyqt.native import Int8Linear
+    from fullyqt.quant.native import Int8Linear
 
     data = toy_data[1]
     common = (*TINY, "--quant-bits", "8", "--quant-kernels", "int8", "--log-format", "json",
@@ -88,6 +92,7 @@ def test_training_with_int8_kernels_validates_and_resumes(toy_data, tmp_path):
     assert not any(isinstance(m, Int8Linear) for m in model.modules())
 
 
+@pytest.mark.slow
 def test_mse_ranges_are_kept_by_the_checkpoint_and_resume(toy_data, tmp_path):
     """--quant-act-range is saved with the model's arguments: fairseq-generate's loader builds
     mse observers again; a resumed run (given its flags, as fairseq resumes) does too; both hold

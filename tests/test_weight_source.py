@@ -7,9 +7,9 @@ import re
 import torch
 import torch.nn.functional as F
 
-from fullyqt.export.integer import pack_state, unpack_state
+from fullyqt.quant.packed_state import pack_state, unpack_state
 from fullyqt.export.stock import stock_state_dict
-from fullyqt.native import Int8Linear, to_native_int8
+from fullyqt.quant.native import Int8Linear, to_native_int8
 from fullyqt.quant.coverage import quantization_points
 from fullyqt.quant.integer_form import IntegerMatmul
 from fullyqt.quant.weight_source import WeightSource, tensor_version
@@ -96,7 +96,7 @@ def test_steps_and_codes_are_computed_in_the_grid_module_only():
     (the benchmark's report rounds its numbers, which is not quantization)."""
     pattern = re.compile(r"\bround_?\(|2\s*\*\*")
     offenders = []
-    for part in ("quant", "native", "export", "models", "inference.py"):
+    for part in ("quant", "export", "models", "feature.py"):
         offenders += _matches(os.path.join(REPO, "fullyqt", part), pattern)
     assert not offenders, offenders
 

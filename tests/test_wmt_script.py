@@ -62,6 +62,7 @@ def run(*args, env=None):
                           env={**os.environ, "PYTHON": sys.executable, **(env or {})})
 
 
+@pytest.mark.slow
 def test_prepare_script_runs_offline_against_a_local_mirror(tmp_path):
     mirror = tmp_path / "mirror"
     make_mirror(str(mirror))

@@ -21,7 +21,7 @@ import torch
 
 from ..eval.significance import compare
 from .config import ConfigError, load_preset, presets
-from .data import layout, prepare_bible
+from ..data.prepare import layout, prepare_bible
 from .kernels import measure
 from .profile import profile
 from .report import write_report
@@ -168,6 +168,9 @@ def main(argv=None):
     def say(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    if a.variants is not None and not a.variants.strip(","):
+        p.exit(2, f"{p.prog}: error: --variants {a.variants!r}: names no variant; give a comma "
+                  "list of the preset's variants, or leave the option out to run the main job\n")
     variants = preset.variants + (preset.extra_variants if a.full_grid or a.variants else [])
     if a.variants:
         try:

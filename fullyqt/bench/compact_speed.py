@@ -17,7 +17,7 @@ import torch
 
 from ..prune.macs import dims_of, sentence_macs, step_macs
 from ..prune.shapes import CompactShapes, LayerShape
-from .kernels import SIZES, _args, add_size_args, checked_sizes, dictionary
+from .kernels import SIZES, size_args, add_size_args, checked_sizes, dictionary
 from .steps import timed_parts
 
 
@@ -33,7 +33,7 @@ def shapes_for(size: dict, heads: float, ffn: float) -> CompactShapes:
 def model_args(size: dict, shapes: CompactShapes = None):
     """fairseq arguments of a fullyqt float model of ``size`` (compact when ``shapes``)."""
     extra = ["--no-quant"] + (["--prune-compact-shapes", shapes.to_json()] if shapes else [])
-    return _args(size, _user_dir(), True, extra)
+    return size_args(size, _user_dir(), True, extra)
 
 
 def build(size: dict, d, shapes: CompactShapes = None):

@@ -14,14 +14,12 @@ from typing import Dict, List
 
 import torch
 
-SIZES = {  # arch overrides: layers, width, ffn, heads, joint vocabulary of the preset's data
-    "cpu-small": dict(layers=3, dim=128, ffn=512, heads=4, vocab=8000),
-    "base": dict(layers=6, dim=512, ffn=2048, heads=8, vocab=32000),
-    "big": dict(layers=6, dim=1024, ffn=4096, heads=16, vocab=32000),
-}
+from .shapes import SHAPES
+
+SIZES = SHAPES  # the sizes --sizes accepts
 
 
-def _args(size: dict, user_dir: str, quant: bool, extra=()):
+def size_args(size: dict, user_dir: str, quant: bool, extra=()):
     from fairseq import options
 
     flags = ["--arch", "fullyqt_transformer" if quant else "transformer", "--user-dir", user_dir,
@@ -49,12 +47,12 @@ def dictionary(vocab: int):
 def _models(size: dict, user_dir: str):
     from fairseq.tasks.translation import TranslationTask
 
-    from ..native import to_native_int8
+    from ..quant.native import to_native_int8
 
     d = dictionary(size["vocab"])
     models = {}
     for name, quant in (("float", False), ("fake-quant", True)):
-        args = _args(size, user_dir, quant)
+        args = size_args(size, user_dir, quant)
         task = TranslationTask(args, d, d)
         models[name] = task.build_model(args)
     fq = models["fake-quant"].train()
@@ -69,7 +67,7 @@ def _models(size: dict, user_dir: str):
     return {k: m.eval() for k, m in models.items()}, d
 
 
-def _step_ms(model, dictionary, batch: int, beam: int, src_len: int, steps: int) -> float:
+def step_ms(model, dictionary, batch: int, beam: int, src_len: int, steps: int) -> float:
     """Mean model time (ms) of one incremental decoder step for batch x beam hypotheses."""
     src = torch.randint(dictionary.nspecial, len(dictionary), (batch, src_len))
     rows = batch * beam
@@ -92,7 +90,7 @@ def measure(sizes: List[str], *, batch: int = 32, beam: int = 5, src_len: int = 
     rows = []
     for name in sizes:
         models, d = _models(SIZES[name], user_dir)
-        ms = {k: _step_ms(m, d, batch, beam, src_len, steps) for k, m in models.items()}
+        ms = {k: step_ms(m, d, batch, beam, src_len, steps) for k, m in models.items()}
         params = sum(p.numel() for p in models["float"].parameters())
         rows.append({"size": name, **SIZES[name], "params": params,
                      **{f"{k} ms": v for k, v in ms.items()}})

@@ -11,7 +11,7 @@ MATMULS = {"aten::_int_mm": "int8", "aten::addmm": "float", "aten::mm": "float",
 MODEL_SCOPES = ("EnsembleModel: forward_encoder", "EnsembleModel: forward_decoder")
 
 
-def _load(path: str, data_bin: str, overrides: Optional[dict] = None):
+def load_eval_model(path: str, data_bin: str, overrides: Optional[dict] = None):
     from fairseq import checkpoint_utils
 
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -20,7 +20,7 @@ def _load(path: str, data_bin: str, overrides: Optional[dict] = None):
     return models[0], task
 
 
-def _batches(task, n: int, batch_size: int):
+def eval_batches(task, n: int, batch_size: int):
     task.load_dataset("test")
     ds = task.dataset("test")
     it = task.get_batch_iterator(ds, max_sentences=batch_size,
@@ -53,8 +53,8 @@ def profile(checkpoints: Dict[str, str], data_bin: str, *, batches: int = 4,
     decode wall time."""
     rows = []
     for name, path in checkpoints.items():
-        model, task = _load(path, data_bin, (overrides or {}).get(name))
-        bs = _batches(task, batches, batch_size)
+        model, task = load_eval_model(path, data_bin, (overrides or {}).get(name))
+        bs = eval_batches(task, batches, batch_size)
         gen = generator(model, task, beam, max_len)
         _decode(gen, model, bs[:1])  # warm-up
         start = time.perf_counter()

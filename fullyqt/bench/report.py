@@ -245,11 +245,46 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
     return paths
 
 
+def retime(out_dir: str, data_bin: str) -> str:
+    """Redo the pruning section of a finished run (``OUT/results.json``) on this machine, now;
+    returns the report's path."""
+    import json
+    from types import SimpleNamespace
+
+    import torch
+
+    from .pruning import step_rows
+
+    path = os.path.join(out_dir, "results.json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    trained = {}
+    for r in data["rows"]:
+        vdir = os.path.join(out_dir, "checkpoints", r["variant"])
+        compact = os.path.join(vdir, "model.compact.pt")
+        if r.get("dense"):
+            trained[r["variant"]] = SimpleNamespace(checkpoint=compact)
+        elif os.path.isfile(os.path.join(vdir, "train_result.json")):
+            with open(os.path.join(vdir, "train_result.json")) as f:
+                trained[r["variant"]] = SimpleNamespace(checkpoint=json.load(f)["checkpoint"])
+    data["pruning"] = step_rows(data["rows"], trained, data_bin,
+                                threads=torch.get_num_threads())
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return rewrite(out_dir)["md"]
+
+
 if __name__ == "__main__":
     import logging
     import sys
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "results.json")):
-        sys.exit("usage: python -m fullyqt.bench.report DIR  (DIR holds results.json)")
-    print(rewrite(sys.argv[1])["md"])
+    args = sys.argv[1:]
+    again = "--retime-pruning" in args
+    args = [a for a in args if a != "--retime-pruning"]
+    if len(args) != 1 or not os.path.isfile(os.path.join(args[0], "results.json")):
+        sys.exit("usage: python -m fullyqt.bench.report DIR [--retime-pruning]  (DIR holds "
+                 "results.json; --retime-pruning redoes the pruning section's timings here)")
+    print(retime(args[0], os.path.join(args[0], "data", "bin")) if again
+          else rewrite(args[0])["md"])

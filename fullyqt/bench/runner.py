@@ -58,7 +58,7 @@ def run_logged(cmd: List[str], log_path: str, on_line: Optional[Callable[[str], 
                            f"log: {log_path}\n{tail}")
 
 
-def _train_record(line: str):
+def train_record(line: str):
     if "| train_inner |" not in line:
         return None
     try:
@@ -91,7 +91,7 @@ def train(exp: Experiment, data_bin: str, save_dir: str, *, minutes: float = 0,
     records, start = [], time.time()
 
     def progress(line):
-        rec = _train_record(line)
+        rec = train_record(line)
         if rec:
             records.append(rec)
             if len(records) % 4 == 1:

@@ -10,7 +10,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from ..prune.macs import ct2_padded, dims_of, sentence_macs, step_macs
-from .profile import _batches, _load, generator
+from .profile import eval_batches, load_eval_model, generator
 
 
 class _Timer:
@@ -38,7 +38,7 @@ def step_split(checkpoint: str, data_bin: str, *, as_fullyqt: bool = False,
     """``model_step_split`` of a checkpoint; ``as_fullyqt``: a stock float checkpoint run
     through fullyqt's own (unquantized) layers, to time the same code path a compact model
     runs."""
-    model, task = _load(checkpoint, data_bin)
+    model, task = load_eval_model(checkpoint, data_bin)
     if as_fullyqt:
         model = _fullyqt_float(checkpoint, model, task)
     return model_step_split(model, task, **kwargs)
@@ -64,17 +64,17 @@ def _fullyqt_float(checkpoint, stock, task):
 def timed_parts(model, dictionary, batch: int, beam: int, src_len: int, steps: int, *,
                 repeats: int = 3) -> Tuple[float, float, float]:
     """(whole step, decoder layers, output projection) milliseconds of one fixed-shape
-    incremental step (``kernels._step_ms``), after a warm-up, from the least disturbed of
+    incremental step (``kernels.step_ms``), after a warm-up, from the least disturbed of
     ``repeats`` timings."""
-    from .kernels import _step_ms
+    from .kernels import step_ms
 
-    _step_ms(model, dictionary, batch, beam, src_len, steps)  # warm-up
+    step_ms(model, dictionary, batch, beam, src_len, steps)  # warm-up
     best = None
     for _ in range(repeats):
         layers = [_Timer(layer) for layer in model.decoder.layers]
         out = _Timer(model.decoder.output_projection)
         try:
-            total = _step_ms(model, dictionary, batch, beam, src_len, steps)
+            total = step_ms(model, dictionary, batch, beam, src_len, steps)
         finally:
             for t in layers + [out]:
                 t.remove()
@@ -91,7 +91,7 @@ def model_step_split(model, task, *, batches: int = 4, batch_size: int = 32, bea
     beam search on test batches (mean source and translation length); the timing runs fixed-shape
     steps (``timed_parts``) at those lengths, so that every model is timed on the same work
     whatever it translates."""
-    bs = _batches(task, batches, batch_size)
+    bs = eval_batches(task, batches, batch_size)
     gen = generator(model, task, beam, max_len)
     src = tgt = sentences = 0
     with torch.no_grad():

@@ -26,8 +26,6 @@ import multiprocessing
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -36,12 +34,8 @@ import torch
 from ..errors import UserError
 from ..quant import fused
 from .runner import BIN, USER_DIR, thread_env
+from .shapes import SHAPES
 
-SHAPES = {
-    "tiny": dict(layers=1, dim=32, ffn=64, heads=2),
-    "cpu-small": dict(layers=3, dim=128, ffn=512, heads=4),
-    "base": dict(layers=6, dim=512, ffn=2048, heads=8),
-}
 MODELS = {
     "stock float": ["--arch", "transformer"],
     "fullyqt --no-quant": ["--arch", "fullyqt_transformer", "--no-quant"],
@@ -279,7 +273,7 @@ def write_outputs(out: str, stem: str, title: str, result: dict, lines: List[str
         os.replace(tmp, os.path.join(out, name))
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -296,10 +290,10 @@ def main(argv=None):
     p.add_argument("--data", help="binarized data directory (default: the toy corpus)")
     p.add_argument("--shapes", default="cpu-small,base",
                    help=f"comma list of: {', '.join(SHAPES)} (default: cpu-small,base)")
-    p.add_argument("--max-tokens", type=_positive, default=4096)
-    p.add_argument("--updates", type=_positive, default=20, help="timed updates per model")
+    p.add_argument("--max-tokens", type=positive_int, default=4096)
+    p.add_argument("--updates", type=positive_int, default=20, help="timed updates per model")
     p.add_argument("--warmup", type=int, default=3, help="untimed updates first")
-    p.add_argument("--threads", type=_positive, default=min(os.cpu_count() or 1, 4))
+    p.add_argument("--threads", type=positive_int, default=min(os.cpu_count() or 1, 4))
     a = p.parse_args(argv)
     shapes = [s for s in a.shapes.split(",") if s]
     bad = [s for s in shapes if s not in SHAPES]

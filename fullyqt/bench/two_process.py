@@ -12,15 +12,14 @@ engine works and what it costs.
 """
 import argparse
 import glob
-import json
 import os
 import socket
 import statistics
 import time
 from typing import List
 
-from .runner import BIN, USER_DIR, _train_record, run_logged, thread_env
-from .train_speed import SHAPES, TRAIN, _positive, shape_flags, toy_data, write_outputs
+from .runner import BIN, USER_DIR, train_record, run_logged, thread_env
+from .train_speed import SHAPES, TRAIN, positive_int, shape_flags, toy_data, write_outputs
 
 MODELS = {
     "fullyqt 8-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
@@ -48,7 +47,7 @@ def train_rates(data: str, flags: List[str], processes: int, threads: int, updat
                    str(processes), "--master_addr", "127.0.0.1", "--master_port",
                    str(_free_port()), *command, *LAUNCH]
     records = []
-    run_logged(command, log_path, lambda line: records.append(_train_record(line)),
+    run_logged(command, log_path, lambda line: records.append(train_record(line)),
                env=thread_env(threads))
     records = [r for r in records if r][1:]
     if not records:
@@ -104,9 +103,9 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="folder for two_process.json / .md and logs")
     p.add_argument("--data", help="binarized data directory (default: the toy corpus)")
     p.add_argument("--shape", default="cpu-small", choices=sorted(SHAPES))
-    p.add_argument("--max-tokens", type=_positive, default=4096)
-    p.add_argument("--updates", type=_positive, default=40)
-    p.add_argument("--cores", type=_positive, default=min(os.cpu_count() or 1, 2),
+    p.add_argument("--max-tokens", type=positive_int, default=4096)
+    p.add_argument("--updates", type=positive_int, default=40)
+    p.add_argument("--cores", type=positive_int, default=min(os.cpu_count() or 1, 2),
                    help="cores shared by the processes (default 2)")
     a = p.parse_args(argv)
     if a.data and not glob.glob(os.path.join(a.data, "dict.*.txt")):

@@ -16,8 +16,6 @@ import os
 import random
 import re
 import subprocess
-import sys
-import tempfile
 from typing import Dict, Iterable, List, Tuple
 
 SPANISH_MODULE, ENGLISH_MODULE = "spaRV1909eb", "engWEB2015eb"

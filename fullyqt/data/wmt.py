@@ -109,7 +109,7 @@ def main(argv=None):
             for name, n in assemble(a.pair, a.orig, a.dest).items():
                 print(f"{name}: {n} sentence pairs")
         else:
-            from ..bench.data import binarize
+            from .prepare import binarize
             binarize(a.dest, a.vocab)
     except (OSError, ValueError) as e:
         sys.exit(f"wmt: error: {e}")

@@ -12,6 +12,7 @@ when it is complete.
 """
 import argparse
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -67,6 +68,8 @@ def build_parser():
                    help="the shard this run translates, 0..N-1, into OUT.shard-I-of-N")
     p.add_argument("--merge-shards", action=checked_action(_positive_int), default=None,
                    metavar="N", help="write OUT from the N finished OUT.shard-*-of-N folders")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the translations an interrupted run left and start over")
     p.add_argument("--no-progress-bar", action="store_true")
     p.add_argument("--user-dir", default=None,
                    help="another fairseq plugin to import (a teacher of a custom architecture)")
@@ -103,6 +106,15 @@ def _setup(args):
     return task, load_teacher(args.teacher, task, states)
 
 
+def file_sha256(path: str) -> str:
+    """The hash that tells one teacher file from another (a file replaced at the same path)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def shard_dir(out, shard_id, num_shards):
     return f"{out.rstrip('/')}.shard-{shard_id}-of-{num_shards}"
 
@@ -120,10 +132,16 @@ class Parts:
             with open(path) as f:
                 saved = json.load(f)
             changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+            if "teacher_sha256" in changed:
+                then = (saved.get("teacher_sha256") or "not recorded")[:12]
+                raise UserError(f"{settings['teacher']}: not the teacher that made the "
+                                f"translations in {self.dir} (sha256 {then} then, "
+                                f"{settings['teacher_sha256'][:12]} now); pass --restart to "
+                                "start over with this teacher, or choose another --out")
             if changed:
                 detail = ", ".join(f"{k} {a!r} then, {b!r} now" for k, (a, b) in changed.items())
                 raise UserError(f"{self.dir}: an earlier run used other settings ({detail}); "
-                                "rerun with the same settings or delete that folder")
+                                "rerun with the same settings, or pass --restart")
         else:
             self._write_json(path, settings)
         self.done = {}
@@ -282,7 +300,8 @@ def run(argv=None):
 
         utils.import_user_module(args)
     settings = {"teacher": os.path.abspath(args.teacher), "data": os.path.abspath(args.data),
-                "subset": args.subset, "beam": args.beam, "lenpen": args.lenpen,
+                "teacher_sha256": file_sha256(args.teacher) if os.path.isfile(args.teacher)
+                else None, "subset": args.subset, "beam": args.beam, "lenpen": args.lenpen,
                 "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
                 "batch_size": args.batch_size, "max_tokens": args.max_tokens}
     if args.merge_shards:
@@ -296,9 +315,11 @@ def run(argv=None):
     sharded = args.num_shards > 1
     if sharded:
         settings.update(num_shards=args.num_shards, shard_id=args.shard_id)
-        parts = Parts(shard_dir(args.out, args.shard_id, args.num_shards), settings)
-    else:
-        parts = Parts(args.out.rstrip("/") + ".partial", settings)
+    partial = (shard_dir(args.out, args.shard_id, args.num_shards) if sharded
+               else args.out.rstrip("/") + ".partial")
+    if args.restart and os.path.isdir(partial):
+        shutil.rmtree(partial)
+    parts = Parts(partial, settings)
     resumed = len(parts.done)
     if resumed:
         print(f"fullyqt-distill-data: resuming, {resumed} sentences already translated",

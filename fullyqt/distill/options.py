@@ -3,6 +3,7 @@ import argparse
 import math
 
 from ..errors import checked_action, integer, parse_number
+from ..feature import Feature, register_feature
 from .layer_map import parse_layer_map
 
 CRITERION = "fullyqt_distill"
@@ -64,3 +65,16 @@ def add_guards(parser):
     instead of argparse's 'unrecognized arguments' after the whole usage text."""
     for option in KD_OPTIONS:
         parser.add_argument(option, action=_NeedsCriterion, help=argparse.SUPPRESS)
+
+
+class DistillGuards(Feature):
+    """Puts the guards on the model's parser: a model's options are parsed whatever the
+    criterion."""
+    name = "distill_guards"
+    order = 40
+
+    def add_args(self, parser):
+        add_guards(parser)
+
+
+register_feature(DistillGuards())

@@ -17,34 +17,44 @@ import torch
 from ..checkpoint import (
     CheckpointError,
     arch_of,
+    atomic_save,
     load_model,
     load_model_and_task,
     model_args,
     read_checkpoint,
+    with_model_args,
 )
 from ..errors import UserError
-from ..quant.config import QuantConfig
-from .integer import FORMAT_KEY, bundle, pack_state
+from ..feature import Build, features
+from ..quant.packed_state import FORMAT_KEY, bundle, pack_state
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2", "compact")
+# The formats written here; features add their own (``Feature.export_formats``).
+BASE_FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2")
+
+
+def extra_formats() -> dict:
+    out = {}
+    for feature in features():
+        out.update(feature.export_formats())
+    return out
+
+
+def formats():
+    return BASE_FORMATS + tuple(extra_formats())
+
+
+def export_options(args, fmt) -> dict:
+    """The options every feature writes into an export of format ``fmt``."""
+    out = {}
+    for feature in features():
+        out.update(feature.export_options(args, fmt))
+    return out
 
 
 class ExportError(UserError):
     """The checkpoint cannot be written in the format asked for, or not to that place."""
-
-
-def _atomic_save(obj, path):
-    fd, tmp = tempfile.mkstemp(prefix="tmp-export-", suffix=".pt",
-                               dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _replace_dir(tmp_dir, out):
@@ -55,24 +65,10 @@ def _replace_dir(tmp_dir, out):
     os.replace(tmp_dir, out)
 
 
-def with_model_args(state: dict, **updates) -> dict:
-    """Copies of the checkpoint's ``args`` / ``cfg`` entries with model options changed."""
-    out = {}
-    if state.get("args") is not None:
-        out["args"] = argparse.Namespace(**{**vars(state["args"]), **updates})
-    cfg = state.get("cfg")
-    if cfg is not None:
-        cfg = dict(cfg)
-        if isinstance(cfg.get("model"), argparse.Namespace):
-            cfg["model"] = argparse.Namespace(**{**vars(cfg["model"]), **updates})
-        out["cfg"] = cfg
-    return out
-
-
 def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) -> str:
     """Write ``checkpoint`` in format ``fmt`` to ``out``; returns ``out``."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: allowed: {', '.join(FORMATS)}")
+    if fmt not in formats():
+        raise ExportError(f"--format {fmt!r}: allowed: {', '.join(formats())}")
     if os.path.exists(out) and not force:
         raise ExportError(f"{out} exists; pass --force to overwrite it")
     parent = os.path.dirname(os.path.abspath(out))
@@ -92,44 +88,32 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
     if FORMAT_KEY in state:
         raise ExportError(f"{checkpoint}: already an export ({state[FORMAT_KEY]['format']}); "
                           "export from the training checkpoint")
-    args = model_args(state)
-    if fmt == "compact":
-        return _compact(checkpoint, state, args, out, data)
-    if getattr(args, "prune_compact_shapes", None) and fmt == "fairseq":
-        raise ExportError(f"--format fairseq: {checkpoint} is a compacted model with per-layer "
-                          "head counts and FFN sizes, which a stock fairseq transformer cannot "
-                          "hold; use --format int8/int6/int4 or ctranslate2")
-    if getattr(args, "prune_compact_shapes", None) and fmt == "ctranslate2":
+    args = argparse.Namespace(**vars(model_args(state)))
+    extra = extra_formats()
+    if fmt in extra:
+        extra[fmt](checkpoint, state, args, out, data)
+        return out
+    for feature in features():
+        feature.check_export(args, fmt, checkpoint)
+    if fmt == "ctranslate2" and Build(argparse.Namespace(**vars(args))).layer_shapes():
         return _compact_ctranslate2(checkpoint, args, out, data)
-    qcfg = QuantConfig.from_args(argparse.Namespace(**vars(args)))
-    if fmt.startswith("int"):
-        bits = int(fmt[3:])
-        if qcfg.weight_bits != bits:
-            raise ExportError(f"--format {fmt}: the model was trained with "
-                              f"{qcfg.weight_bits or 'no'}-bit weights; use "
-                              + (f"--format int{qcfg.weight_bits}" if qcfg.weight_bits in (4, 6, 8)
-                                 else "--format fairseq"))
     model = load_model(checkpoint, data)
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
-    if getattr(args, "kron_layers", None) and not fmt.startswith("int"):
-        logger.warning("fullyqt-export: --format %s multiplies the Kronecker factors out "
-                       "into dense matrices (as big as a dense model's); the int8/int6/int4 "
-                       "export of a quantized model keeps them", fmt)
-    if fmt.startswith("int"):
+    if fmt in BASE_FORMATS[:3]:
+        bits = int(fmt[3:])
         packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
-        # the export decodes with integer kernels unless --model-overrides says otherwise
-        packed.update(with_model_args(state, quant_kernels="int8"))
+        packed.update(with_model_args(state, **export_options(args, fmt)))
         packed.update(model=bundle(pack_state(model, bits)), optimizer_history=[
             {**state["optimizer_history"][-1], "num_updates": num_updates}],
             last_optimizer_state=None)
         packed[FORMAT_KEY] = {"format": fmt, "bits": bits}
-        _atomic_save(packed, out)
+        atomic_save(packed, out)
         return out
     from .stock import stock_checkpoint
 
     stock = stock_checkpoint(model, args, num_updates)
     if fmt == "fairseq":
-        _atomic_save(stock, out)
+        atomic_save(stock, out)
         return out
     from .ctranslate2 import convert_to_dir
 
@@ -143,28 +127,6 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
             src, tgt = infer_language_pair(data_dir)
         new_dir = convert_to_dir(stock_path, data_dir, out, src, tgt)
     _replace_dir(new_dir, out)
-    return out
-
-
-def _compact(checkpoint, state, args, out, data):
-    if not getattr(args, "prune_method", None):
-        raise ExportError(f"--format compact: {checkpoint} was not trained with --prune-method; "
-                          "there is nothing to remove")
-    if getattr(args, "quant_weight_buckets", "row") != "row":
-        raise ExportError("--format compact: needs one weight range per row (the model was "
-                          f"trained with --quant-weight-buckets {args.quant_weight_buckets}): "
-                          "removing heads would move a per-tensor range")
-    from ..prune.compact import compact_state
-
-    model = load_model(checkpoint, data)
-    compact, shapes = compact_state(model)
-    saved = {k: v for k, v in state.items() if k == "extra_state"}
-    saved.update(with_model_args(state, prune_method=None,
-                                 prune_compact_shapes=shapes.to_json()))
-    saved.update(model=compact, last_optimizer_state=None, optimizer_history=[
-        {**state["optimizer_history"][-1], "num_updates":
-         state["optimizer_history"][-1].get("num_updates", 0)}])
-    _atomic_save(saved, out)
     return out
 
 
@@ -188,7 +150,7 @@ def main(argv=None):
                                 epilog="\n".join(__doc__.splitlines()[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
-    p.add_argument("--format", required=True, metavar="F", help=f"one of {', '.join(FORMATS)}")
+    p.add_argument("--format", required=True, metavar="F", help=f"one of {', '.join(formats())}")
     p.add_argument("--out", required=True, help="output file (a directory for ctranslate2)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--data", help="data directory with the dictionaries (default: the one "

@@ -13,6 +13,8 @@ import copy
 import torch
 
 from ..errors import UserError
+from ..feature import Build, features
+from ..prune.feature import shapes_options
 from ..prune.shapes import CompactShapes, LayerShape
 from .stock import stock_state_dict
 
@@ -53,7 +55,7 @@ def _pad_attention(state: dict, prefix: str, heads: int, head_dim: int):
 def padded_float_model(model, args, task):
     """A float (``--no-quant``, dense) fullyqt model holding the compact model's dequantized
     weights, every attention padded to its stack's largest head count."""
-    shapes = CompactShapes.parse(args.prune_compact_shapes)
+    shapes = Build(argparse.Namespace(**vars(args))).layer_shapes()
     padded = padded_shapes(shapes)
     state = stock_state_dict(model)
     for stack, own, pad in (("encoder", shapes.encoder, padded.encoder),
@@ -64,12 +66,10 @@ def padded_float_model(model, args, task):
             if s.cross_heads is not None:
                 _pad_attention(state, f"{stack}.layers.{i}.encoder_attn", p.cross_heads,
                                head_dim)
-    float_args = argparse.Namespace(**{**vars(copy.deepcopy(args)), "no_quant": True,
-                                       "quant_kernels": "fake",
-                                       "prune_compact_shapes": padded.to_json()})
-    for name in ("quant_bits", "quant_weight_bits", "quant_act_bits",
-                 "quant_softmax_denominator_bits", "kron_layers", "kron_factor", "kron_shapes"):
-        setattr(float_args, name, None)  # Kronecker factors arrive multiplied out
+    float_args = argparse.Namespace(**vars(copy.deepcopy(args)))
+    for feature in features():  # dense float weights: factors arrive multiplied out
+        vars(float_args).update(feature.float_options(args))
+    vars(float_args).update(shapes_options(padded))
     float_model = task.build_model(float_args)
     float_model.load_state_dict(state, strict=False)  # quantizer state: none in a float model
     return float_model.eval(), padded

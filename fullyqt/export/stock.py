@@ -1,14 +1,17 @@
 """The ``fairseq`` export: a plain stock ``transformer`` checkpoint.
 
 Weights are the dequantized ones the quantized model computes with; quantizer state is dropped;
-the arguments name a stock architecture and no plugin.  Stock fairseq (and CTranslate2's
-converter, which only accepts fairseq's own model names and argparse arguments) load it.
+the arguments name a stock architecture and criterion and no plugin option.  Stock fairseq (and
+CTranslate2's converter, which only accepts fairseq's own model names and argparse arguments)
+load it.
 """
 import argparse
 import copy
 
 import torch
 
+from ..distill.options import CRITERION
+from ..feature import plugin_options
 from ..quant.quantizer import Quantizer
 from ..quant.weight_source import WeightSource
 from ..quant.weights import dequantized_weights, quantized_parameters, storage_key
@@ -27,11 +30,14 @@ def stock_args(args) -> argparse.Namespace:
     if arch is None:
         raise ValueError(f"architecture {ns.arch!r} has no stock equivalent "
                          f"(known: {', '.join(STOCK_ARCH)})")
-    for name in [k for k in vars(ns) if k.startswith(("quant_", "prune_", "kron_"))] + ["no_quant"]:
+    for name in plugin_options():
         if hasattr(ns, name):
             delattr(ns, name)
     ns.arch = ns._name = arch
     ns.user_dir = None
+    if getattr(ns, "criterion", None) == CRITERION:  # the student's loss: stock fairseq's
+        ns.criterion = "label_smoothed_cross_entropy"
+
     return ns
 
 

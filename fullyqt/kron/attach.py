@@ -70,6 +70,12 @@ def attach_kronecker(model, kcfg: KronConfig, qcfg: QuantConfig) -> List[Tuple[s
     if "embed" in kcfg.layers:
         _factorize_embeddings(model, kcfg, qcfg, made)
     log_shapes(made)
+    for ks in dict.fromkeys(ks for _, ks in made):
+        if kcfg.far_from_factor(ks):
+            m, n = ks.shape
+            logger.warning("kron: --kron-factor %g is far from what a %dx%d matrix allows: the "
+                           "nearest factorization, %s, holds %.1fx fewer numbers; --kron-shapes "
+                           "chooses the factors directly", kcfg.factor, m, n, ks, ks.compression)
     return made
 
 

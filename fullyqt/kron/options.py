@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Optional, Tuple
 
 from ..errors import checked_action, integer, parse_number
+from ..feature import option_group
 from .factors import KronOptionError, KronShape, choose, from_second, parse_pair
 
 KINDS = ("ffn", "attn", "embed")
@@ -54,7 +55,7 @@ def _shapes_text(option, value) -> str:
 
 
 def add_kron_args(parser):
-    g = parser.add_argument_group("fullyqt Kronecker factorization")
+    g = option_group(parser, "fullyqt Kronecker factorization")
     g.add_argument("--kron-layers", action=checked_action(_layers), metavar="KINDS",
                    help="factorize these weights as sums of Kronecker products: a comma list of "
                         "ffn (fc1, fc2), attn (Q, K, V, output projections), embed (the "
@@ -128,3 +129,7 @@ class KronConfig:
                                given=f"--kron-shapes {name}=")
         return choose(shape, self.factor, self.rank, matrix,
                       rows_of_b=1 if key == "embed" else None)
+
+    def far_from_factor(self, ks: KronShape) -> bool:
+        """Whether ``ks`` compresses over twice more or less than ``--kron-factor`` asked."""
+        return self.factor is not None and abs(math.log(ks.compression / self.factor)) > math.log(2)

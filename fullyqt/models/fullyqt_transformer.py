@@ -13,7 +13,6 @@ pre-norm); ``tests/test_wiring.py`` checks each wire against what the layer real
 import copy
 import logging
 
-import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import (
     TransformerConfig,
@@ -31,28 +30,15 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import nn
 
-from ..distill.options import add_guards
-from ..distributed.range_sync import RangeSync, distributed_world
-from ..errors import UserError
-from ..export.integer import is_packed, unpack_state
-from ..inference import prepare_for_inference, set_kernels
-from ..kron.attach import attach_kronecker, convert_dense_state, holds_factors
-from ..kron.options import KronConfig, add_kron_args
-from ..prune.attach import attach_pruning, symmetric_weights
-from ..prune.options import PruneConfig, add_prune_args
-from ..prune.scores import BlockScores
-from ..prune.shapes import compact_shapes
-from ..prune.pruner import Pruner
-from ..prune.structure import describe
 from ..quant.activation import QuantActivation
 from ..quant.attention import QuantMultiheadAttention
-from ..quant.config import QuantConfig, QuantOptionError, add_quant_args, set_quant_defaults
+from ..quant.config import QuantConfig, QuantOptionError
 from ..quant.embedding import QuantEmbedding, QuantSinusoidalPositionalEmbedding
 from ..quant.layer_norm import QuantLayerNorm
 from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
-from ..quant.quantizer import ActivationQuantizer, Quantizer
-from ..quant.saved_codes import packing
+from ..quant.quantizer import ActivationQuantizer
+from ..feature import building, current_build, features, set_feature_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -293,41 +279,39 @@ class FullyQTTransformerModel(TransformerModel):
     @staticmethod
     def add_args(parser):
         TransformerModel.add_args(parser)
-        add_quant_args(parser)
-        add_prune_args(parser)
-        add_kron_args(parser)
-        add_guards(parser)
+        for feature in features():
+            feature.add_args(parser)
 
     @classmethod
     def build_model(cls, args, task):
+        """fairseq's build, with every registered feature's config read once, before anything
+        is built (a bad option fails here, in one line)."""
         base_architecture(args)
-        set_quant_defaults(args)
         check_supported(args)
-        QuantConfig.from_args(args)  # validate before building anything
-        PruneConfig.from_args(args)
-        KronConfig.from_args(args)
-        compact_shapes(args)
-        return super().build_model(args, task)
+        with building(args):
+            return super().build_model(args, task)
 
     @classmethod
     def build_embedding(cls, args, dictionary, embed_dim, path=None):
         emb = QuantEmbedding(len(dictionary), embed_dim, dictionary.pad(),
-                             qcfg=QuantConfig.from_args(args))
+                             qcfg=current_build(args)["quant"])
         nn.init.normal_(emb.weight, mean=0, std=embed_dim**-0.5)
         nn.init.constant_(emb.weight[dictionary.pad()], 0)
         return emb
 
     @classmethod
     def build_encoder(cls, args, src_dict, embed_tokens):
-        shapes = compact_shapes(args)
-        return FullyQTEncoder(TransformerConfig.from_namespace(args), QuantConfig.from_args(args),
+        build = current_build(args)
+        shapes = build.layer_shapes()
+        return FullyQTEncoder(TransformerConfig.from_namespace(args), build["quant"],
                               src_dict, embed_tokens,
                               shapes=None if shapes is None else list(shapes.encoder))
 
     @classmethod
     def build_decoder(cls, args, tgt_dict, embed_tokens):
-        shapes = compact_shapes(args)
-        return FullyQTDecoder(TransformerConfig.from_namespace(args), QuantConfig.from_args(args),
+        build = current_build(args)
+        shapes = build.layer_shapes()
+        return FullyQTDecoder(TransformerConfig.from_namespace(args), build["quant"],
                               tgt_dict, embed_tokens,
                               no_encoder_attn=getattr(args, "no_cross_attention", False),
                               shapes=None if shapes is None else list(shapes.decoder))
@@ -335,104 +319,64 @@ class FullyQTTransformerModel(TransformerModel):
     def __init__(self, args, encoder, decoder):
         super().__init__(args, encoder, decoder)
         decoder.wire(encoder.wire())
-        kcfg = KronConfig.from_args(args)
-        self.factorized = attach_kronecker(self, kcfg, encoder.qcfg) if kcfg else []
-        pcfg = PruneConfig.from_args(args)
-        self.pruner = attach_pruning(self, pcfg) if pcfg is not None else None
-        if compact_shapes(args) is not None:
-            symmetric_weights(self)
-        self._log_interval = max(1, getattr(args, "log_interval", 100) or 100)
-        self._sentence_avg = bool(getattr(args, "sentence_avg", False))
-        set_kernels(self, getattr(args, "quant_kernels", "exact"))
-        self.range_sync = None
-        self.saved_codes = bool(getattr(args, "quant_saved_codes", False))
+        self.build = current_build(args)
+        for feature, cfg in self.build:
+            feature.attach(self, cfg)
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
-        """The transformer's forward; while pruning trains, the output also carries the L1
-        penalty's gradient (so it applies under any criterion), weighted by the sample size the
-        criterion divides by.  With ``--quant-saved-codes``, fake-quantized activations are
-        saved for backward as their byte codes (``quant/saved_codes.py``)."""
-        sync = self._range_sync_for_this_forward()
-        if self.pruner is not None and self.training:
-            self.pruner.start_scores()
-        with packing(self.saved_codes and self.training and torch.is_grad_enabled()):
-            out = super().forward(src_tokens, src_lengths, prev_output_tokens, **kwargs)
-        if sync is not None:
-            sync.attach(out[0])
-        if self.pruner is None or not self.training:
-            return out
-        count = prev_output_tokens.new_tensor(prev_output_tokens.size(0)) if (
-            self._sentence_avg) else prev_output_tokens.ne(self.decoder.padding_idx).sum()
-        return (self.pruner.add_penalty(out[0], count),) + tuple(out[1:])
-
-    def _range_sync_for_this_forward(self):
-        """On many processes, a training forward records its activation ranges for the ranks to
-        agree on them (``fullyqt.distributed.RangeSync``)."""
-        if not (self.training and torch.is_grad_enabled()):
-            return None
-        if self.range_sync is None:
-            if distributed_world() == 1:
-                return None
-            self.range_sync = RangeSync(self)
-        self.range_sync.begin()
-        return self.range_sync
+        """The transformer's forward; in training, run through every feature's
+        ``training_forward`` (a pruning penalty, byte-coded saved activations, range sync)."""
+        parent = super().forward
+        if not self.training:
+            return parent(src_tokens, src_lengths, prev_output_tokens, **kwargs)
+        return self.build.training_forward(
+            self, lambda: parent(src_tokens, src_lengths, prev_output_tokens, **kwargs),
+            prev_output_tokens)
 
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
-        if (self.pruner is not None and self.training and num_updates > 0
-                and num_updates % self._log_interval == 0):
-            logger.info("prune: update %d %s | %s", num_updates, self.pruner.summary(),
-                        describe(self))
+        for feature, cfg in self.build:
+            feature.set_num_updates(self, cfg, num_updates)
 
     def prepare_for_inference_(self, cfg):
         """fairseq-generate, fairseq-interactive and ``from_pretrained`` call this once the model
-        is loaded and on its device: eval mode, then ``--quant-kernels`` (int8: integer
-        modules)."""
+        is loaded and on its device: eval mode, then each feature's preparation (the
+        ``--quant-kernels`` arithmetic)."""
         super().prepare_for_inference_(cfg)
-        prepare_for_inference(self, getattr(self.args, "quant_kernels", "exact"))
+        for feature, fcfg in self.build:
+            feature.prepare_for_inference(self, fcfg)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Unpack an integer export; start quantizer and pruning state fresh when loading a
-        checkpoint without it (a float or dense model to quantize or prune); a dense weight of a
-        factorized matrix becomes its nearest Kronecker factors."""
-        if is_packed(state_dict):
-            unpack_state(state_dict, self.encoder.qcfg.weight_bits)
-        super().upgrade_state_dict_named(state_dict, name)
+        """Each feature reads its saved forms (an integer export), fairseq upgrades older names,
+        each feature converts or refuses what the checkpoint holds; the state a feature adds
+        that the checkpoint lacks (a float model to quantize or prune) starts as built."""
         prefix = f"{name}." if name else ""
-        if not self.factorized and holds_factors(state_dict):
-            raise UserError("the checkpoint holds Kronecker factors but the model is built "
-                            "without --kron-layers: pass the --kron-* options it was trained "
-                            "with")
-        convert_dense_state(self, state_dict, prefix)
-        if self.pruner is None and any(k.endswith(".source.scores.raw") for k in state_dict):
-            raise UserError("the checkpoint holds pruning masks but the model is built without "
-                            "--prune-method: export it with fullyqt-export --format compact, "
-                            "or pass the --prune-* options it was trained with")
-        if self.pruner is not None:
-            self.pruner.upgrade_state(state_dict, f"{prefix}pruner.")
+        for feature, cfg in self.build:
+            feature.read_state(self, cfg, state_dict, prefix)
+        super().upgrade_state_dict_named(state_dict, name)
+        for feature, cfg in self.build:
+            feature.upgrade_state(self, cfg, state_dict, prefix)
         own = self.state_dict()
-        missing = [k for k in own if prefix + k not in state_dict and _is_fresh_state(self, k)]
+        missing = [k for k in own if prefix + k not in state_dict and self._starts_fresh(k)]
         for k in missing:
             state_dict[prefix + k] = own[k].clone()
         if missing:
             logger.info("fullyqt: %d quantizer / pruning tensors absent from the checkpoint "
                         "start fresh", len(missing))
 
-
-def _is_fresh_state(model, key):
-    """Quantizer state and pruning scores: what a checkpoint without them starts afresh."""
-    module_name = key.rsplit(".", 1)[0]
-    try:
-        return isinstance(model.get_submodule(module_name), (Quantizer, BlockScores, Pruner))
-    except AttributeError:
-        return False
+    def _starts_fresh(self, key):
+        try:
+            module = self.get_submodule(key.rsplit(".", 1)[0])
+        except AttributeError:
+            return False
+        return any(feature.starts_fresh(module) for feature, _ in self.build)
 
 
 # ----- architectures -----
 
 @register_model_architecture("fullyqt_transformer", "fullyqt_transformer")
 def fullyqt_base_architecture(args):
-    set_quant_defaults(args)
+    set_feature_defaults(args)
     base_architecture(args)
 
 
@@ -443,7 +387,7 @@ def fullyqt_transformer_wmt_en_de(args):
 
 @register_model_architecture("fullyqt_transformer", "fullyqt_transformer_wmt_en_de_big")
 def fullyqt_transformer_wmt_en_de_big(args):
-    set_quant_defaults(args)
+    set_feature_defaults(args)
     transformer_wmt_en_de_big(args)
 
 

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import checked_action, integer, one_of, parse_number
+from ..feature import option_group
 from .blocks import BlockShape, PruneOptionError
 from .schedule import Schedule
 
@@ -55,7 +56,7 @@ def _ffn_block(option, value):
 
 
 def add_prune_args(parser):
-    g = parser.add_argument_group("fullyqt block movement pruning")
+    g = option_group(parser, "fullyqt block movement pruning")
     g.add_argument("--prune-method", action=checked_action(_method), metavar="{sigmoid,topk}",
                    help="learn block masks: sigmoid (mask = sigmoid(score) > threshold, an L1 "
                         "penalty sets the density) or topk (keep the top --prune-density of the "
@@ -146,6 +147,12 @@ class PruneConfig:
         """The validated config, or None when pruning is off (raises PruneOptionError)."""
         set_prune_defaults(args)
         if args.prune_method is None:
+            given = [f"--{n.replace('_', '-')}" for n in ("prune_density",
+                                                          "prune_decoder_density")
+                     if getattr(args, n) is not None]
+            if given and not getattr(args, "prune_compact_shapes", None):  # compact: pruned
+                raise PruneOptionError(f"{given[0]} {getattr(args, given[0][2:].replace('-', '_'))}"
+                                       " applies to --prune-method topk, which is not given")
             return None
         method = _method("--prune-method", args.prune_method)
         if method == "topk" and args.prune_density is None:

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UserError, checked_action, integer, one_of, parse_number
+from ..feature import option_group
 from .integer_form import MAX_BITS as MAX_INT8_BITS
 from .observers import OBSERVERS
 from .quantizer import WEIGHT_BUCKETS, ActivationQuantizer, WeightQuantizer
@@ -54,7 +55,7 @@ def _no_quant_flag(option, value, namespace):
 
 
 def add_quant_args(parser):
-    g = parser.add_argument_group("fullyqt quantization")
+    g = option_group(parser, "fullyqt quantization")
     g.add_argument("--quant-bits", action=checked_action(_bits_option, True), metavar="B",
                    help="bits for every weight and activation (2..16, default 8)")
     g.add_argument("--quant-weight-bits", action=checked_action(_bits_option, True), metavar="B",
@@ -115,14 +116,23 @@ class QuantConfig:
     weight_buckets: str = "row"
     softmax_denominator_bits: Optional[int] = None  # None: act_bits
     act_range: str = "minmax"
+    kernels: str = "exact"  # inference arithmetic (``--quant-kernels``)
+    saved_codes: bool = False  # ``--quant-saved-codes``
 
     @classmethod
     def from_args(cls, args) -> "QuantConfig":
         """Validated config from a fairseq Namespace (raises QuantOptionError on a bad value)."""
         set_quant_defaults(args)
-        _parse_kernels("--quant-kernels", args.quant_kernels)  # e.g. from --model-overrides
+        kernels = _parse_kernels("--quant-kernels", args.quant_kernels)  # --model-overrides too
         if args.no_quant:
-            return cls(None, None)
+            if kernels == "int8":
+                raise QuantOptionError("--quant-kernels int8 runs integer codes, which a --no-quant "
+                                       "model has none of; use exact or fake, or drop --no-quant")
+            if args.quant_saved_codes:
+                raise QuantOptionError("--quant-saved-codes keeps fake-quantized activations as "
+                                       "byte codes, which a --no-quant model has none of; drop "
+                                       "one of them")
+            return cls(None, None, kernels=kernels)
         bits = _parse_bits("--quant-bits", args.quant_bits)
         wbits = bits if args.quant_weight_bits is None else _parse_bits(
             "--quant-weight-bits", args.quant_weight_bits)
@@ -138,7 +148,8 @@ class QuantConfig:
                    _parse_momentum("--quant-ema-momentum", args.quant_ema_momentum),
                    _parse_buckets("--quant-weight-buckets", args.quant_weight_buckets),
                    None if den is None else _parse_bits("--quant-softmax-denominator-bits", den),
-                   _parse_observer("--quant-act-range", args.quant_act_range))
+                   _parse_observer("--quant-act-range", args.quant_act_range),
+                   kernels, bool(args.quant_saved_codes))
 
     def weight(self, buckets: Optional[str] = None):
         return WeightQuantizer(self.weight_bits, buckets or self.weight_buckets, self.start_update)

@@ -1,8 +1,8 @@
-"""One-pass CPU kernels (``fused_quantize.c``) for float32 tensors: fake quantization with its
-straight-through mask, an activation quantizer's whole training step (range, running update,
-fake quantization), the backward mask, the quantized layer norm's backward and evaluation, the
-quantized softmax of exact evaluation, padding-masked ranges, integer codes, and the integer
-matmul's affine over its int32 sums.
+"""One-pass CPU kernels (``kernels/*.c``, one file per job) for float32 tensors: fake
+quantization with its straight-through mask, an activation quantizer's whole training step
+(range, running update, fake quantization), the backward mask, the quantized layer norm's
+backward and evaluation, the quantized softmax of exact evaluation, padding-masked ranges,
+integer codes, and the integer matmul's affine over its int32 sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -27,10 +27,37 @@ from .layout import memory_order
 
 logger = logging.getLogger(__name__)
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fused_quantize.c")
+KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
+# Compiled together into one library; grid.h holds the arithmetic they share.
+SOURCES = [os.path.join(KERNELS, name) for name in (
+    "fake_quantize.c", "integer_affine.c", "layer_norm.c", "softmax.c", "grid.h")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
 _state = {"lib": None, "tried": False, "off": False}
+
+_p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+# Every exported function: (argument types, return type), in the order of the C prototypes.
+SIGNATURES = {
+    # fake_quantize.c
+    "fullyqt_fake_quantize": ([_p, _p, _p, _p, _i64, _i64, _p, _p, _p, _int, _int], _int),
+    "fullyqt_fake_quantize_one": ([_p, _p, _i64, _f32, _f32, _f32, _int], None),
+    "fullyqt_codes": ([_p, _p, _i64, _f32, _f32, _f32, _int], None),
+    "fullyqt_quantized_codes": ([_p, _p, _i64, _f32, _f32, _f32, _int], None),
+    "fullyqt_masked_min_max": ([_p, _p, _i64, _i64, _p, _int], None),
+    "fullyqt_observe_fake_quantize": ([_p, _p, _i64, _i64, _p, _p, _f32, _f32, _int, _int, _p,
+                                       _p, _p, _int], _int),
+    "fullyqt_pass_inside": ([_p, _p, _p, _i64, _int], None),
+    "fullyqt_grid_values": ([_p, _p, _i64, _f32, _f32, _int], None),
+    # integer_affine.c
+    "fullyqt_centred_codes": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _f32, _int], None),
+    "fullyqt_int_affine": ([_p, _p, _p, _p, _p, _i64, _i64, _int], None),
+    # layer_norm.c
+    "fullyqt_layer_norm_backward": ([_p] * 9 + [_i64, _i64, _p, _p, _int], None),
+    "fullyqt_layer_norm_numerator": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int], None),
+    "fullyqt_layer_norm_output": ([_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _int], None),
+    # softmax.c
+    "fullyqt_softmax_codes": ([_p, _i64, _i64, _p, _f32, _f32, _int, _p, _p, _int], None),
+}
 _ONE = torch.zeros(())  # a one-value float32 range
 
 
@@ -47,19 +74,22 @@ def _build() -> Optional[str]:
     if compiler is None:
         logger.info("fused fake quantization off: no C compiler (the torch ops run instead)")
         return None
-    with open(SOURCE, "rb") as f:
-        source = f.read()
-    key = hashlib.sha1(b"\0".join([source, " ".join(FLAGS).encode(), compiler.encode(),
+    sources = []
+    for name in SOURCES:
+        with open(name, "rb") as f:
+            sources.append(f.read())
+    key = hashlib.sha1(b"\0".join([*sources, " ".join(FLAGS).encode(), compiler.encode(),
                                    _processor().encode()])).hexdigest()[:16]
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
                          "fullyqt")
-    path = os.path.join(cache, f"fused_quantize-{key}.so")
+    path = os.path.join(cache, f"kernels-{key}.so")
     if os.path.exists(path):
         return path
     os.makedirs(cache, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)
-    done = subprocess.run([compiler, *FLAGS, SOURCE, "-o", tmp], capture_output=True, text=True)
+    done = subprocess.run([compiler, *FLAGS, *[c for c in SOURCES if c.endswith(".c")], "-o", tmp],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         os.unlink(tmp)
         logger.info("fused fake quantization off: %s failed (%s); the torch ops run instead",
@@ -94,45 +124,9 @@ def kernel():
                 logger.info("fused fake quantization off (%s); the torch ops run instead", e)
                 lib = None
             if lib is not None:
-                p, i64 = ctypes.c_void_p, ctypes.c_int64
-                lib.fullyqt_fake_quantize.argtypes = [p, p, p, p, i64, i64, p, p, p,
-                                                      ctypes.c_int, ctypes.c_int]
-                lib.fullyqt_fake_quantize.restype = ctypes.c_int
-                f32 = ctypes.c_float
-                lib.fullyqt_centred_codes.argtypes = [p, p, p, i64, i64, f32, f32, f32, f32,
-                                                      ctypes.c_int]
-                lib.fullyqt_centred_codes.restype = None
-                lib.fullyqt_fake_quantize_one.argtypes = [p, p, i64, f32, f32, f32,
-                                                          ctypes.c_int]
-                lib.fullyqt_fake_quantize_one.restype = None
-                lib.fullyqt_int_affine.argtypes = [p, p, p, p, p, i64, i64, ctypes.c_int]
-                lib.fullyqt_int_affine.restype = None
-                lib.fullyqt_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
-                lib.fullyqt_codes.restype = None
-                lib.fullyqt_masked_min_max.argtypes = [p, p, i64, i64, p, ctypes.c_int]
-                lib.fullyqt_masked_min_max.restype = None
-                lib.fullyqt_observe_fake_quantize.argtypes = [
-                    p, p, i64, i64, p, p, f32, f32, ctypes.c_int, ctypes.c_int, p, p, p,
-                    ctypes.c_int]
-                lib.fullyqt_observe_fake_quantize.restype = ctypes.c_int
-                lib.fullyqt_pass_inside.argtypes = [p, p, p, i64, ctypes.c_int]
-                lib.fullyqt_pass_inside.restype = None
-                lib.fullyqt_grid_values.argtypes = [p, p, i64, f32, f32, ctypes.c_int]
-                lib.fullyqt_grid_values.restype = None
-                lib.fullyqt_layer_norm_backward.argtypes = [p] * 9 + [i64, i64, p, p,
-                                                                     ctypes.c_int]
-                lib.fullyqt_layer_norm_backward.restype = None
-                lib.fullyqt_layer_norm_numerator.argtypes = [p, p, p, i64, i64, f32, f32, f32,
-                                                             ctypes.c_int]
-                lib.fullyqt_layer_norm_numerator.restype = None
-                lib.fullyqt_layer_norm_output.argtypes = [p, p, p, p, p, i64, i64, p, p,
-                                                          ctypes.c_int]
-                lib.fullyqt_layer_norm_output.restype = None
-                lib.fullyqt_softmax_codes.argtypes = [p, i64, i64, p, f32, f32, ctypes.c_int,
-                                                      p, p, ctypes.c_int]
-                lib.fullyqt_softmax_codes.restype = None
-                lib.fullyqt_quantized_codes.argtypes = [p, p, i64, f32, f32, f32, ctypes.c_int]
-                lib.fullyqt_quantized_codes.restype = None
+                for name, (argtypes, restype) in SIGNATURES.items():
+                    function = getattr(lib, name)
+                    function.argtypes, function.restype = argtypes, restype
                 _state["lib"] = lib
     return _state["lib"]
 

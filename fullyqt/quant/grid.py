@@ -12,7 +12,7 @@ from typing import NamedTuple, Tuple
 
 import torch
 
-from . import fused, saved_codes
+from . import fused
 
 EPS = 1e-8
 BUCKETS = ("row", "tensor")
@@ -77,13 +77,6 @@ class Grid(NamedTuple):
         code written as ``hi`` itself (what an integer export loads back)."""
         return torch.where(codes == self.top, self.hi, self.dequantize(codes.float()))
 
-    def fake_quantize(self, x: torch.Tensor, clip_gradient: bool = True) -> torch.Tensor:
-        """x on the grid; gradient 1 where lo <= x <= hi and 0 where the clamp cut it (with
-        ``clip_gradient=False``, 1 everywhere: a plain straight-through estimator).  The range
-        receives no gradient."""
-        return _FakeQuantize.apply(x, self.lo.detach(), self.hi.detach(), self.bits,
-                                   clip_gradient)
-
     def scalars(self) -> Tuple[float, float, float]:
         """(lo, hi, step) of a one-bucket grid as Python floats, for ``fake_quantize_frozen``."""
         return self.lo.item(), self.hi.item(), self.step().item()
@@ -119,61 +112,8 @@ def symmetric_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:
     return Grid((-half * step).to(lo.dtype), ((half - 1) * step).to(hi.dtype), bits)
 
 
-class _FakeQuantize(torch.autograd.Function):
-    """One operation: the value on the grid, and for backward only the 1-byte mask of where the
-    clamp let x through (the straight-through gradient): ``clamp(x) == x``, exactly
-    ``lo <= x <= hi``.  On CPU float32 one pass of ``fused.py``'s kernel computes both."""
-
-    @staticmethod
-    def forward(ctx, x, lo, hi, bits, clip_gradient):
-        out, inside = quantize_values(x, lo, hi, bits, clip_gradient and ctx.needs_input_grad[0])
-        save_mask(ctx, inside)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return pass_inside_backward(ctx, grad), None, None, None, None
-
-
-def quantize_values(x, lo, hi, bits, want_mask):
-    """(``x`` on the grid, the bool mask of ``lo <= x <= hi`` or None where not wanted or all
-    True) outside autograd; the value is offered to ``saved_codes``."""
-    s = Grid(lo, hi, bits).step()
-    top = 2**bits - 1
-    # activations only: a weight (one range per row) is small beside them, and its floats
-    # are rebuilt in backward by every use
-    want_codes = lo.numel() == 1 and saved_codes.wanted(x, top)
-    if fused.applies(x, lo):
-        out, inside, codes = fused.fake_quantize(x, lo, hi, s, want_mask, want_codes)
-        if codes is not None:  # (None: a NaN, which has no code)
-            saved_codes.offer(out, lo, s, top, codes)
-    else:
-        out = torch.clamp_min(x, lo).clamp_max_(hi)  # clamp(x, lo, hi), twice as fast
-        inside = out == x if want_mask else None
-        _round_onto_grid_(out, lo, s)
-        if want_codes:
-            saved_codes.offer(out, lo, s, top)  # codes made if a view of it is saved
-    return out, inside
-
-
-def save_mask(ctx, inside):
-    """Keep a fake quantization's straight-through mask for backward (None: the gradient passes
-    whole, as where nothing was clipped)."""
-    ctx.masked = inside is not None
-    if ctx.masked:
-        ctx.save_for_backward(inside)
-
-
-def pass_inside_backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-    """The straight-through gradient of a fake quantization that kept its mask by ``save_mask``."""
-    if not ctx.masked:
-        return grad
-    (inside,) = ctx.saved_tensors
-    return fused.pass_inside(grad, inside)
-
-
 def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
-    """``Grid.fake_quantize``'s value, no gradient, in place on one new buffer (or in one pass
+    """``fake_quant.fake_quantize``'s value, no gradient, in place on one new buffer (or in one pass
     of the fused kernel); ``lo``/``hi``/``step`` are tensors or, for a frozen scalar grid in
     inference, Python floats (float32 values)."""
     if not isinstance(lo, torch.Tensor):
@@ -181,10 +121,10 @@ def fake_quantize_frozen(x: torch.Tensor, lo, hi, step) -> torch.Tensor:
             return fused.fake_quantize_one(x, lo, hi, step)
     elif fused.applies(x, lo):
         return fused.fake_quantize(x, lo, hi, step, False)[0]
-    return _round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
+    return round_onto_grid_(torch.clamp(x, lo, hi), lo, step)
 
 
-def _round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:
+def round_onto_grid_(clamped: torch.Tensor, lo, step) -> torch.Tensor:
     """The nearest grid point of values already clamped to the range, in place."""
     return clamped.sub_(lo).div_(step).round_().mul_(step).add_(lo)
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from . import fused, saved_codes
 from .grid import BUCKETS as WEIGHT_BUCKETS
-from .grid import Grid, fake_quantize_frozen, pass_inside_backward, quantize_values, save_mask
+from .fake_quant import fake_quantize, pass_inside_backward, quantize_values, save_mask
+from .grid import Grid, fake_quantize_frozen
 from .mode_caches import DropCachesOnModeSwitch
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
@@ -78,8 +79,8 @@ class WeightQuantizer(DropCachesOnModeSwitch, Quantizer):
         if cacheable and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         # A range taken from w itself clips nothing: no gradient mask to compute or keep.
-        out = self.grid(w if range_of is None else range_of).fake_quantize(
-            w, clip_gradient=range_of is not None)
+        out = fake_quantize(self.grid(w if range_of is None else range_of), w,
+                            clip_gradient=range_of is not None)
         self._cache = (key, out) if cacheable else None
         return out
 
@@ -205,7 +206,7 @@ class ActivationQuantizer(Quantizer):
             return x
         if not self.training and not (torch.is_grad_enabled() and x.requires_grad):
             return fake_quantize_frozen(x, *self.frozen_range())
-        return self.grid.to(x.dtype).fake_quantize(x, self.clip_gradient)
+        return fake_quantize(self.grid.to(x.dtype), x, self.clip_gradient)
 
     def frozen_codes(self, x: torch.Tensor) -> torch.Tensor:
         """The float32 codes of ``forward(x)`` in evaluation with a known range (what exact

@@ -7,9 +7,9 @@ known by an ``Int8Linear`` holding only integer codes.  The fullyqt model calls 
 """
 from torch import nn
 
-from .quant.attention import QuantMultiheadAttention
-from .quant.config import KERNELS
-from .quant.linear import QuantLinear
+from .attention import QuantMultiheadAttention
+from .config import KERNELS
+from .linear import QuantLinear
 
 
 def set_kernels(model: nn.Module, kernels: str):

@@ -9,15 +9,15 @@ for bit.  Biases, activation ranges and other buffers stay as they are.  Tied we
 are stored once, and the many scalar buffers (activation ranges, flags) travel as one tensor.
 ``bundle`` then concatenates the tensors into one flat tensor per dtype with an index: torch's
 archive spends a few hundred bytes on each tensor, a quarter of a small int4 file.
-``FullyQTTransformerModel.upgrade_state_dict_named`` unbundles and unpacks on load, so the
+The quantization feature (``quant/feature.py``) unbundles and unpacks on load, so the
 file loads wherever a fullyqt checkpoint does.
 """
 import math
 
 import torch
 
-from ..quant.grid import Grid
-from ..quant.weights import quantized_parameters, storage_key
+from .grid import Grid
+from .weights import quantized_parameters, storage_key
 from .packing import pack_codes, unpack_codes
 
 SEP = "@"

@@ -11,7 +11,7 @@ from typing import Optional
 
 import sentencepiece as spm
 
-from ..data import bible
+from . import bible
 
 SPLITS = ("train", "valid", "test")
 

@@ -8,8 +8,8 @@ import logging
 
 from torch import nn
 
-from ..quant.integer_form import MAX_BITS
-from ..quant.linear import QuantLinear
+from ..integer_form import MAX_BITS
+from ..linear import QuantLinear
 from .int8_linear import Int8Linear
 
 logger = logging.getLogger(__name__)

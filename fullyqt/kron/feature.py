@@ -1,0 +1,46 @@
+"""Kronecker factors as a feature of the fullyqt transformer: its options, the factorization of
+the built model, dense checkpoints turned into their nearest factors on load."""
+import logging
+
+from ..errors import UserError
+from ..feature import Feature, register_feature
+from .attach import attach_kronecker, convert_dense_state, holds_factors
+from .options import KronConfig, add_kron_args, set_kron_defaults
+
+logger = logging.getLogger(__name__)
+
+
+class Kronecker(Feature):
+    name = "kron"
+    order = 10  # before pruning, which leaves factorized matrices as they are
+
+    def add_args(self, parser):
+        add_kron_args(parser)
+
+    def set_defaults(self, args):
+        set_kron_defaults(args)
+
+    def config(self, args):
+        return KronConfig.from_args(args)
+
+    def attach(self, model, cfg):
+        model.factorized = attach_kronecker(model, cfg, model.encoder.qcfg) if cfg else []
+
+    def upgrade_state(self, model, cfg, state_dict, prefix):
+        if cfg is None and holds_factors(state_dict):
+            raise UserError("the checkpoint holds Kronecker factors but the model is built "
+                            "without --kron-layers: pass the --kron-* options it was trained "
+                            "with")
+        convert_dense_state(model, state_dict, prefix)
+
+    def check_export(self, args, fmt, checkpoint):
+        if getattr(args, "kron_layers", None) and not fmt.startswith("int"):
+            logger.warning("fullyqt-export: --format %s multiplies the Kronecker factors out "
+                           "into dense matrices (as big as a dense model's); the int8/int6/int4 "
+                           "export of a quantized model keeps them", fmt)
+
+    def float_options(self, args) -> dict:
+        return {"kron_layers": None, "kron_factor": None, "kron_shapes": None}
+
+
+register_feature(Kronecker())
