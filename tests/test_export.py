@@ -192,6 +192,16 @@ def test_stock_fairseq_export_loads_without_the_plugin(toy_data, trained_8bit, t
                  env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})
     quant = hyps(data, trained_8bit, n)
     assert sum(x == y for x, y in zip(stock, quant)) / n > 0.8
+    # a student trained with the plugin's criterion: its stock export names fairseq's own
+    state = torch.load(trained_8bit, weights_only=False)
+    vars(state["cfg"]["model"]).update(criterion="fullyqt_distill", teacher_path="t.pt",
+                                       kd_weight=0.5, kd_temperature=1.0)
+    torch.save(state, tmp_path / "student.pt")
+    export(tmp_path / "student.pt", "--format", "fairseq", "--out", tmp_path / "student.stock.pt")
+    args = torch.load(tmp_path / "student.stock.pt", weights_only=False)["args"]
+    assert args.criterion == "label_smoothed_cross_entropy" and not hasattr(args, "kd_weight")
+    assert hyps(data, tmp_path / "student.stock.pt", n, user_dir=False,
+                env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}) == stock
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from tests.conftest import TINY, USER_DIR, build_model, cli
     ("--quant-weight-buckets", "column", "row, tensor"),
     ("--quant-kernels", "int9", "exact, fake, int8, fake64"),
     ("--quant-softmax-denominator-bits", "99", "integer from 2 to 16"),
-    ("--quant-act-range", "percentile", "minmax, mse"),
+    ("--quant-act-range", "percentile", "auto, minmax, mse"),
 ])
 def test_bad_values_stop_with_one_clear_line(toy_data, tmp_path, option, value, allowed):
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *TINY, option, value,
@@ -90,9 +90,19 @@ def test_overrides_and_float_switch(toy_data):
     model, _, _ = build_model(toy_data[1], "--quant-bits", "4", "--quant-act-range", "mse")
     observers = {m.observer for m in model.modules() if isinstance(m, ActivationQuantizer)}
     assert observers == {"mse"}
-    default, _, _ = build_model(toy_data[1], "--quant-bits", "4")
-    assert {m.observer for m in default.modules() if isinstance(m, ActivationQuantizer)} == {
-        "minmax"}
+
+    def observers_of(*flags):
+        built, _, _ = build_model(toy_data[1], *flags)
+        return {m.observer for m in built.modules() if isinstance(m, ActivationQuantizer)}
+
+    # the default takes mse where min-max ranges collapse (4 activation bits or fewer)
+    assert observers_of("--quant-bits", "4") == observers_of("--quant-act-bits", "3") == {"mse"}
+    assert observers_of("--quant-bits", "8") == {"minmax"}
+    assert observers_of("--quant-weight-bits", "4", "--quant-act-bits", "8") == {"minmax"}
+    assert observers_of("--quant-bits", "4", "--quant-act-range", "minmax") == {"minmax"}
+    # a Namespace saved before the option had "auto" (no such attribute) keeps min-max
+    old = argparse.Namespace(quant_bits=4)
+    assert QuantConfig.from_args(old).act_range == "minmax"
 
     float_model, _, _ = build_model(toy_data[1], "--no-quant")
     assert not any(p.active for p in quantization_points(float_model))

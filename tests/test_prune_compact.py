@@ -5,7 +5,7 @@ import torch
 
 from fullyqt.prune.compact import compact_state, parameter_count
 from fullyqt.prune.macs import dims_of
-from fullyqt.prune.structure import heads_alive, units_alive
+from fullyqt.prune.structure import cut_to_the_floor, heads_alive, units_alive
 from tests.conftest import build_model, sample_batch
 
 PRUNE = ["--prune-method", "sigmoid", "--prune-attn-block", "16x16", "--max-update", "100",
@@ -286,3 +286,16 @@ def test_decoder_density_needs_topk(toy_data):
     with pytest.raises(PruneOptionError, match="--prune-decoder-density 0.3 applies to "
                                                 "--prune-method topk; got --prune-method sigmoid"):
         build_model(toy_data[1], *PRUNE, "--prune-decoder-density", "0.3")
+
+
+def test_attentions_and_ffns_with_nothing_left_are_named(toy_data):
+    model, _ = _masked_model(toy_data[1], "post-norm")
+    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn"]
+    layer = model.decoder.layers[0]
+    with torch.no_grad():
+        _set_scores(layer.fc1.source.scores, -10.0)  # the units' fc2 columns follow fc1 rows
+        _set_scores(layer.fc2.source.scores, -10.0)
+    assert not units_alive(layer).any()
+    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn", "decoder.layers.0 FFN"]
+    dense, _, _ = build_model(toy_data[1], *PRUNE)
+    assert cut_to_the_floor(dense) == []

@@ -186,3 +186,18 @@ def test_a_masked_checkpoint_needs_its_pruning_options(toy_data, pruned, tmp_pat
                check=False)
     assert proc.returncode != 0
     assert "holds pruning masks but the model is built without --prune-method" in proc.stderr
+
+
+@pytest.mark.slow
+def test_compact_export_says_when_the_masks_removed_nothing(toy_data, tmp_path):
+    """Density 1 at the end: the masked model is whole, and the export says so."""
+    train(toy_data[1], tmp_path, *TINY, "--prune-method", "topk", "--prune-density", "1",
+          "--prune-attn-block", "head", "--max-update", "6", "--warmup-updates", "1",
+          "--quant-bits", "8", "--disable-validation")
+    out = tmp_path / "model.compact.pt"
+    proc = cli("fullyqt-export", tmp_path / "checkpoint_last.pt", "--format", "compact",
+               "--out", out)
+    assert "masks removed no head and no FFN unit" in proc.stderr
+    shapes = CompactShapes.parse(model_args(torch.load(out, weights_only=False))
+                                 .prune_compact_shapes)
+    assert {s.ffn for s in shapes.encoder + shapes.decoder} == {128}

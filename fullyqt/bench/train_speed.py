@@ -43,7 +43,8 @@ MODELS = {
     "fullyqt 8-bit, torch ops": ["--arch", "fullyqt_transformer", "--quant-bits", "8"],
     "fullyqt 8-bit, saved codes": ["--arch", "fullyqt_transformer", "--quant-bits", "8",
                                    "--quant-saved-codes"],
-    "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4"],
+    "fullyqt 4-bit": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
+                      "--quant-act-range", "minmax"],
     "fullyqt 4-bit mse": ["--arch", "fullyqt_transformer", "--quant-bits", "4",
                           "--quant-act-range", "mse"],
 }

@@ -360,9 +360,12 @@ class FullyQTTransformerModel(TransformerModel):
         missing = [k for k in own if prefix + k not in state_dict and self._starts_fresh(k)]
         for k in missing:
             state_dict[prefix + k] = own[k].clone()
-        if missing:
-            logger.info("fullyqt: %d quantizer / pruning tensors absent from the checkpoint "
-                        "start fresh", len(missing))
+        if missing:  # a float model's idle quantizers are not news
+            quantizes = self.encoder.qcfg.weight_bits is not None
+            logger.log(logging.INFO if quantizes else logging.DEBUG,
+                       "fullyqt: %d tensors of quantizer or pruning state are not in the "
+                       "checkpoint (a model trained without them, now fine-tuned with them): "
+                       "they start as built", len(missing))
 
     def _starts_fresh(self, key):
         try:

@@ -11,7 +11,7 @@ from .options import PruneConfig, add_prune_args, set_prune_defaults
 from .pruner import Pruner
 from .scores import BlockScores
 from .shapes import CompactShapes, compact_shapes
-from .structure import describe
+from .structure import cut_to_the_floor, describe
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ class Pruning(Feature):
                 and num_updates % interval == 0):
             logger.info("prune: update %d %s | %s", num_updates, model.pruner.summary(),
                         describe(model))
+            floor = cut_to_the_floor(model)
+            if floor:
+                logger.warning("prune: nothing survives in %s (compaction keeps one dead head "
+                               "or unit there); a higher density keeps more", ", ".join(floor))
 
     def upgrade_state(self, model, cfg, state_dict, prefix):
         if model.pruner is None and any(k.endswith(".source.scores.raw") for k in state_dict):
@@ -97,6 +101,19 @@ def write_compact(checkpoint, state, args, out, data):
                         "removing heads would move a per-tensor range")
     model = load_model(checkpoint, data)
     compact, shapes = compact_state(model)
+    full = [(getattr(args, f"{stack}_attention_heads"), getattr(args, f"{stack}_ffn_embed_dim"))
+            for stack, layers in (("encoder", shapes.encoder), ("decoder", shapes.decoder))
+            for _ in layers]
+    kept = [(s.heads, s.ffn) for s in shapes.encoder + shapes.decoder]
+    if kept == full and all(s.cross_heads in (None, args.decoder_attention_heads)
+                            for s in shapes.decoder):
+        logger.warning("fullyqt-export: --format compact: %s's masks removed no head and no "
+                       "FFN unit: the compact model is as large as the dense one (did pruning "
+                       "run? its log shows the density reached)", checkpoint)
+    floor = cut_to_the_floor(model)
+    if floor:
+        logger.warning("fullyqt-export: --format compact: nothing survived in %s; each keeps "
+                       "one head or unit whose output is zero", ", ".join(floor))
     saved = {k: v for k, v in state.items() if k == "extra_state"}
     saved.update(with_model_args(state, prune_method=None,
                                  prune_compact_shapes=shapes.to_json()))

@@ -68,6 +68,19 @@ def matrices(model) -> Iterator[Tuple[str, str, object]]:
                 yield fc, f"{stack}.layers.{i}.{fc}", getattr(layer, fc)
 
 
+def cut_to_the_floor(model) -> List[str]:
+    """The attentions and FFNs where no head or unit survives (compaction keeps one, dead)."""
+    out = []
+    for stack in ("encoder", "decoder"):
+        for i, layer in enumerate(getattr(model, stack).layers):
+            for kind, attn in attentions(layer):
+                if not bool(heads_alive(attn).any()):
+                    out.append(f"{stack}.layers.{i}.{MODULE[kind]}")
+            if not bool(units_alive(layer).any()):
+                out.append(f"{stack}.layers.{i} FFN")
+    return out
+
+
 def describe(model) -> str:
     """``heads enc 4,3 dec-self 4,4 dec-cross 2,4 (uniform 1) | ffn enc 512,301 dec 498,77``."""
     heads, ffn, uniform = {}, {}, 0

@@ -31,8 +31,11 @@ def _parse_momentum(option, value):
 
 
 KERNELS = ("exact", "fake", "int8", "fake64")
+ACT_RANGES = ("auto",) + OBSERVERS
+# "auto": what makes each width train well; min-max ranges collapse at 4 activation bits
+AUTO_MSE_BITS = 4
 _parse_buckets, _parse_observer, _parse_kernels = (
-    one_of(allowed, QuantOptionError) for allowed in (WEIGHT_BUCKETS, OBSERVERS, KERNELS))
+    one_of(allowed, QuantOptionError) for allowed in (WEIGHT_BUCKETS, ACT_RANGES, KERNELS))
 
 
 # Options that set bits: with --no-quant, a contradiction refused at parse time (a saved
@@ -72,11 +75,12 @@ def add_quant_args(parser):
     g.add_argument("--quant-ema-momentum", action=checked_action(_parse_momentum), metavar="M",
                    help="momentum of the running activation ranges (default 0.9)")
     g.add_argument("--quant-act-range", action=checked_action(_parse_observer),
-                   metavar="{minmax,mse}",
+                   metavar="{auto,minmax,mse}", default="auto",
                    help="how a training batch sets an activation range before the running "
-                        "update: minmax (the paper's, default) or mse (the clipping of it with "
-                        "the least squared quantization error: what makes 4-bit activations "
-                        "work)")
+                        "update: minmax (the paper's) or mse (the clipping of it with the least "
+                        "squared quantization error: what makes 4-bit activations work); auto "
+                        f"(the default): mse at {AUTO_MSE_BITS} activation bits or fewer, "
+                        "minmax above")
     g.add_argument("--quant-weight-buckets", action=checked_action(_parse_buckets),
                    metavar="{row,tensor}", help="one weight range per output row or per tensor "
                                                 "(default row)")
@@ -105,6 +109,13 @@ def set_quant_defaults(args):
                           ("quant_act_range", "minmax"), ("quant_saved_codes", False)):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
+
+
+def _act_range(value, act_bits: int) -> str:
+    chosen = _parse_observer("--quant-act-range", value)
+    if chosen == "auto":
+        return "mse" if act_bits <= AUTO_MSE_BITS else "minmax"
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,7 @@ class QuantConfig:
                    _parse_momentum("--quant-ema-momentum", args.quant_ema_momentum),
                    _parse_buckets("--quant-weight-buckets", args.quant_weight_buckets),
                    None if den is None else _parse_bits("--quant-softmax-denominator-bits", den),
-                   _parse_observer("--quant-act-range", args.quant_act_range),
+                   _act_range(args.quant_act_range, abits),
                    kernels, bool(args.quant_saved_codes))
 
     def weight(self, buckets: Optional[str] = None):
