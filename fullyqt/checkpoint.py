@@ -46,6 +46,22 @@ def model_args(state: dict):
     return model
 
 
+_FINETUNE_ARGS: dict = {}
+
+
+def finetune_args(args):
+    """The model options ``--finetune-from-model`` was trained with (None without the option or
+    the file); the checkpoint is read once per file version, however many features ask."""
+    path = getattr(args, "finetune_from_model", None)
+    if not path or not os.path.isfile(path):  # gone since (an export): nothing to take
+        return None
+    key = (os.path.abspath(path), os.path.getmtime(path))
+    if key not in _FINETUNE_ARGS:
+        _FINETUNE_ARGS.clear()
+        _FINETUNE_ARGS[key] = model_args(read_checkpoint(path))
+    return _FINETUNE_ARGS[key]
+
+
 def recorded_data(state: dict) -> Optional[str]:
     """The data directory the checkpoint was trained on (its dictionaries are read from there)."""
     if state.get("args") is not None:

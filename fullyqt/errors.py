@@ -53,17 +53,46 @@ def checked_action(parse, with_namespace=False):
     return CheckedAction
 
 
+# fairseq's trainer replaces any error met while loading a checkpoint's weights by this one
+_CANNOT_LOAD = "Cannot load model parameters from checkpoint "
+
+
+def one_line(error: BaseException):
+    """The line to print for ``error``: a ``UserError``'s message, also where fairseq raised
+    another exception while handling it; for fairseq's "cannot load model parameters", that
+    message with the first line of what failed; None for anything else (a traceback)."""
+    chain, seen = [], set()
+    e = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, UserError):
+            return str(e)
+    text = str(error)
+    if text.startswith(_CANNOT_LOAD) and len(chain) > 1:
+        reason = str(chain[1]).strip().splitlines()
+        reason = next((r.strip() for r in reason if "size mismatch" in r or "Missing key" in r
+                       or "Unexpected key" in r), reason[0].strip() if reason else "")
+        checkpoint = text[len(_CANNOT_LOAD):].split(";")[0]
+        return (f"{checkpoint}: its weights do not fit the model these options build "
+                f"({reason}); pass the architecture and fullyqt options it was trained with")
+    return None
+
+
 def install_excepthook():
-    """Print an uncaught ``UserError`` as ``PROG: error: MESSAGE``; every other exception goes
-    to the hook that was there before."""
+    """Print an uncaught ``UserError`` (or fairseq's wrapping of one, see ``one_line``) as
+    ``PROG: error: MESSAGE``; every other exception goes to the hook that was there before."""
     previous = sys.excepthook
     if getattr(previous, "fullyqt", False):
         return
 
     def hook(kind, value, tb):
-        if issubclass(kind, UserError):
+        line = one_line(value)
+        if line is not None:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fullyqt"
-            sys.stderr.write(f"{prog}: error: {value}\n")
+            sys.stderr.write(f"{prog}: error: {line}\n")
         else:
             previous(kind, value, tb)
 

@@ -218,3 +218,19 @@ def test_pruned_heads_and_kronecker_ffn_compact_into_one_model(toy_data):
     compact.eval()
     with torch.no_grad():
         assert torch.equal(compact(**batch["net_input"])[0], model(**batch["net_input"])[0])
+
+
+def test_a_finetune_of_a_factorized_checkpoint_takes_its_factorization(toy_data, tmp_path):
+    """Kronecker's second stage (or a later step) needs no --kron-* option repeated."""
+    stage1, _, args = build_model(toy_data[1], *KRON, "--quant-bits", "8")
+    ckpt = tmp_path / "stage1.pt"
+    torch.save({"args": args, "model": stage1.state_dict(), "extra_state": {},
+                "optimizer_history": [{"num_updates": 5}], "last_optimizer_state": None}, ckpt)
+    stage2, _, args2 = build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model",
+                                   ckpt)
+    assert (args2.kron_layers, args2.kron_factor) == (args.kron_layers, args.kron_factor)
+    assert stage2.factorized == stage1.factorized
+    stage2.load_state_dict(stage1.state_dict())  # strict: the same factors
+    dense, _, args3 = build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model",
+                                  tmp_path / "gone.pt")
+    assert args3.kron_layers is None and not dense.factorized

@@ -3,6 +3,7 @@ import argparse
 
 import pytest
 
+from fullyqt.errors import UserError, one_line
 from fullyqt.quant.config import QuantConfig, QuantOptionError
 from fullyqt.quant.quantizer import ActivationQuantizer
 from tests.conftest import TINY, USER_DIR, build_model, cli
@@ -124,3 +125,33 @@ def test_bad_override_at_decode_time_is_one_line(toy_data, trained_8bit):
     err = [line for line in proc.stderr.splitlines() if "error" in line]
     assert err == ["fairseq-generate: error: --quant-kernels: got 'int9'; allowed: exact, fake, "
                    "int8, fake64"]
+
+
+def test_an_error_fairseq_wraps_is_printed_as_one_line():
+    def raised(make):
+        try:
+            make()
+        except Exception as e:  # noqa: BLE001  (what fairseq's trainer does)
+            return e
+
+    def wrapped(inner):
+        def make():
+            try:
+                raise inner
+            except Exception:
+                raise Exception("Cannot load model parameters from checkpoint /r/ckpt.pt; "
+                                "please ensure that the architectures match.")
+        return raised(make)
+
+    assert one_line(wrapped(UserError("the checkpoint holds pruning masks"))) == (
+        "the checkpoint holds pruning masks")
+    mismatch = RuntimeError("Error(s) in loading state_dict for M:\n\tsize mismatch for "
+                            "encoder.fc1.weight: copying a param with shape [8, 4] from "
+                            "checkpoint, the shape in current model is [16, 4].")
+    assert one_line(wrapped(mismatch)) == (
+        "/r/ckpt.pt: its weights do not fit the model these options build (size mismatch for "
+        "encoder.fc1.weight: copying a param with shape [8, 4] from checkpoint, the shape in "
+        "current model is [16, 4].); pass the architecture and fullyqt options it was trained "
+        "with")
+    assert one_line(RuntimeError("something else")) is None
+    assert one_line(wrapped(KeyError("x"))).startswith("/r/ckpt.pt: its weights do not fit")

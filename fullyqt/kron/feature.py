@@ -10,6 +10,28 @@ from .options import KronConfig, add_kron_args, set_kron_defaults
 logger = logging.getLogger(__name__)
 
 
+OPTIONS = ("kron_layers", "kron_rank", "kron_factor", "kron_shapes")
+
+
+def inherit_factorization(args):
+    """Fine-tuning a factorized checkpoint (Kronecker's second stage, or a later pruning or
+    quantization step) with no ``--kron-*`` option: the checkpoint's factorization, recorded in
+    ``args`` so that this run's checkpoints carry it too."""
+    if getattr(args, "kron_layers", None) is not None or not getattr(
+            args, "finetune_from_model", None):
+        return
+    from ..checkpoint import finetune_args
+
+    saved = finetune_args(args)
+    if getattr(saved, "kron_layers", None) is None:
+        return
+    for name in OPTIONS:
+        setattr(args, name, getattr(saved, name, None))
+    logger.info("kron: factorization of %s taken from it: %s", args.finetune_from_model,
+                " ".join(f"--{n.replace('_', '-')} {getattr(saved, n)}" for n in OPTIONS
+                         if getattr(saved, n, None) is not None))
+
+
 class Kronecker(Feature):
     name = "kron"
     order = 10  # before pruning, which leaves factorized matrices as they are
@@ -21,6 +43,7 @@ class Kronecker(Feature):
         set_kron_defaults(args)
 
     def config(self, args):
+        inherit_factorization(args)
         return KronConfig.from_args(args)
 
     def attach(self, model, cfg):

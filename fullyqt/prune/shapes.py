@@ -62,11 +62,10 @@ def compact_shapes(args) -> Optional[CompactShapes]:
     """The shapes of ``args`` (or of the checkpoint ``--finetune-from-model`` names), or None."""
     text = getattr(args, "prune_compact_shapes", None)
     if text is None and getattr(args, "finetune_from_model", None):
-        from ..checkpoint import model_args, read_checkpoint
+        from ..checkpoint import finetune_args
 
-        text = getattr(model_args(read_checkpoint(args.finetune_from_model)),
-                       "prune_compact_shapes", None)
-        args.prune_compact_shapes = text or ""  # read once: "" stands for "none there"
+        text = getattr(finetune_args(args), "prune_compact_shapes", None)
+        args.prune_compact_shapes = text or ""  # recorded: "" stands for "none there"
     if not text:
         return None
     shapes = CompactShapes.parse(text)
