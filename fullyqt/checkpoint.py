@@ -2,9 +2,10 @@
 import argparse
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -102,14 +103,58 @@ def load_model(path: str, data: Optional[str] = None, **model_overrides):
     return load_model_and_task(path, data, **model_overrides)[0]
 
 
+# Temporary files and folders of a write are made beside its output, named with the writer's
+# process id: removed when the write fails or is stopped (SIGTERM included, where the command
+# turns it into an exit), and by the next write into that folder when a kill -9 left them.
+SCRATCH = ".fullyqt-tmp-"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_scratch(folder: str) -> List[str]:
+    """Remove what writes into ``folder`` left behind when they were killed; returns the names."""
+    gone = []
+    for name in os.listdir(folder):
+        pid = name[len(SCRATCH):].split("-", 1)[0]
+        if not (name.startswith(SCRATCH) and pid.isdigit()) or _running(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+        gone.append(name)
+    return gone
+
+
+def scratch_dir(beside: str) -> str:
+    """A new temporary folder in the folder of ``beside`` (an output path)."""
+    return tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-",
+                            dir=os.path.dirname(os.path.abspath(beside)))
+
+
+def publish(path: str):
+    """Give a finished file or folder the permissions the user's umask gives new files, as
+    fairseq's checkpoints have (temporary files are made private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
 def atomic_save(obj, path: str):
     """``torch.save`` to a temporary file beside ``path``, then renamed: ``path`` is never
     half-written."""
-    fd, tmp = tempfile.mkstemp(prefix="tmp-export-", suffix=".pt",
+    fd, tmp = tempfile.mkstemp(prefix=f"{SCRATCH}{os.getpid()}-", suffix=".pt",
                                dir=os.path.dirname(os.path.abspath(path)))
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

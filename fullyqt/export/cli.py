@@ -9,8 +9,8 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
-import tempfile
 
 import torch
 
@@ -21,7 +21,10 @@ from ..checkpoint import (
     load_model,
     load_model_and_task,
     model_args,
+    publish,
     read_checkpoint,
+    remove_stale_scratch,
+    scratch_dir,
     with_model_args,
 )
 from ..errors import UserError
@@ -58,6 +61,7 @@ class ExportError(UserError):
 
 
 def _replace_dir(tmp_dir, out):
+    publish(tmp_dir)
     if os.path.isdir(out):
         shutil.rmtree(out)
     elif os.path.exists(out):
@@ -80,6 +84,9 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         raise ExportError(f"--out {out} is a directory; --format {fmt} writes a file")
     if fmt == "ctranslate2" and os.path.isfile(out):
         raise ExportError(f"--out {out} is a file; --format ctranslate2 writes a directory")
+    for name in remove_stale_scratch(parent):
+        logger.info("fullyqt-export: removed %s, left in %s by an export that was killed",
+                    name, parent)
     state = read_checkpoint(checkpoint)
     arch = arch_of(state) or "unknown"
     if not arch.startswith("fullyqt_transformer"):
@@ -117,7 +124,8 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         return out
     from .ctranslate2 import convert_to_dir
 
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = scratch_dir(out)
+    try:
         stock_path = os.path.join(tmp, "stock.pt")
         torch.save(stock, stock_path)
         data_dir = data or stock["args"].data
@@ -126,6 +134,8 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
             from fairseq.data.data_utils import infer_language_pair
             src, tgt = infer_language_pair(data_dir)
         new_dir = convert_to_dir(stock_path, data_dir, out, src, tgt)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _replace_dir(new_dir, out)
     return out
 
@@ -135,7 +145,7 @@ def _compact_ctranslate2(checkpoint, args, out, data):
 
     check_supported(args)
     model, task = load_model_and_task(checkpoint, data)
-    tmp = tempfile.mkdtemp(prefix=".ct2-", dir=os.path.dirname(os.path.abspath(out)))
+    tmp = scratch_dir(out)
     try:
         convert_compact(model, args, task, tmp)
     except BaseException:
@@ -156,6 +166,7 @@ def main(argv=None):
     p.add_argument("--data", help="data directory with the dictionaries (default: the one "
                                   "recorded in the checkpoint)")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleans up as an error does
     try:
         out = export(a.checkpoint, a.format, a.out, a.force, a.data)
     except (UserError, CheckpointError, RuntimeError, FileNotFoundError) as e:

@@ -3,7 +3,8 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
+
+from ..checkpoint import scratch_dir
 
 
 def convert(stock_checkpoint_path: str, data_dir: str, out_dir: str, source_lang: str,
@@ -24,7 +25,7 @@ def convert(stock_checkpoint_path: str, data_dir: str, out_dir: str, source_lang
 
 def convert_to_dir(stock_checkpoint_path, data_dir, out_dir, source_lang, target_lang):
     """Convert into a fresh temporary directory next to out_dir, for an atomic rename."""
-    tmp = tempfile.mkdtemp(prefix=".ct2-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    tmp = scratch_dir(out_dir)
     try:
         convert(stock_checkpoint_path, data_dir, tmp, source_lang, target_lang)
     except BaseException:
