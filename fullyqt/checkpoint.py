@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, load_failure
 
 
 class CheckpointError(UserError):
@@ -93,8 +93,15 @@ def load_model_and_task(path: str, data: Optional[str] = None, **model_overrides
     from fairseq import checkpoint_utils
 
     overrides = dict(model_overrides, **({"data": data} if data else {})) or None
-    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [path], arg_overrides=overrides)
+    try:
+        models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [path], arg_overrides=overrides)
+    except RuntimeError as e:
+        if "loading state_dict" not in str(e):
+            raise
+        raise CheckpointError(f"{path}: its weights do not fit the model built from its options "
+                              f"and the dictionaries in {where} ({load_failure(e)}); pass --data "
+                              "with the data directory it was trained on") from None
     return models[0].eval(), task
 
 

@@ -57,6 +57,15 @@ def checked_action(parse, with_namespace=False):
 _CANNOT_LOAD = "Cannot load model parameters from checkpoint "
 
 
+def load_failure(error: BaseException) -> str:
+    """The line of a failed ``load_state_dict`` that says what did not fit (torch lists every
+    mismatch on a line of its own under a header)."""
+    lines = [r.strip() for r in str(error).strip().splitlines() if r.strip()]
+    return next((r for r in lines if r.startswith(("size mismatch", "Missing key",
+                                                      "Unexpected key"))),
+                lines[0] if lines else type(error).__name__)
+
+
 def one_line(error: BaseException):
     """The line to print for ``error``: a ``UserError``'s message, also where fairseq raised
     another exception while handling it; for fairseq's "cannot load model parameters", that
@@ -72,9 +81,7 @@ def one_line(error: BaseException):
             return str(e)
     text = str(error)
     if text.startswith(_CANNOT_LOAD) and len(chain) > 1:
-        reason = str(chain[1]).strip().splitlines()
-        reason = next((r.strip() for r in reason if "size mismatch" in r or "Missing key" in r
-                       or "Unexpected key" in r), reason[0].strip() if reason else "")
+        reason = load_failure(chain[1])
         checkpoint = text[len(_CANNOT_LOAD):].split(";")[0]
         return (f"{checkpoint}: its weights do not fit the model these options build "
                 f"({reason}); pass the architecture and fullyqt options it was trained with")

@@ -47,6 +47,17 @@ def test_bad_preset_name_lists_the_allowed_ones():
 
 
 @pytest.mark.slow
+def test_out_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "report.md").write_text("a file")
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "smoke", "--out",
+                           tmp_path / "report.md"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"error: --out {tmp_path / 'report.md'}: a file; give a directory (new, or a finished "
+        "run's to reuse its training)")
+
+
+@pytest.mark.slow
 def test_missing_data_directory_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--preset", "wmt-base",

@@ -83,3 +83,15 @@ def test_bleu_command_compares_two_systems_with_an_interval(tmp_path):
         f"bleu: error: {ctl_out}: 1 of 30 sentences translated (missing ids "
         "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10] ...); run fairseq-generate with "
         "--required-batch-size-multiple 1")
+
+
+@pytest.mark.slow
+def test_a_file_that_is_not_utf8_is_named(tmp_path):
+    out, ref = tmp_path / "gen.txt", tmp_path / "ref.txt"
+    out.write_text("D-0\t-0.5\ta b c d e\n")
+    ref.write_text("a b c d e\n", encoding="utf-16")
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.eval.bleu", str(out), str(ref)],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"bleu: error: {ref}: not UTF-8 text (invalid start byte at byte 0)")

@@ -361,6 +361,16 @@ def test_distilled_corpus_refuses_changed_settings_on_resume(toy_data, teacher, 
         corpus.run([str(teacher), str(toy_data[1]), "--beam", "2", "--out", str(out)])
 
 
+def test_distilled_corpus_names_a_missing_split_or_data(toy_data, teacher, tmp_path):
+    with pytest.raises(UserError, match=f"--subset nosuch: not in {toy_data[1]}"):
+        corpus.run([str(teacher), str(toy_data[1]), "--subset", "nosuch", "--out",
+                    str(tmp_path / "a")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="empty: not a binarized data directory"):
+        corpus.run([str(teacher), str(tmp_path / "empty"), "--out", str(tmp_path / "b")])
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+
 def test_distilled_corpus_refuses_a_teacher_replaced_at_the_same_path(toy_data, teacher,
                                                                       tmp_path, monkeypatch):
     """Killed, the teacher file replaced by another model, rerun: no corpus of two teachers."""

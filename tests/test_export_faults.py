@@ -73,3 +73,39 @@ def test_an_export_stopped_mid_write_leaves_nothing_kept(checkpoint, toy_data, t
         assert _scratch(tmp_path)  # what kill -9 leaves ...
     export(str(checkpoint), "ctranslate2", str(out), data=str(toy_data[1]))
     assert _scratch(tmp_path) == [] and (out / "model.bin").is_file()  # ... the next run removes
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoint, tmp_path, monkeypatch, capsys):
+    from fullyqt.export import cli
+
+    def full_disk(obj, f, *args, **kwargs):
+        with open(f, "wb") as h:
+            h.write(b"PK partly")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0\n"
+                           "frame #0: c10::ThrowEnforceNotMet")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "model.int8.pt"
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(checkpoint), "--format", "int8", "--out", str(out)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"fullyqt-export: error: writing {out}: [enforce fail at inline_container.cc:626] . "
+        "unexpected pos 64 vs 0"]
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_data_of_another_dictionary_is_one_line(checkpoint, toy_data, tmp_path):
+    from fullyqt.checkpoint import CheckpointError
+    from tests.conftest import cli
+
+    raw, other = toy_data[0], tmp_path / "bin"
+    cli("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref",
+        raw / "train", "--destdir", other, "--joined-dictionary", "--nwordssrc", "8",
+        "--workers", "1")
+    with pytest.raises(CheckpointError, match=(
+            f"{checkpoint}: its weights do not fit the model built from its options and the "
+            f"dictionaries in {other} \\(size mismatch for .*embed_tokens.weight")):
+        export(str(checkpoint), "int8", str(tmp_path / "m.pt"), data=str(other))
+    assert not (tmp_path / "m.pt").exists()

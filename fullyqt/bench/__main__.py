@@ -178,6 +178,9 @@ def main(argv=None):
         except ConfigError as e:
             p.exit(2, f"{p.prog}: error: --variants: {e}\n")
     out = os.path.abspath(a.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        p.exit(2, f"{p.prog}: error: --out {a.out}: a file; give a directory (new, or a "
+                  "finished run's to reuse its training)\n")
     if a.data:
         data = layout(os.path.abspath(a.data))
         absent = [data[k] for k in ("bin", "spm", "test_ref", "test_tok")

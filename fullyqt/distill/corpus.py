@@ -95,8 +95,14 @@ def _task(args):
         task_cfg.data = args.data
     if not os.path.isdir(args.data):
         raise UserError(f"{args.data}: no such data directory")
+    if not glob.glob(os.path.join(args.data, "dict.*.txt")):
+        raise UserError(f"{args.data}: not a binarized data directory (no dict.*.txt); make it "
+                        "with fairseq-preprocess")
     task = tasks.setup_task(task_cfg)
-    task.load_dataset(args.subset)
+    try:
+        task.load_dataset(args.subset)
+    except FileNotFoundError as e:
+        raise UserError(f"--subset {args.subset}: not in {args.data} ({e})") from None
     return task, states
 
 

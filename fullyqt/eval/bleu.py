@@ -61,8 +61,7 @@ def main(argv=None):
                         "difference to it with its 95%% paired-bootstrap interval")
     a = p.parse_args(argv)
     try:
-        with open(a.reference, encoding="utf-8") as f:
-            refs = [line.rstrip("\n") for line in f]
+        refs = [line.rstrip("\n") for line in _lines(a.reference)]
         hyps = _read_hypotheses(a.generate_output, len(refs))
         control = _read_hypotheses(a.control, len(refs)) if a.control else None
         score, sig = corpus_bleu(hyps, refs)
@@ -75,12 +74,20 @@ def main(argv=None):
         print(f"vs control {a.control}: {compare(hyps, control, refs)}  (95% paired bootstrap)")
 
 
+def _lines(path: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+                         "e.g. iconv -t UTF-8") from None
+
+
 def _read_hypotheses(path: str, n: int) -> List[str]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return hypotheses_from_generate(f, n)
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+    try:
+        return hypotheses_from_generate(_lines(path), n)
+    except ValueError as e:
+        raise ValueError(e if str(e).startswith(f"{path}: ") else f"{path}: {e}") from None
 
 
 if __name__ == "__main__":

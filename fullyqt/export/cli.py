@@ -169,8 +169,11 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleans up as an error does
     try:
         out = export(a.checkpoint, a.format, a.out, a.force, a.data)
-    except (UserError, CheckpointError, RuntimeError, FileNotFoundError) as e:
+    except (UserError, CheckpointError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
+    except RuntimeError as e:  # torch's writer on a full disk: nothing was left behind
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        p.exit(2, f"{p.prog}: error: writing {a.out}: {first}\n")
     except OSError as e:  # e.g. the disk filled up while writing: nothing was left behind
         p.exit(2, f"{p.prog}: error: writing {a.out}: {e.strerror or e}\n")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs) \
