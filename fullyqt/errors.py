@@ -88,6 +88,49 @@ def one_line(error: BaseException):
     return None
 
 
+def _checkpoint_in(tb):
+    """The path fairseq's ``load_checkpoint_to_cpu`` was reading where ``tb`` was raised."""
+    path = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "load_checkpoint_to_cpu" and isinstance(
+                frame.f_locals.get("path"), str):
+            path = frame.f_locals["path"]
+        tb = tb.tb_next
+    return path
+
+
+def complete_checkpoints(folder: str):
+    """The checkpoints in ``folder`` whose archive is whole, newest first."""
+    import zipfile
+
+    found = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith("checkpoint") and name.endswith(".pt") and zipfile.is_zipfile(path):
+            found.append((os.path.getmtime(path), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def unreadable_checkpoint(error: BaseException, tb):
+    """One line for a checkpoint fairseq could not read (empty, or cut short by a kill while
+    fairseq copied it), naming the file and, when resuming a run, the newest complete checkpoint
+    beside it and the command that restores it; None for any other error."""
+    path = _checkpoint_in(tb)
+    text = str(error)
+    if path is None or not (isinstance(error, EOFError) or "PytorchStreamReader" in text
+                            or "zip archive" in text):
+        return None
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    line = f"{path}: {'empty' if size == 0 else 'cut short'} ({size:,} bytes), not a checkpoint"
+    others = [p for p in complete_checkpoints(os.path.dirname(os.path.abspath(path)))
+              if os.path.abspath(p) != os.path.abspath(path)]
+    if others:
+        return (f"{line}; the newest complete one beside it is {others[0]}: resume from it with "
+                f"`cp {others[0]} {path}` and the same command")
+    return f"{line}; a run killed while it was written: start over, or use another checkpoint"
+
+
 def install_excepthook():
     """Print an uncaught ``UserError`` (or fairseq's wrapping of one, see ``one_line``) as
     ``PROG: error: MESSAGE``; every other exception goes to the hook that was there before."""
@@ -97,6 +140,8 @@ def install_excepthook():
 
     def hook(kind, value, tb):
         line = one_line(value)
+        if line is None:
+            line = unreadable_checkpoint(value, tb)
         if line is not None:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fullyqt"
             sys.stderr.write(f"{prog}: error: {line}\n")

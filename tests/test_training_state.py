@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 from fullyqt.quant.quantizer import Quantizer
-from tests.conftest import TINY, make_trainer, train
+from tests.conftest import TINY, TRAIN, USER_DIR, cli, make_trainer, train
 
 
 def quantizer_state(model):
@@ -111,3 +111,28 @@ def test_mse_ranges_are_kept_by_the_checkpoint_and_resume(toy_data, tmp_path):
         assert quantizers and {q.observer for q in quantizers} == {"mse"}
         state = model.state_dict()
         assert all(torch.equal(state[k], v) for k, v in saved.items() if k.endswith(".hi"))
+
+
+@pytest.mark.slow
+def test_a_cut_short_checkpoint_is_named_with_the_one_to_resume_from(toy_data, tmp_path):
+    """A kill while fairseq copies its newest checkpoint to checkpoint_last.pt (empty or
+    truncated): resuming names the file and the complete checkpoint to restore."""
+    flags = [*TINY, "--quant-bits", "8", "--max-update", "4", "--disable-validation",
+             "--save-interval-updates", "2"]
+    train(toy_data[1], tmp_path, *flags)
+    last, whole = tmp_path / "checkpoint_last.pt", tmp_path / "checkpoint_1_4.pt"
+    assert whole.is_file()
+    data = last.read_bytes()
+    for cut, what in ((b"", "empty (0 bytes)"), (data[:len(data) // 2], "cut short")):
+        last.write_bytes(cut)
+        proc = cli("fairseq-train", toy_data[1], "--save-dir", tmp_path, *TRAIN, *flags,
+                   "--user-dir", USER_DIR, "--max-update", "6", check=False)
+        line = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert line.startswith(f"fairseq-train: error: {last}: {what}") and line.endswith(
+            f"the newest complete one beside it is {whole}: resume from it with "
+            f"`cp {whole} {last}` and the same command"), line
+    proc = cli("fairseq-generate", toy_data[1], "--user-dir", USER_DIR, "--path", last,
+               "--cpu", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"{last}: cut short" in proc.stderr.strip().splitlines()[-1]
