@@ -29,12 +29,13 @@ from ..checkpoint import (
 )
 from ..errors import UserError
 from ..feature import Build, features
+from ..quant.feature import INTEGER_FORMATS
 from ..quant.packed_state import FORMAT_KEY, bundle, pack_state
 
 logger = logging.getLogger(__name__)
 
 # The formats written here; features add their own (``Feature.export_formats``).
-BASE_FORMATS = ("int8", "int6", "int4", "fairseq", "ctranslate2")
+BASE_FORMATS = INTEGER_FORMATS + ("fairseq", "ctranslate2")
 
 
 def extra_formats() -> dict:
@@ -106,7 +107,7 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         return _compact_ctranslate2(checkpoint, args, out, data)
     model = load_model(checkpoint, data)
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
-    if fmt in BASE_FORMATS[:3]:
+    if fmt in INTEGER_FORMATS:
         bits = int(fmt[3:])
         packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
         packed.update(with_model_args(state, **export_options(args, fmt)))
