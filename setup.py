@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "fullyqt-coverage=fullyqt.quant.coverage:main",
             "fullyqt-export=fullyqt.export.cli:main",
+            "fullyqt-compress=fullyqt.compress.cli:main",
             "fullyqt-distill-data=fullyqt.distill.corpus:main",
         ],
     },

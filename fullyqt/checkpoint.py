@@ -1,5 +1,6 @@
 """Reading fairseq checkpoints with errors a user can act on, and writing them whole."""
 import argparse
+import hashlib
 import os
 import pickle
 import shutil
@@ -34,6 +35,15 @@ def read_checkpoint(path: str) -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     return state
+
+
+def file_sha256(path: str) -> str:
+    """The hash that tells one teacher file from another (a file replaced at the same path)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def model_args(state: dict):

@@ -11,6 +11,7 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.criterions.label_smoothed_cross_entropy import LabelSmoothedCrossEntropyCriterion
 
+from fullyqt.checkpoint import file_sha256
 from fullyqt.distill import corpus
 from fullyqt.distill.layer_map import evenly_spaced, parse_layer_map, resolve
 from fullyqt.distill.losses import soft_target_loss, state_mse
@@ -166,7 +167,7 @@ def test_dictionary_mismatch_is_refused_naming_both_sizes(toy_data, teacher, tmp
     sizes = [len(Dictionary.load(str(d / "dict.src.txt"))) for d in (toy_data[1], other)]
     assert sizes[0] != sizes[1]
     with pytest.raises(DistillError, match=f"source dictionary has {sizes[0]} entries, the "
-                                           f"task's has {sizes[1]}"):
+                                           f"data's has {sizes[1]}"):
         distill_setup(other, teacher)
 
 
@@ -197,14 +198,14 @@ def test_a_teacher_on_a_permuted_dictionary_of_the_same_size_is_refused(toy_data
     nspecial = Dictionary.load(str(toy_data[1] / "dict.src.txt")).nspecial
     swapped = [ln.split(" ", 1)[0] for ln in (other / "dict.src.txt").read_text().splitlines()]
     with pytest.raises(DistillError, match=(
-            f"the teacher's source dictionary \\({other}/dict.src.txt\\) differs from the "
-            f"task's at entry {nspecial + 2}: '{swapped[2]}' against '{swapped[5]}'")):
+            f"its source dictionary \\({other}/dict.src.txt\\) differs from the "
+            f"data's at entry {nspecial + 2}: '{swapped[2]}' against '{swapped[5]}'")):
         distill_setup(toy_data[1], moved)
     proc = cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, *FLAGS, *STUDENT_ARCH,
                "--max-update", "1", "--save-dir", tmp_path / "s", "--criterion",
                "fullyqt_distill", "--teacher-path", moved, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "differs from the task's at entry" in proc.stderr.strip().splitlines()[-1]
+    assert "differs from the data's at entry" in proc.stderr.strip().splitlines()[-1]
     distill_setup(toy_data[1], _with_data(teacher, toy_data[1], tmp_path / "same.pt"))
 
 
@@ -356,7 +357,7 @@ def test_distilled_corpus_refuses_changed_settings_on_resume(toy_data, teacher, 
     partial = tmp_path / "out.partial"
     partial.mkdir()
     (partial / "settings.json").write_text(
-        json.dumps({"beam": 4, "teacher_sha256": corpus.file_sha256(teacher)}))
+        json.dumps({"beam": 4, "teacher_sha256": file_sha256(teacher)}))
     with pytest.raises(UserError, match="beam 4 then, 2 now"):
         corpus.run([str(teacher), str(toy_data[1]), "--beam", "2", "--out", str(out)])
 

@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import logging
 import os
-import platform
 import sys
 import time
 from typing import List, Optional
@@ -26,16 +25,9 @@ from .kernels import measure
 from .profile import profile
 from .report import write_report
 from .pruning import step_rows
-from .runner import (compact_model, distilled_data, layer_shapes, model_size,
-                     train, translate)
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from ..eval.decode import cpu_name, translate
+from ..eval.size import model_size
+from .runner import compact_model, distilled_data, layer_shapes, train
 
 
 def agreement(a, b) -> float:
@@ -82,7 +74,9 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
     integer export decoded with integer kernels (compared with ``fake``, the fake-quant model's
     exact decode, and with its float-matmul decode)
     for <= 8-bit FullyQT models, and CTranslate2 conversion of the 8-bit ones."""
-    from .deploy import ct2_translate, ctranslate2_model, export_int, tree_bytes
+    from ..eval.decode import ct2_translate
+    from ..eval.size import tree_bytes
+    from .deploy import ctranslate2_model, export_int
 
     rows, vdir = [], os.path.join(out, "checkpoints", v.name)
     base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes",
@@ -125,6 +119,7 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
             return rows
         what = (f"CTranslate2 int8 post-training quantization of {v.name} (float)"
                 if v.bits is None else "fullyqt-export --format ctranslate2 (int8) of this model")
+        res.pop("hypotheses")
         rows.append({**base, **res, "variant": name, "kind": "deploy", "bits": 8,
                      "description": what})
     return rows

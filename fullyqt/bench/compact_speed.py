@@ -68,7 +68,7 @@ def ct2_sentence_ms(model_dir: str, d, *, threads: int, batch: int = 32, beam: i
     ``src_len`` tokens for each thread (one batch per thread), beam search forced to exactly
     ``tgt_len`` target tokens (the same work for any weights); the least disturbed of
     ``repeats``."""
-    from .deploy import ct2_translator
+    from ..eval.decode import ct2_translator
 
     g = torch.Generator().manual_seed(0)
     n = batch * threads

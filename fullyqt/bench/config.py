@@ -12,6 +12,8 @@ from typing import Dict, List, Optional
 
 import yaml
 
+from ..compress.plan import to_flags
+
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "configs")
 
@@ -56,17 +58,6 @@ class Preset:
     kernel_sizes: List[str] = field(default_factory=list)  # decoder-step timing, see kernels.py
     extra_variants: List[Experiment] = field(default_factory=list)  # the full grid (--full-grid)
     max_len: Optional[int] = None  # beam search stops at this many target tokens (else fairseq's 200)
-
-
-def to_flags(options: Dict[str, object]) -> List[str]:
-    flags = []
-    for key, value in options.items():
-        if value is False or value is None:
-            continue
-        flags.append(f"--{key}")
-        if value is not True:
-            flags.append(str(value))
-    return flags
 
 
 def _read(path):

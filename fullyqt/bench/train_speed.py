@@ -33,7 +33,7 @@ import torch
 
 from ..errors import UserError
 from ..quant import fused
-from .runner import BIN, USER_DIR, thread_env
+from ..eval.decode import BIN, USER_DIR, thread_env
 from .shapes import SHAPES
 
 MODELS = {

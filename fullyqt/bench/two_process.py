@@ -18,7 +18,7 @@ import statistics
 import time
 from typing import List
 
-from .runner import BIN, USER_DIR, train_record, run_logged, thread_env
+from ..eval.decode import BIN, USER_DIR, run_logged, thread_env, train_record
 from .train_speed import SHAPES, TRAIN, positive_int, shape_flags, toy_data, write_outputs
 
 MODELS = {

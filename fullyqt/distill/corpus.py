@@ -12,7 +12,6 @@ when it is complete.
 """
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import time
 
 import torch
 
+from ..checkpoint import file_sha256
 from ..errors import UserError, checked_action, integer, parse_number
 from .teacher import load_teacher, read_teacher
 
@@ -110,15 +110,6 @@ def _setup(args):
     """The teacher's task and the teacher model, dictionaries checked."""
     task, states = _task(args)
     return task, load_teacher(args.teacher, task, states)
-
-
-def file_sha256(path: str) -> str:
-    """The hash that tells one teacher file from another (a file replaced at the same path)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_dir(out, shard_id, num_shards):

@@ -6,12 +6,12 @@ anything: it is not in the optimizer, not in the student's checkpoint, and it fo
 student's device and dtype when it is first used.
 """
 import logging
-import os
 
 import torch
 from fairseq.models import ARCH_MODEL_REGISTRY, FairseqEncoderDecoderModel
 
-from ..checkpoint import arch_of, model_args, read_checkpoint, recorded_data
+from ..checkpoint import arch_of, read_checkpoint
+from ..data.dictionaries import difference
 from ..errors import UserError
 from .states import forward_with_states
 
@@ -23,67 +23,11 @@ class DistillError(UserError):
     """A teacher, student or option that cannot be distilled."""
 
 
-def _embedding_rows(weights: dict, key: str):
-    tensor = weights.get(key)
-    return tensor.size(0) if isinstance(tensor, torch.Tensor) and tensor.dim() == 2 else None
-
-
-def _teacher_dictionaries(state: dict):
-    """``{side: dict file}`` of the data the teacher was trained on, where still on disk (the
-    languages as fairseq infers them when the command line gave none)."""
-    args = model_args(state)
-    task = (state.get("cfg") or {}).get("task")
-    data = str(recorded_data(state) or "").split(os.pathsep)[0]
-    if not data or not os.path.isdir(data):
-        return {}
-    langs = [getattr(task, f"{side}_lang", None) if task is not None and not isinstance(task, dict)
-             else (task or {}).get(f"{side}_lang") for side in ("source", "target")]
-    langs = [lang or getattr(args, f"{side}_lang", None)
-             for lang, side in zip(langs, ("source", "target"))]
-    if None in langs:
-        from fairseq.data.data_utils import infer_language_pair
-
-        langs = list(infer_language_pair(data))
-        if None in langs:
-            return {}
-    files = {side: os.path.join(data, f"dict.{lang}.txt")
-             for side, lang in zip(("source", "target"), langs)}
-    return {side: f for side, f in files.items() if os.path.isfile(f)}
-
-
 def _check_dictionaries(path: str, state: dict, task):
-    """Same sizes as the task's dictionaries, and the same symbols in the same order where the
-    teacher's own dictionary files are still on disk (a dictionary of the same size in another
-    order would train the student against a permuted vocabulary)."""
-    weights = state["model"]
-    files = _teacher_dictionaries(state)
-    for side, key, dictionary in (
-            ("source", "encoder.embed_tokens.weight", task.source_dictionary),
-            ("target", "decoder.embed_tokens.weight", task.target_dictionary)):
-        rows = _embedding_rows(weights, key)
-        if rows is not None and rows != len(dictionary):
-            raise DistillError(f"{path}: the teacher's {side} dictionary has {rows} entries, the "
-                               f"task's has {len(dictionary)}; train the student on the "
-                               "teacher's binarized data (same dictionaries)")
-        own = files.get(side)
-        if own is None:
-            logger.warning("distill: the teacher's %s dictionary cannot be found (its data "
-                           "directory is gone): only its size is checked", side)
-            continue
-        with open(own, encoding="utf-8") as f:
-            symbols = [line.split(" ", 1)[0] for line in f if line.strip()]
-        task_symbols = dictionary.symbols[dictionary.nspecial:]
-        for i, (a, b) in enumerate(zip(symbols, task_symbols)):
-            if a != b:
-                raise DistillError(f"{path}: the teacher's {side} dictionary ({own}) differs "
-                                   f"from the task's at entry {i + dictionary.nspecial}: {a!r} "
-                                   f"against {b!r}; train the student on the teacher's "
-                                   "binarized data")
-        if len(symbols) != len(task_symbols):
-            raise DistillError(f"{path}: the teacher's {side} dictionary ({own}, "
-                               f"{len(symbols)} symbols) differs from the task's "
-                               f"({len(task_symbols)} symbols); train the student on the "
-                               "teacher's binarized data")
+    problem = difference(state, task.source_dictionary, task.target_dictionary)
+    if problem:
+        raise DistillError(f"{path}: the teacher's dictionaries are not the task's ({problem}); "
+                           "train the student on the teacher's binarized data")
 
 
 def read_teacher(path: str):

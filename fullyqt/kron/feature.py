@@ -63,7 +63,9 @@ class Kronecker(Feature):
                            "export of a quantized model keeps them", fmt)
 
     def float_options(self, args) -> dict:
-        return {"kron_layers": None, "kron_factor": None, "kron_shapes": None}
+        # no factors, and none inherited again from the checkpoint the model was fine-tuned from
+        return {"kron_layers": None, "kron_factor": None, "kron_shapes": None,
+                "finetune_from_model": None}
 
 
 register_feature(Kronecker())
