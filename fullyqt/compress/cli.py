@@ -195,6 +195,10 @@ def _restore_last(folder: str, label: str, say) -> bool:
     return True
 
 
+def _newer(output: str, source: str) -> bool:
+    return os.path.exists(output) and os.path.getmtime(output) > os.path.getmtime(source)
+
+
 def execute(plan: Plan, out: str, say) -> List[dict]:
     """Run the plan's steps that are not done yet; returns each stage's updates and seconds."""
     from ..eval.decode import BIN
@@ -226,8 +230,8 @@ def execute(plan: Plan, out: str, say) -> List[dict]:
                     os.unlink(os.path.join(step.output, name))
             stages.append(record)
             say(f"{label}: done in {_minutes(record['seconds'])}")
-        elif os.path.exists(step.output) and step.name == "compact":
-            continue
+        elif _newer(step.output, step.cmd[1]):  # exported from this very checkpoint before
+            say(f"export {step.name}: {os.path.relpath(step.output, out)} (made earlier)")
         else:
             say(f"export {step.name}: {os.path.relpath(step.output, out)}")
             run_step(step, env)
@@ -337,12 +341,13 @@ def run(a, extra: List[str]) -> int:
         systems = evaluate(source.path, plan.final, shipped, os.path.abspath(a.data),
                            os.path.join(out, "eval"), languages=(src, tgt), threads=a.threads,
                            post_process=_post_process(a.post_process, a.data, tgt),
-                           reference=a.reference, bits=bits, say=say)
+                           reference=a.reference, bits=bits, vmap=recipe.vmap, say=say)
     from .report import write
 
     meta = {"date": datetime.date.today().isoformat(), "input": source.path,
             "input updates": source.num_updates, "base length": base,
             "teacher": a.teacher or "the input", "threads (evaluation)": a.threads,
+            "target vocabulary": source.embedding_rows[1],
             "wall time of this invocation (min)": round((time.time() - started) / 60, 1)}
     from ..eval.decode import cpu_name
 

@@ -22,6 +22,7 @@ class System:
     params: Optional[int] = None
     delta: Optional[float] = None  # BLEU minus the input's
     interval: Optional[List[float]] = None  # 95% paired-bootstrap interval of ``delta``
+    candidates: Optional[float] = None  # with a vocabulary map: target tokens a batch keeps
 
 
 def test_sources(data: str, src: str, tgt: str) -> List[List[str]]:
@@ -43,27 +44,34 @@ def detokenizer(post_process: Optional[str]) -> Callable[[List[str]], str]:
     return lambda tokens: fairseq_post_process(" ".join(tokens), post_process or "none")
 
 
-def input_ctranslate2(checkpoint: str, data: str, out: str, src: str, tgt: str) -> str:
-    """CTranslate2 int8 of the input float model (converted once)."""
+def input_ctranslate2(checkpoint: str, data: str, out: str, src: str, tgt: str,
+                      vmap: bool) -> str:
+    """CTranslate2 int8 of the input float model (converted once), with the vocabulary map of
+    the training data when ``vmap``."""
     if not os.path.exists(os.path.join(out, "model.bin")):
         from ..checkpoint import arch_of, read_checkpoint
+        from ..export.vmap import VmapSize, build_vmap
 
         if str(arch_of(read_checkpoint(checkpoint))).startswith("fullyqt"):
             from ..export.cli import export
 
-            export(checkpoint, "ctranslate2", out, force=True, data=data)
+            export(checkpoint, "ctranslate2", out, force=True, data=data,
+                   vmap=VmapSize() if vmap else None)
         else:
             from ..export.ctranslate2 import convert
 
-            convert(checkpoint, data, out, src, tgt)
+            os.makedirs(out + ".vmap", exist_ok=True)
+            words = build_vmap(data, src, tgt, os.path.join(out + ".vmap", "vmap.txt")) \
+                if vmap else None
+            convert(checkpoint, data, out, src, tgt, vmap=words)
     return out
 
 
 def evaluate(source_path: str, final: str, shipped: dict, data: str, workdir: str, *,
              languages, threads: int, post_process: Optional[str], reference: Optional[str],
-             bits: Optional[int], say=print) -> List[System]:
-    """Decode the input and the result in fairseq and in CTranslate2; ``shipped`` maps the
-    recipe's export formats to their paths."""
+             bits: Optional[int], vmap: bool = False, say=print) -> List[System]:
+    """Decode the input and the result in fairseq and in CTranslate2 (also with the vocabulary
+    map, when ``vmap``); ``shipped`` maps the recipe's export formats to their paths."""
     src, tgt = languages
     os.makedirs(workdir, exist_ok=True)
     systems = []
@@ -85,17 +93,25 @@ def evaluate(source_path: str, final: str, shipped: dict, data: str, workdir: st
     hyps = {"input": base.hypotheses}
 
     def ctranslate2(name, model_dir):
-        plural = "s" if threads > 1 else ""
-        say(f"evaluating: {name} (CTranslate2, one batch per thread, {threads} thread{plural})")
-        res = ct2_decode(model_dir, sources, refs, detok, threads=threads)
-        systems.append(System(name, "ctranslate2", model_dir, res["bleu"],
-                              res["tokens_per_second"], res["model_bytes"]))
-        hyps[name] = res["hypotheses"]
+        for mapped in (False, True) if vmap else (False,):
+            label = name + (" + vmap" if mapped else "")
+            say(f"evaluating: {label} (CTranslate2, one batch per thread, {threads} "
+                f"thread{'s' if threads > 1 else ''})")
+            res = ct2_decode(model_dir, sources, refs, detok, threads=threads, use_vmap=mapped)
+            systems.append(System(label, "ctranslate2", model_dir, res["bleu"],
+                                  res["tokens_per_second"], res["model_bytes"]))
+            if mapped:
+                from ..export.vmap import mean_candidates
+
+                systems[-1].candidates = mean_candidates(
+                    os.path.join(model_dir, "vmap.txt"),
+                    [sources[i:i + 32] for i in range(0, len(sources), 32)])
+            hyps[label] = res["hypotheses"]
 
     try:
         ctranslate2("input → CTranslate2 int8",
-                    input_ctranslate2(source_path, data, os.path.join(workdir, "input-ct2"),
-                                      src, tgt))
+                    input_ctranslate2(source_path, data, os.path.join(workdir, "input-ct2" + ("-vmap" if vmap else "")),
+                                      src, tgt, vmap))
     except ImportError:
         say("CTranslate2 is not installed (pip install ctranslate2): its rows are left out")
     integer = next((shipped[f] for f in ("int8", "int6", "int4") if f in shipped), None)

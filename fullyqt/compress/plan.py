@@ -100,7 +100,8 @@ def make_plan(recipe: Recipe, source: Source, data: str, out: str, *, base: int,
     plan.final = previous
     for fmt in recipe.ship:
         target = ship_path(out, fmt)
+        vmap = ["--vmap"] if recipe.vmap and fmt == "ctranslate2" else []
         plan.steps.append(Step("export", fmt, [
             "fullyqt-export", plan.final, "--format", fmt, "--out", target, "--force",
-            "--data", data], target, log=os.path.join(out, "logs", f"export-{fmt}.log")))
+            "--data", data, *vmap], target, log=os.path.join(out, "logs", f"export-{fmt}.log")))
     return plan

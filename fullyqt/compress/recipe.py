@@ -5,7 +5,7 @@ first from the input model) with the input (or ``--teacher``) as teacher: ``upda
 stage's length as a multiple of the recipe's base length, ``train`` its options over
 ``common.yaml``'s, ``scaled`` options set to a fraction of the stage's length, ``compact: true``
 removes what the stage pruned before the next one.  ``ship`` names the exports written at the
-end, ``goals`` what the result is judged against (in the report), ``follows`` which study
+end (``vmap: true``: the CTranslate2 model with a vocabulary map of the training data), ``goals`` what the result is judged against (in the report), ``follows`` which study
 findings the recipe takes.
 """
 import hashlib
@@ -62,6 +62,7 @@ class Recipe:
     ship: List[str]
     goals: Dict[str, float]
     follows: str = ""
+    vmap: bool = False  # the CTranslate2 export carries a vocabulary map
     digest: str = ""  # of the recipe's and common.yaml's text: a changed recipe is another run
 
 
@@ -110,10 +111,10 @@ def load(name: str, root: str = RECIPE_ROOT) -> Recipe:
     path = os.path.join(root, f"{name}.yaml")
     raw, text = _read(path)
     common, common_text = _read(os.path.join(root, "common.yaml"))
-    unknown = sorted(set(raw) - {"description", "follows", "stages", "ship", "goals"})
+    unknown = sorted(set(raw) - {"description", "follows", "stages", "ship", "goals", "vmap"})
     if unknown:
         raise RecipeError(f"{path}: unknown keys {unknown}; allowed: description, follows, "
-                          "stages, ship, goals")
+                          "stages, ship, goals, vmap")
     if not raw.get("stages"):
         raise RecipeError(f"{path}: no stages")
     stages = [_stage(path, i, s, dict(common.get("train") or {}))
@@ -128,6 +129,8 @@ def load(name: str, root: str = RECIPE_ROOT) -> Recipe:
         raise RecipeError(f"{path}: goals {sorted(set(goals) - set(GOALS))}: allowed: "
                           f"{', '.join(GOALS)}")
     digest = hashlib.sha256((text + "\0" + common_text).encode()).hexdigest()[:16]
+    if raw.get("vmap") and "ctranslate2" not in ship:
+        raise RecipeError(f"{path}: vmap: a CTranslate2 option; ship has no ctranslate2")
     return Recipe(name, str(raw.get("description", "")), stages, ship,
                   {k: float(v) for k, v in goals.items()}, str(raw.get("follows", "")).strip(),
-                  digest)
+                  bool(raw.get("vmap", False)), digest)

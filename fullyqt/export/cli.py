@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+from typing import Optional
 
 import torch
 
@@ -70,10 +71,35 @@ def _replace_dir(tmp_dir, out):
     os.replace(tmp_dir, out)
 
 
-def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) -> str:
-    """Write ``checkpoint`` in format ``fmt`` to ``out``; returns ``out``."""
+def _languages(args, data_dir):
+    src, tgt = getattr(args, "source_lang", None), getattr(args, "target_lang", None)
+    if src is None or tgt is None:
+        from fairseq.data.data_utils import infer_language_pair
+        src, tgt = infer_language_pair(data_dir)
+    return src, tgt
+
+
+def _vmap_file(size, args, data, folder) -> Optional[str]:
+    """The vocabulary map of the training data, written into ``folder`` (None without one)."""
+    if size is None:
+        return None
+    from .vmap import build_vmap
+
+    data_dir = str(data or getattr(args, "data", "")).split(os.pathsep)[0]
+    src, tgt = _languages(args, data_dir)
+    logger.info("fullyqt-export: building the vocabulary map from %s (IBM model 1, %d passes)",
+                data_dir, size.iterations)
+    return build_vmap(data_dir, src, tgt, os.path.join(folder, "vmap.txt"), size)
+
+
+def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None,
+           vmap=None) -> str:
+    """Write ``checkpoint`` in format ``fmt`` to ``out``; returns ``out``.  ``vmap`` (a
+    ``VmapSize``): include a vocabulary map of the training data (ctranslate2 only)."""
     if fmt not in formats():
         raise ExportError(f"--format {fmt!r}: allowed: {', '.join(formats())}")
+    if vmap is not None and fmt != "ctranslate2":
+        raise ExportError(f"--vmap: a CTranslate2 option; --format {fmt} has no vocabulary map")
     if os.path.exists(out) and not force:
         raise ExportError(f"{out} exists; pass --force to overwrite it")
     parent = os.path.dirname(os.path.abspath(out))
@@ -104,7 +130,7 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
     for feature in features():
         feature.check_export(args, fmt, checkpoint)
     if fmt == "ctranslate2" and Build(argparse.Namespace(**vars(args))).layer_shapes():
-        return _compact_ctranslate2(checkpoint, args, out, data)
+        return _compact_ctranslate2(checkpoint, args, out, data, vmap)
     model = load_model(checkpoint, data)
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
     if fmt in INTEGER_FORMATS:
@@ -130,28 +156,29 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None) 
         stock_path = os.path.join(tmp, "stock.pt")
         torch.save(stock, stock_path)
         data_dir = data or stock["args"].data
-        src, tgt = stock["args"].source_lang, stock["args"].target_lang
-        if src is None or tgt is None:
-            from fairseq.data.data_utils import infer_language_pair
-            src, tgt = infer_language_pair(data_dir)
-        new_dir = convert_to_dir(stock_path, data_dir, out, src, tgt)
+        src, tgt = _languages(stock["args"], data_dir)
+        new_dir = convert_to_dir(stock_path, data_dir, out, src, tgt,
+                                 vmap=_vmap_file(vmap, stock["args"], data_dir, tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _replace_dir(new_dir, out)
     return out
 
 
-def _compact_ctranslate2(checkpoint, args, out, data):
+def _compact_ctranslate2(checkpoint, args, out, data, vmap):
     from .ctranslate2_compact import check_supported, convert_compact
 
     check_supported(args)
     model, task = load_model_and_task(checkpoint, data)
     tmp = scratch_dir(out)
+    words = scratch_dir(out)
     try:
-        convert_compact(model, args, task, tmp)
+        convert_compact(model, args, task, tmp, vmap=_vmap_file(vmap, args, data, words))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(words, ignore_errors=True)
     _replace_dir(tmp, out)
     return out
 
@@ -166,10 +193,22 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--data", help="data directory with the dictionaries (default: the one "
                                   "recorded in the checkpoint)")
+    p.add_argument("--vmap", action="store_true",
+                   help="ctranslate2: include a vocabulary map built from the training data "
+                        "(translate with use_vmap=True to score only likely target tokens)")
+    p.add_argument("--vmap-per-token", default="20", metavar="K",
+                   help="candidates kept per source token (default 20)")
+    p.add_argument("--vmap-frequent", default="100", metavar="N",
+                   help="most frequent target tokens always kept (default 100)")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleans up as an error does
     try:
-        out = export(a.checkpoint, a.format, a.out, a.force, a.data)
+        vmap = None
+        if a.vmap:
+            from .vmap import VmapSize
+
+            vmap = VmapSize.parse(a.vmap_per_token, a.vmap_frequent)
+        out = export(a.checkpoint, a.format, a.out, a.force, a.data, vmap)
     except (UserError, CheckpointError, FileNotFoundError) as e:
         p.exit(2, f"{p.prog}: error: {e}\n")
     except RuntimeError as e:  # torch's writer on a full disk: nothing was left behind

@@ -103,8 +103,9 @@ def compact_spec(model, args, task):
     return spec
 
 
-def convert_compact(model, args, task, out_dir: str, quantization: str = "int8"):
-    """Write the CTranslate2 model directory ``out_dir`` (which must not exist)."""
+def convert_compact(model, args, task, out_dir: str, quantization: str = "int8", vmap=None):
+    """Write the CTranslate2 model directory ``out_dir`` (which must not exist); ``vmap``: a
+    vocabulary map file to include."""
     from ctranslate2.converters.converter import Converter
 
     spec = compact_spec(model, args, task)
@@ -113,4 +114,4 @@ def convert_compact(model, args, task, out_dir: str, quantization: str = "int8")
         def _load(self):
             return spec
 
-    _Spec().convert(out_dir, quantization=quantization, force=True)
+    _Spec().convert(out_dir, vmap=vmap, quantization=quantization, force=True)
