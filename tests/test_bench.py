@@ -9,6 +9,7 @@ from fairseq import options
 
 from fullyqt.bench.config import ConfigError, load_preset, presets
 from fullyqt.bench.report import write_report
+from fullyqt.eval.bleu import corpus_bleu
 from fullyqt.eval.significance import compare, interval_text
 from tests.conftest import REPO, USER_DIR, build_model, row
 
@@ -338,6 +339,13 @@ def test_smoke_preset_end_to_end(tmp_path):
         again.delta, abs=1e-9)
     assert rows["float"].get("vs_control_interval") is None
     assert "95% paired-bootstrap interval" in md_text(out)
+    # the int8 recipe, run by fullyqt-compress on the float model: its result row is the BLEU
+    # of its own fairseq-generate log
+    recipe = rows["recipe int8: result"]
+    hyps = [t for _, t in sorted(detokenized(
+        out / "recipes" / "int8" / "eval" / "result.generate.txt").items())]
+    assert recipe["bleu"] == pytest.approx(corpus_bleu(hyps, refs)[0], abs=1e-9)
+    assert recipe["num_updates"] == 2 and "recipe int8: result → CTranslate2 (CT2)" in rows
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60

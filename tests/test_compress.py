@@ -95,9 +95,18 @@ def test_recipe_end_to_end(name, toy_data, teacher, tmp_path):
     assert report["systems"] == []
 
 
-def test_a_killed_run_resumes_and_a_finished_one_is_reused(toy_data, teacher, tmp_path):
+def same_weights(a, b) -> bool:
+    a, b = (torch.load(p, map_location="cpu", weights_only=False)["model"] for p in (a, b))
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def test_a_killed_run_resumes_bit_exactly_and_a_finished_one_is_reused(toy_data, teacher,
+                                                                      tmp_path):
+    """fairseq resumes mid-epoch at the saved batch with the per-update seeds, so the resumed
+    stage ends with the weights of a run that was never stopped (on CPU, here)."""
     out = tmp_path / "run"
-    args = [teacher, toy_data[1], "--recipe", "int8", "--out", out, "--updates", "400",
+    args = [teacher, toy_data[1], "--recipe", "int8", "--out", out, "--updates", "200",
             "--no-eval"]
     stage = out / "stages" / "1-qat8"
     proc = subprocess.Popen([os.path.join(BIN, "fullyqt-compress"), *map(str, args)],
@@ -110,13 +119,19 @@ def test_a_killed_run_resumes_and_a_finished_one_is_reused(toy_data, teacher, tm
     proc.wait(60)
     assert proc.returncode != 0 and not (stage / "done.json").exists()
     before = updates_of(stage / "checkpoint_last.pt")
-    assert 0 < before < 100
+    assert 0 < before < 50
     rerun = compress(*args)
-    assert "stage 1/1 qat8: resuming, 100 updates" in rerun.stdout
-    assert updates_of(stage / "checkpoint_last.pt") == 100
+    assert "stage 1/1 qat8: resuming, 50 updates" in rerun.stdout
+    assert updates_of(stage / "checkpoint_last.pt") == 50
     assert generate(out / "model.int8.pt", toy_data[1])
+    whole = tmp_path / "uninterrupted"
+    compress(*[whole if x == out else x for x in args])
+    assert same_weights(stage / "checkpoint_last.pt",
+                        whole / "stages" / "1-qat8" / "checkpoint_last.pt")
+    assert same_weights(out / "model.int8.pt", whole / "model.int8.pt")
     again = compress(*args)
-    assert "stage 1/1 qat8: finished earlier (100 updates), reused" in again.stdout
+    assert "stage 1/1 qat8: finished earlier (50 updates), reused" in again.stdout
+    assert "export int8: model.int8.pt (made earlier)" in again.stdout
 
 
 def _refused(args, out, message):

@@ -141,6 +141,8 @@ def main(argv=None):
     p.add_argument("--variants", metavar="A,B,...",
                    help="run only these variants of the main job and the full grid, with the "
                         "ones they build on (finished runs in --out are reused)")
+    p.add_argument("--no-recipes", dest="recipes", action="store_false",
+                   help="skip the preset's fullyqt-compress recipes of the float model")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4),
                    help="CPU threads for training and decoding (default: min(cores, 4))")
     a = p.parse_args(argv)
@@ -257,6 +259,14 @@ def main(argv=None):
                                     length, say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
         paths = write_report(out, rows, meta)
+    if a.recipes and not a.variants and "float" in trained:
+        from .recipes import recipe_rows, run_recipe
+
+        for name in preset.recipes:
+            report = run_recipe(name, trained["float"].checkpoint, data, out, threads=a.threads,
+                                updates=preset.recipe_updates, say=say)
+            rows += recipe_rows(name, report)
+            paths = write_report(out, rows, meta)
     profile_rows = kernel_rows = None
     q8 = next((n for n in ("fullyqt8", "fullyqt8-finetune") if n in trained), None)
     if a.deploy and "float" in trained and q8:

@@ -58,6 +58,8 @@ class Preset:
     kernel_sizes: List[str] = field(default_factory=list)  # decoder-step timing, see kernels.py
     extra_variants: List[Experiment] = field(default_factory=list)  # the full grid (--full-grid)
     max_len: Optional[int] = None  # beam search stops at this many target tokens (else fairseq's 200)
+    recipes: List[str] = field(default_factory=list)  # fullyqt-compress recipes of the float model
+    recipe_updates: Optional[int] = None  # their base length (else the float model's updates)
 
 
 def _read(path):
@@ -136,6 +138,20 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     if max_len is not None and (type(max_len) is not int or max_len < 1):  # not a YAML bool
         raise ConfigError(f"{pdir}/preset.yaml: max_len {max_len!r}: allowed: an integer >= 1 "
                           "(target tokens)")
+    from ..compress.recipe import names as recipe_names
+
+    recipes = list(raw.get("recipes") or [])
+    bad = [r for r in recipes if r not in recipe_names()]
+    if bad:
+        raise ConfigError(f"{pdir}/preset.yaml: recipes {bad}: allowed: "
+                          f"{', '.join(recipe_names())}")
+    if recipes and "float" not in {v.name for v in variants}:
+        raise ConfigError(f"{pdir}/preset.yaml: recipes start from the float variant; the main "
+                          "job has none")
+    updates = raw.get("recipe_updates")
+    if updates is not None and (type(updates) is not int or updates < 1):
+        raise ConfigError(f"{pdir}/preset.yaml: recipe_updates {updates!r}: allowed: an "
+                          "integer >= 1")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
                   dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)),
-                  kernel_sizes, extra, max_len)
+                  kernel_sizes, extra, max_len, recipes, updates)

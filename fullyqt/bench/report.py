@@ -31,7 +31,8 @@ def add_relative_columns(rows: List[dict], baseline: str = "float"):
     for r in rows:
         r["size_vs_float"] = r["model_bytes"] / base["model_bytes"] if base else None
         r["time_per_update_vs_float"] = (r["sec_per_update"] / base["sec_per_update"]
-                                         if base and base.get("sec_per_update") else None)
+                                         if base and base.get("sec_per_update")
+                                         and r.get("sec_per_update") else None)
     return rows
 
 
@@ -118,7 +119,8 @@ def findings(rows: List[dict]) -> List[str]:
 def _scored(rows: List[dict], meta: dict) -> str:
     """How many sentences each row's BLEU covers (all of them, or the rows that fall short)."""
     n = meta.get("test sentences")
-    counts = {r["variant"]: r.get("scored") for r in rows}
+    counts = {r["variant"]: r.get("scored") for r in rows
+              if r.get("kind") != "recipe"}  # a recipe's report scores every sentence itself
     short = [f"`{v}` {c}" for v, c in counts.items() if c is not None and c != n]
     if short:
         return f"Sentences scored: fewer than the {n} test sentences for " + ", ".join(short) + "."

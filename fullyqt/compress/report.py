@@ -80,7 +80,8 @@ def write(out: str, recipe: Recipe, meta: dict, stages: List[dict],
         md += ["## Goals", "", "| goal | bound | reached | met |", "|---|---|---|---|"]
         md += [f"| {GOALS[g]} | {b:g} | {v:.3f} | {'yes' if ok else '**no**'} |"
                for g, (b, v, ok) in goals.items()] + [""]
-    data = {"recipe": recipe.name, "meta": meta, "stages": stages,
+    data = {"recipe": recipe.name, "description": recipe.description, "meta": meta,
+            "stages": stages,
             "shipped": {f: {"path": p, "bytes": tree_bytes(p)} for f, p in shipped.items()},
             "float_bytes": float_bytes,
             "systems": [asdict(s) for s in systems or []],

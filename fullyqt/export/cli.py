@@ -135,8 +135,9 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None,
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
     if fmt in INTEGER_FORMATS:
         bits = int(fmt[3:])
-        packed = {k: v for k, v in state.items() if k in ("args", "cfg", "extra_state")}
+        packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
         packed.update(with_model_args(state, **export_options(args, fmt)))
+        packed.update(_inference_only(packed, state))
         packed.update(model=bundle(pack_state(model, bits)), optimizer_history=[
             {**state["optimizer_history"][-1], "num_updates": num_updates}],
             last_optimizer_state=None)
@@ -162,6 +163,16 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _replace_dir(new_dir, out)
+    return out
+
+
+def _inference_only(packed: dict, state: dict) -> dict:
+    """What a shipped file keeps of the training run's bookkeeping: the data iterator's position
+    (fairseq's loader expects it), not the metrics history nor the loss's options."""
+    out = {"extra_state": {k: v for k, v in (state.get("extra_state") or {}).items()
+                           if k != "metrics"}}
+    if isinstance(packed.get("cfg"), dict) and packed["cfg"].get("criterion") is not None:
+        out["cfg"] = {**packed["cfg"], "criterion": None}
     return out
 
 

@@ -8,11 +8,15 @@ range, hence its scale, codes, fake-quantized values and integer form, is the tr
 for bit.  Biases, activation ranges and other buffers stay as they are.  Tied weights
 are stored once, and the many scalar buffers (activation ranges, flags) travel as one tensor.
 ``bundle`` then concatenates the tensors into one flat tensor per dtype with an index: torch's
-archive spends a few hundred bytes on each tensor, a quarter of a small int4 file.
+archive spends a few hundred bytes on each tensor, a quarter of a small int4 file.  The lists
+(the index, the scalars' names and dtypes: a few tens of KB of repetitive names) travel as one
+zlib-compressed JSON byte tensor, ``@bundle_lists``.
 The quantization feature (``quant/feature.py``) unbundles and unpacks on load, so the
 file loads wherever a fullyqt checkpoint does.
 """
+import json
 import math
+import zlib
 
 import torch
 
@@ -23,6 +27,7 @@ from .packing import pack_codes, unpack_codes
 SEP = "@"
 FORMAT_KEY = "fullyqt_export"
 BUNDLE_INDEX = f"{SEP}bundle_index"
+BUNDLE_LISTS = f"{SEP}bundle_lists"
 
 
 def pack_state(model, bits: int) -> dict:
@@ -76,12 +81,17 @@ def bundle(state: dict) -> dict:
         index.append((name, dtype, offset, list(value.shape)))
     for dtype, parts in flat.items():
         out[f"{SEP}bundle.{dtype}"] = torch.cat(parts)
-    out[BUNDLE_INDEX] = index
+    lists = {k: out.pop(k) for k in list(out) if isinstance(out[k], list)}
+    lists[BUNDLE_INDEX] = index
+    text = zlib.compress(json.dumps(lists).encode("utf-8"), 9)
+    out[BUNDLE_LISTS] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
     return out
 
 
 def unbundle(state: dict) -> dict:
     """In place: the inverse of ``bundle`` (views into the flat tensors, tied names shared)."""
+    if BUNDLE_LISTS in state:  # (exports before it kept the lists as pickled entries)
+        state.update(json.loads(zlib.decompress(state.pop(BUNDLE_LISTS).numpy().tobytes())))
     index = state.pop(BUNDLE_INDEX)
     flat = {k[len(f"{SEP}bundle."):]: state.pop(k) for k in list(state)
             if k.startswith(f"{SEP}bundle.")}
@@ -101,7 +111,7 @@ def is_packed(state_dict) -> bool:
 def unpack_state(state_dict: dict, bits: int):
     """In place: replace packed entries by float weights ``codes * scale + min`` (``max`` at the
     top code); a bundled state is unbundled first."""
-    if BUNDLE_INDEX in state_dict:
+    if BUNDLE_INDEX in state_dict or BUNDLE_LISTS in state_dict:
         unbundle(state_dict)
     values = state_dict.pop(f"{SEP}scalars")
     dtypes = state_dict.pop(f"{SEP}scalar_dtypes")
