@@ -1,5 +1,7 @@
-"""Resuming keeps the quantizer state; fine-tuning starts quantizers fresh from a float model."""
+"""Resuming keeps the quantizer state and trains on as if never stopped; fine-tuning starts
+quantizers fresh from a float model."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -43,6 +45,28 @@ def test_resume_restores_ranges_counter_and_loss(toy_data, tmp_path):
     mean_before = sum(before[u] for u in range(51, 61)) / 10
     mean_after = sum(after[u] for u in range(61, 71)) / 10
     assert mean_after < mean_before * 1.1, (mean_before, mean_after)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_later_epoch_ends_with_the_weights_of_one_never_stopped(toy_data,
+                                                                                tmp_path):
+    """fairseq makes a translation task's batches from the epoch a process starts in; the
+    fullyqt model has them made per epoch, so a resume after the first epoch (dropout on) sees
+    the batches, seeds and state of the uninterrupted run."""
+    flags = (*TINY, "--quant-bits", "8", "--disable-validation", "--max-update", "40",
+             "--save-interval-updates", "10", "--keep-interval-updates", "-1")
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(toy_data[1], whole, *flags)
+    middle = torch.load(whole / "checkpoint_2_20.pt", weights_only=False)
+    assert middle["extra_state"]["train_iterator"]["epoch"] == 2  # a later epoch, part-way
+    assert middle["extra_state"]["train_iterator"]["iterations_in_epoch"] > 0
+    resumed.mkdir()
+    shutil.copyfile(whole / "checkpoint_2_20.pt", resumed / "checkpoint_last.pt")
+    train(toy_data[1], resumed, *flags)
+    a, b = (torch.load(d / "checkpoint_last.pt", weights_only=False) for d in (whole, resumed))
+    assert b["optimizer_history"][-1]["num_updates"] == 40
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
 from ..quant.quantizer import ActivationQuantizer
 from ..feature import building, current_build, features, set_feature_defaults
+from ..data import batches
 
 logger = logging.getLogger(__name__)
 
@@ -285,9 +286,11 @@ class FullyQTTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, args, task):
         """fairseq's build, with every registered feature's config read once, before anything
-        is built (a bad option fails here, in one line)."""
+        is built (a bad option fails here, in one line); the task's training batches are made
+        per epoch (``data/batches.py``: an exact resume)."""
         base_architecture(args)
         check_supported(args)
+        batches.rebuild_each_epoch(task)
         with building(args):
             return super().build_model(args, task)
 
