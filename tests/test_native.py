@@ -199,7 +199,16 @@ def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
     assert y.dtype == torch.float32 and torch.equal(y, ref)
 
 
-def test_int_matmul_matches_an_integer_reference_for_any_row_count():
+@pytest.fixture(params=["int8", "float32"])
+def engine(request, monkeypatch):
+    """Each engine of int8 products in turn, whichever this processor would choose."""
+    from fullyqt.quant import int_engine
+
+    monkeypatch.setattr(int_engine, "cpu_engine", lambda: request.param)
+    return request.param
+
+
+def test_int_matmul_matches_an_integer_reference_for_any_row_count(engine):
     from fullyqt.quant.integer_form import int_matmul
 
     b = torch.randint(-128, 128, (40, 24), dtype=torch.int8)
@@ -208,16 +217,48 @@ def test_int_matmul_matches_an_integer_reference_for_any_row_count():
         out = int_matmul(a, b)
         assert out.dtype == torch.int32 and out.shape == (rows, 24)
         assert torch.equal(out.long(), a.long() @ b.long())
-    k = 2500  # sums beyond float32's exact integers (2^24): still exact
-    a = torch.full((3, k), -128.0)  # float codes, as the layers pass them
-    b = torch.full((k, 8), -128, dtype=torch.int8)
-    b[:, 1] = torch.randint(-128, 128, (k,), dtype=torch.int8)
-    ref = a.long() @ b.long()
-    assert ref.abs().max() > 2**24 and torch.equal(int_matmul(a, b).long(), ref)
+    for k in (1024, 2500):  # 1024: the longest exact float32 product; 2500: chunks, sums > 2^24
+        a = torch.full((3, k), -128.0)  # float codes, as the layers pass them
+        b = torch.full((k, 8), -128, dtype=torch.int8)
+        b[:, 1] = torch.randint(-128, 128, (k,), dtype=torch.int8)
+        ref = a.long() @ b.long()
+        assert ref.abs().max() >= 2**24 and torch.equal(int_matmul(a, b).long(), ref)
+
+
+def test_integer_linear_gives_the_same_bits_on_either_engine(monkeypatch):
+    from fullyqt.quant import int_engine
+
+    lin = calibrated_linear(8, 8, "row")
+    x = torch.randn(7, 5, 48) * 3
+    outs = {}
+    for name in int_engine.ENGINES:
+        monkeypatch.setattr(int_engine, "cpu_engine", lambda name=name: name)
+        lin.drop_caches()  # its integer form is made again, for this engine
+        native = Int8Linear(lin)
+        assert (native.form.weight_f is None) == (name == "int8")
+        with torch.no_grad():
+            outs[name] = native(x)
+    assert torch.equal(outs["int8"], outs["float32"])
+
+
+def test_a_bad_engine_setting_is_refused_in_one_line(monkeypatch):
+    from fullyqt.errors import UserError
+    from fullyqt.quant import int_engine
+
+    monkeypatch.setenv(int_engine.ENV, "int4")
+    int_engine.cpu_engine.cache_clear()
+    try:
+        with pytest.raises(UserError, match="FULLYQT_INT_MATMUL: got 'int4'; allowed: int8, float32"):
+            int_engine.cpu_engine()
+        monkeypatch.setenv(int_engine.ENV, "float32")
+        int_engine.cpu_engine.cache_clear()
+        assert int_engine.cpu_engine() == "float32"
+    finally:
+        int_engine.cpu_engine.cache_clear()
 
 
 @pytest.mark.parametrize("k,n", [(1, 24), (24, 1), (1, 1)])
-def test_integer_matmul_of_a_matrix_with_a_side_of_one(k, n):
+def test_integer_matmul_of_a_matrix_with_a_side_of_one(k, n, engine):
     """torch._int_mm on CPU misreads a (1, n) matrix with transposed strides; the integer form
     hands it row-major tensors (a compacted FFN can keep a single unit)."""
     from fullyqt.quant.integer_form import int_matmul

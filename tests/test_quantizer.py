@@ -703,6 +703,9 @@ def test_integer_matmul_affine_in_one_pass_equals_addcmul_then_addr(two_threads)
         alpha, beta, c = (torch.randn(cols, generator=g) * s for s in (1e-4, 1e-3, 3.0))
         got = fused.int_affine(sums.clone(), code_sums, alpha, beta, c)
         assert got.dtype == torch.float32
+        small = sums.clamp(-2**24, 2**24)  # the float32 engine's sums: exact integers as floats
+        assert torch.equal(fused.int_affine(small.float(), code_sums, alpha, beta, c),
+                           fused.int_affine(small.clone(), code_sums, alpha, beta, c))
         if cols == 512:
             assert torch.equal(got, affine_over_sums(sums.clone(), code_sums, alpha, beta, c))
         inner = sums.float().double() * alpha.double() + c.double()  # exact product

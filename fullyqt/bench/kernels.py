@@ -14,6 +14,7 @@ from typing import Dict, List
 
 import torch
 
+from ..quant import int_engine
 from .shapes import SHAPES
 
 SIZES = SHAPES  # the sizes --sizes accepts
@@ -102,7 +103,9 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
              f"One incremental decoder step for 32 sentences x beam 5 (160 rows), source length "
              f"30, {threads} threads; random weights with calibrated ranges.  Beam search itself "
              "is not included.  fake-quant: float matmuls on dequantized values (`--quant-kernels "
-             "fake`); a checkpoint's default exact evaluation runs the int8 kernels' arithmetic.",
+             "fake`); a checkpoint's default exact evaluation runs the int8 kernels' arithmetic. "
+             f"Products of int8 codes on this processor: {int_engine.cpu_engine()} "
+             f"(`quant/int_engine.py`; `{int_engine.ENV}` fixes it).",
              "",
              "| size | layers | d | vocab | params | float ms | fake-quant ms | int8 kernels ms | "
              "int8 vs float | int8 vs fake-quant |", "|---|---|---|---|---|---|---|---|---|---|"]

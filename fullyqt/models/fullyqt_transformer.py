@@ -39,7 +39,7 @@ from ..quant.linear import QuantLinear
 from ..quant.padding import PaddingContext
 from ..quant.quantizer import ActivationQuantizer
 from ..feature import building, current_build, features, set_feature_defaults
-from ..data import batches
+from . import epoch_batches
 
 logger = logging.getLogger(__name__)
 
@@ -287,10 +287,10 @@ class FullyQTTransformerModel(TransformerModel):
     def build_model(cls, args, task):
         """fairseq's build, with every registered feature's config read once, before anything
         is built (a bad option fails here, in one line); the task's training batches are made
-        per epoch (``data/batches.py``: an exact resume)."""
+        per epoch (``epoch_batches.py``: an exact resume)."""
         base_architecture(args)
         check_supported(args)
-        batches.rebuild_each_epoch(task)
+        epoch_batches.rebuild_each_epoch(task)
         with building(args):
             return super().build_model(args, task)
 

@@ -88,9 +88,9 @@ def add_quant_args(parser):
                    metavar="{exact,fake,int8,fake64}",
                    help="inference arithmetic (training always fake-quantizes): exact (integer "
                         "codes multiplied exactly, bit-identical to int8; the default, used by "
-                        "validation), fake (float matmuls on dequantized values), int8 (torch "
-                        "integer matmuls; set by fullyqt-export int8/int6/int4), or fake64 (fake "
-                        "with float64 accumulation: a slow numerical reference)")
+                        "validation), fake (float matmuls on dequantized values), int8 (layers that "
+                        "hold only the integer codes; set by fullyqt-export int8/int6/int4), or "
+                        "fake64 (fake with float64 accumulation: a slow numerical reference)")
     g.add_argument("--quant-saved-codes", action="store_true",
                    help="in training, keep what backward needs of each fake-quantized "
                         "activation as its byte codes instead of floats: a quarter of that "

@@ -2,7 +2,7 @@
 quantization with its straight-through mask, an activation quantizer's whole training step
 (range, running update, fake quantization), the backward mask, the quantized layer norm's
 backward and evaluation, the quantized softmax of exact evaluation, padding-masked ranges,
-integer codes, and the integer matmul's affine over its int32 sums.
+integer codes, and the integer matmul's affine over its sums.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -50,7 +50,7 @@ SIGNATURES = {
     "fullyqt_grid_values": ([_p, _p, _i64, _f32, _f32, _int], None),
     # integer_affine.c
     "fullyqt_centred_codes": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _f32, _int], None),
-    "fullyqt_int_affine": ([_p, _p, _p, _p, _p, _i64, _i64, _int], None),
+    "fullyqt_int_affine": ([_p, _int, _p, _p, _p, _p, _i64, _i64, _int], None),
     # layer_norm.c
     "fullyqt_layer_norm_backward": ([_p] * 9 + [_i64, _i64, _p, _p, _int], None),
     "fullyqt_layer_norm_numerator": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int], None),
@@ -258,18 +258,20 @@ def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):
 
 def int_affine(sums: torch.Tensor, code_sums: torch.Tensor, alpha: torch.Tensor,
                beta: torch.Tensor, c: torch.Tensor):
-    """``IntegerMatmul``'s affine over its int32 ``sums`` (rows x cols, contiguous), written
-    over them as float32 in one pass; None (nothing written) where the kernel does not apply."""
+    """``IntegerMatmul``'s affine over its ``sums`` (rows x cols, contiguous, int32 or float32
+    exact integers), written over them as float32 in one pass; None (nothing written) where the
+    kernel does not apply."""
     vectors = (code_sums, alpha, beta, c)
-    if not (sums.dim() == 2 and sums.dtype == torch.int32 and sums.is_contiguous()
-            and sums.device.type == "cpu" and kernel() is not None
+    if not (sums.dim() == 2 and sums.dtype in (torch.int32, torch.float32)
+            and sums.is_contiguous() and sums.device.type == "cpu" and kernel() is not None
             and all(v.dtype == torch.float32 and v.is_contiguous() and v.device.type == "cpu"
                     for v in vectors)
             and code_sums.numel() == sums.shape[0]
             and alpha.numel() == beta.numel() == c.numel() == sums.shape[1]):
         return None
-    kernel().fullyqt_int_affine(sums.data_ptr(), code_sums.data_ptr(), alpha.data_ptr(),
-                                beta.data_ptr(), c.data_ptr(), sums.shape[0], sums.shape[1],
+    kernel().fullyqt_int_affine(sums.data_ptr(), int(sums.dtype == torch.float32),
+                                code_sums.data_ptr(), alpha.data_ptr(), beta.data_ptr(),
+                                c.data_ptr(), sums.shape[0], sums.shape[1],
                                 torch.get_num_threads())
     return sums.view(torch.float32)
 

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import fused
+from . import fused, int_engine
 from .grid import Grid, centred_codes
 
 MAX_BITS = 8  # codes centred into int8
@@ -26,8 +26,15 @@ FLOAT32_INTEGERS = float(1 << 24)  # float32 holds every integer up to this one 
 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int32 ``a @ b`` of integer-valued ``a`` (any dtype, values in int8) and int8 ``b``, by
-    ``torch._int_mm``.  CUDA's wants more than 16 rows and sizes divisible by 8; other shapes
-    there (and empty inputs) multiply in float64, exact for these sums."""
+    ``torch._int_mm`` or float32 products (``int_engine``), whichever is faster here."""
+    if a.shape[0] and int_engine.engine(a.device) == "float32":
+        return int_engine.float_products(a.float(), b.float()).to(torch.int32)
+    return int8_products(a, b)
+
+
+def int8_products(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 ``a @ b`` by ``torch._int_mm``.  CUDA's wants more than 16 rows and sizes divisible
+    by 8; other shapes there (and empty inputs) multiply in float64, exact for these sums."""
     m, k = a.shape
     if m == 0 or (a.is_cuda and (m <= 16 or k % 8 or b.shape[1] % 8)):
         return (a.double() @ b.double()).to(torch.int32)
@@ -64,6 +71,9 @@ class IntegerMatmul(nn.Module):
         c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
         # the int8 codes, stored (in, out) so that _int_mm reads them without a copy
         self.register_buffer("weight_t", row_major(b.to(torch.int8).t()), persistent=False)
+        # the same codes as float32 where those products are the faster (int_engine.py)
+        self.register_buffer("weight_f", self.weight_t.float() if int_engine.engine(
+            self.weight_t.device) == "float32" else None, persistent=False)
         self.register_buffer("alpha", (s_x * s_w).float(), persistent=False)
         self.register_buffer("beta", (s_x * w0).float(), persistent=False)
         self.register_buffer("c", c.float(), persistent=False)
@@ -76,11 +86,13 @@ class IntegerMatmul(nn.Module):
             a = centred_codes(rows, self.input_affine)
             got = a, a.sum(1)
         a, code_sums = got
-        # the int32 sums converted to float32 where they lie and the affine written over them:
-        # no second full-size tensor (the 8k-vocabulary output projection's is the model's
-        # largest; allocating it costs more than the conversion).  Each element is read before
-        # its own 4 bytes are written, a full overlap that elementwise copies allow.
-        sums = int_matmul(a, self.weight_t)
+        if self.weight_f is not None and a.shape[0] and int_engine.engine(a.device) == "float32":
+            sums = int_engine.float_products(a.float(), self.weight_f)
+        else:
+            sums = int8_products(a, self.weight_t)
+        # the affine written over the sums where they lie: no second full-size tensor (the
+        # 8k-vocabulary output projection's is the model's largest; allocating it costs more
+        # than the conversion).  Each element is read before its own 4 bytes are written.
         y = fused.int_affine(sums, code_sums, self.alpha, self.beta, self.c)  # one pass on CPU
         if y is None:
             y = affine_over_sums(sums, code_sums, self.alpha, self.beta, self.c)
@@ -92,8 +104,9 @@ class IntegerMatmul(nn.Module):
 
 
 def affine_over_sums(sums, code_sums, alpha, beta, c) -> torch.Tensor:
-    """``(c + float(sums) * alpha) + code_sums ⊗ beta`` written over the int32 ``sums``."""
-    y = sums.view(torch.float32).copy_(sums)
+    """``(c + float(sums) * alpha) + code_sums ⊗ beta`` written over ``sums`` (int32, or float32
+    exact integers)."""
+    y = sums if sums.dtype == torch.float32 else sums.view(torch.float32).copy_(sums)
     torch.addcmul(c, y, alpha, out=y)
     return y.addr_(code_sums, beta)
 

@@ -24,17 +24,23 @@ void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t
     }
 }
 
-/* An integer matmul's affine over its rows x cols int32 sums, in place as float32:
+/* An integer matmul's affine over its rows x cols sums, in place as float32:
  * y = fma(code_sums[m], beta[n], fma(float(sums), alpha[n], c[n])), each a fused multiply-add
- * rounded once, as torch's addcmul then addr compute it on CPU: one pass instead of three. */
-void fullyqt_int_affine(int32_t *sums, const float *code_sums, const float *alpha,
+ * rounded once, as torch's addcmul then addr compute it on CPU: one pass instead of three.
+ * The sums are int32, or (float_sums) float32 holding exact integers. */
+void fullyqt_int_affine(void *sums, int float_sums, const float *code_sums, const float *alpha,
                         const float *beta, const float *c, int64_t rows, int64_t cols,
                         int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
     for (int64_t r = 0; r < rows; ++r) {
-        int32_t *sr = sums + r * cols;
-        float *yr = (float *)sr, a = code_sums[r];
-        for (int64_t n = 0; n < cols; ++n)
-            yr[n] = fmaf(a, beta[n], fmaf((float)sr[n], alpha[n], c[n]));
+        float *yr = (float *)sums + r * cols, a = code_sums[r];
+        if (float_sums) {
+            for (int64_t n = 0; n < cols; ++n)
+                yr[n] = fmaf(a, beta[n], fmaf(yr[n], alpha[n], c[n]));
+        } else {
+            const int32_t *sr = (const int32_t *)sums + r * cols;
+            for (int64_t n = 0; n < cols; ++n)
+                yr[n] = fmaf(a, beta[n], fmaf((float)sr[n], alpha[n], c[n]));
+        }
     }
 }
