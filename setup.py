@@ -32,6 +32,7 @@ setup(
             "fullyqt-export=fullyqt.export.cli:main",
             "fullyqt-compress=fullyqt.compress.cli:main",
             "fullyqt-distill-data=fullyqt.distill.corpus:main",
+            "fullyqt-options=fullyqt.options:main",
         ],
     },
 )

@@ -144,10 +144,10 @@ def test_distillation_variants_name_their_teacher(tmp_path):
                                                              "kd-temperature"}
     # a main-job variant may not depend on one that only --full-grid runs
     shutil.copytree(os.path.join(REPO, "configs", "cpu-small"), tmp_path / "cpu-small")
-    (tmp_path / "cpu-small" / "fullyqt4-kd.yaml").write_text(
-        "inherit: fullyqt4-finetune.yaml\nteacher: fullyqt8\n")
-    with pytest.raises(ConfigError, match=r"fullyqt4-kd.yaml refers to 'fullyqt8', not a variant "
-                                          r"of this preset's grid"):
+    with open(tmp_path / "cpu-small" / "float-finetune.yaml", "a", encoding="utf-8") as f:
+        f.write("teacher: fullyqt8\n")
+    with pytest.raises(ConfigError, match=r"float-finetune.yaml refers to 'fullyqt8', not a "
+                                          r"variant of this preset's grid"):
         load_preset("cpu-small", root=str(tmp_path))
 
 

@@ -25,7 +25,7 @@ from .kernels import measure
 from .profile import profile
 from .report import write_report
 from .pruning import step_rows
-from ..eval.decode import cpu_name, translate
+from ..eval.decode import cpu_name, source_commit, translate
 from ..eval.size import model_size
 from .runner import compact_model, distilled_data, layer_shapes, train
 
@@ -194,7 +194,7 @@ def main(argv=None):
     with open(data["test_ref"], encoding="utf-8") as f:
         refs = [line.rstrip("\n") for line in f]
     meta = {"preset": preset.name, "date": datetime.date.today().isoformat(),
-            "machine": f"{cpu_name()}, {a.threads} threads",
+            "machine": f"{cpu_name()}, {a.threads} threads", "commit": source_commit(),
             "torch": torch.__version__, "test sentences": len(refs),
             "training budget (min)": budget}
     length = preset.max_len

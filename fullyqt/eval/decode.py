@@ -31,6 +31,22 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
+def source_commit() -> Optional[str]:
+    """The fullyqt source's git commit (``+changes`` where the work tree differs from it), or
+    None outside a git checkout: which code produced a result."""
+    repo = os.path.dirname(USER_DIR)
+    try:
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def device_flags() -> List[str]:
     return [] if torch.cuda.is_available() else ["--cpu"]
 
