@@ -38,6 +38,24 @@ def test_every_relative_link_resolves():
     assert not broken, broken
 
 
+# a measured figure: a ratio (0.27x), a signed difference (+1.63), a BLEU score, a speed
+FIGURE = re.compile(r"\b\d+(\.\d+)?x\b|[+\u2212-]\d+\.\d+|\d+(\.\d+)? BLEU|\d[\d,]* tok(en)?s/s")
+
+
+def outside_generated_blocks(text: str) -> str:
+    """``text`` without its generated blocks (``<!-- NAME:begin -->`` to ``<!-- NAME:end -->``)
+    and code blocks."""
+    text = re.sub(r"<!-- ([\w-]+):begin -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
+def test_every_figure_the_readme_quotes_is_generated_from_a_run():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        prose = outside_generated_blocks(f.read())
+    assert [m.group(0) for m in FIGURE.finditer(prose)] == []
+    assert FIGURE.search("int8 at 0.27x the bytes, +1.63 [+1.17, +2.15]")  # the pattern bites
+
+
 def test_the_readme_stays_short():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) <= 350
