@@ -11,6 +11,9 @@ from fullyqt.data.synthetic import write_reversal_task
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 USER_DIR = os.path.join(REPO, "fullyqt")
+STUDIES = os.path.join(REPO, "scripts", "studies")  # study tools: python scripts/studies/X.py
+if STUDIES not in sys.path:
+    sys.path.insert(0, STUDIES)
 # A small 8-bit checkpoint saved by an earlier release, with its dictionaries and test lines.
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "legacy")
 CKPT = os.path.join(FIXTURE, "checkpoint.pt")

@@ -346,6 +346,17 @@ def test_smoke_preset_end_to_end(tmp_path):
         out / "recipes" / "int8" / "eval" / "result.generate.txt").items())]
     assert recipe["bleu"] == pytest.approx(corpus_bleu(hyps, refs)[0], abs=1e-9)
     assert recipe["num_updates"] == 2 and "recipe int8: result → CTranslate2 (CT2)" in rows
+    # the README's results block: each recipe's rows and its goals as its report states them
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- recipes:begin -->\nold\n<!-- recipes:end -->\nb\n")
+    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(out / "results.json"),
+                    str(readme), "--section", "recipes"], check=True, cwd=REPO)
+    block = readme.read_text().split("<!-- recipes:begin -->")[1].split("<!-- recipes:end -->")[0]
+    report = json.loads((out / "recipes" / "int8" / "report.json").read_text())
+    assert "old" not in block and f"| `int8`: result | {recipe['bleu']:.2f} |" in block
+    assert f"commit `{data['meta']['commit']}`" in block
+    for goal in report["goals"].values():
+        assert f"{goal['reached']:.3f}, {'met' if goal['met'] else '**missed**'}" in block
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60

@@ -1,12 +1,14 @@
 """The compact-model speed benchmark: the shapes it builds and the multiply-add ratios it
 reports (its times are a benchmark's, not asserted here)."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from fullyqt.bench.compact_speed import build, markdown, measure, shapes_for
+from conftest import STUDIES
+from compact_speed import build, markdown, measure, shapes_for  # scripts/studies/, on sys.path
 from fullyqt.bench.kernels import SIZES, dictionary
 from fullyqt.bench.readme import update
 from fullyqt.prune.macs import dims_of
@@ -55,7 +57,8 @@ def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound(tmp_pa
     assert row["ct2_dense_ms"] > 0 and row["ct2_compact_ms"] > 0
     # the README block, from the rows as --json writes them
     results, readme = tmp_path / "compact-speed.json", tmp_path / "README.md"
-    results.write_text(json.dumps({"kind": "compact_speed", "threads": 1, "rows": [row]}))
+    results.write_text(json.dumps({"kind": "compact_speed", "threads": 1, "rows": [row],
+                                   "markdown": markdown([row], 1)[2:]}))
     readme.write_text("a\n<!-- compact-speed:begin -->\n<!-- compact-speed:end -->\nb\n")
     update(str(results), str(readme))
     block = readme.read_text().split("<!-- compact-speed:begin -->")[1]
@@ -70,7 +73,7 @@ def test_ctranslate2_columns_time_both_exports_against_the_sentence_bound(tmp_pa
     (["--ffn", "0"], "--ffn: got 0.0; allowed: a share in (0, 1]"),
 ])
 def test_bad_options_are_one_line(flags, message):
-    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.compact_speed", *flags],
+    proc = subprocess.run([sys.executable, os.path.join(STUDIES, "compact_speed.py"), *flags],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr

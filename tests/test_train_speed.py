@@ -1,15 +1,17 @@
-"""The training-speed benchmark: interleaved update timings, ratios, memory, its README block."""
+"""The training-speed study (scripts/studies/): interleaved update timings, ratios, memory, its
+docs block."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO, row
+from tests.conftest import REPO, STUDIES, row
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "fullyqt.bench.train_speed", *map(str, args)],
+    return subprocess.run([sys.executable, os.path.join(STUDIES, "train_speed.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=REPO)
 
 
@@ -81,7 +83,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
 def test_two_process_benchmark_rows_ratios_and_report(toy_data, tmp_path):
     """fairseq-train on one process and torchrun on two: rates read from the real logs."""
     out = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.two_process", "--data",
+    proc = subprocess.run([sys.executable, os.path.join(STUDIES, "two_process.py"), "--data",
                            toy_data[1], "--out", out, "--shape", "tiny", "--updates", "10",
                            "--max-tokens", "1000"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -113,7 +115,7 @@ def test_two_process_benchmark_rows_ratios_and_report(toy_data, tmp_path):
     (["--data", "/nonexistent"], "--data /nonexistent: not a binarized data directory"),
 ])
 def test_two_process_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.two_process", "--out",
+    proc = subprocess.run([sys.executable, os.path.join(STUDIES, "two_process.py"), "--out",
                            tmp_path / "out", *args], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]

@@ -31,7 +31,7 @@ def ct2_equal_work(dense_dir: str, compact_dir: str, data_bin: str, src_len: flo
     hypotheses: other work)."""
     from fairseq.data import Dictionary
 
-    from .compact_speed import ct2_sentence_ms
+    from .deploy import ct2_sentence_ms
 
     d = Dictionary.load(os.path.join(data_bin, "dict.src.txt"))
     s, t = whole_lengths(src_len, tgt_len)

@@ -1,14 +1,12 @@
-"""Write a benchmark's results table into a Markdown file between two markers, so the README's
-numbers come from ``results.json`` and cannot drift from the run they describe.
+"""Write a benchmark's or a study's results table into a Markdown file between two markers, so
+the documents' numbers come from a results file and cannot drift from the run they describe.
 
-    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md      # results:begin/end
-    python -m fullyqt.bench.readme runs/train-speed/train_speed.json README.md  # train-speed:...
-    python -m fullyqt.bench.readme runs/two-process/two_process.json README.md  # two-process:...
-    python -m fullyqt.bench.readme runs/train-speed-bible/train_speed.json README.md \
-        --block train-speed-bible                                              # a second block
-    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section pruning
-    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section kronecker
-    python -m fullyqt.bench.readme runs/compact-speed.json README.md   # compact-speed:...
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section recipes
+    python -m fullyqt.bench.readme runs/cpu-small/results.json docs/results/PAGE.md  # results:...
+    python -m fullyqt.bench.readme runs/cpu-small/results.json PAGE.md --section pruning
+    python -m fullyqt.bench.readme runs/cpu-small/results.json PAGE.md --section kronecker
+    python -m fullyqt.bench.readme runs/train-speed/train_speed.json docs/benchmark.md \
+        --block train-speed-bible           # a study's output: its own marker, or --block
 """
 import argparse
 import json
@@ -17,29 +15,6 @@ import sys
 from typing import List
 
 from ..eval.significance import interval_text
-
-
-def _train_speed():
-    from .train_speed import table_lines
-
-    return "train-speed", table_lines
-
-
-def _two_process():
-    from .two_process import table_lines
-
-    return "two-process", table_lines
-
-
-def _compact_speed():
-    from .compact_speed import table_lines
-
-    return "compact-speed", table_lines
-
-
-# kind of a results file -> (README marker name, its table), imported when used
-TABLES = {"train_speed": _train_speed, "two_process": _two_process,
-          "compact_speed": _compact_speed}
 
 
 def markers(name: str):
@@ -110,7 +85,53 @@ def kronecker_block(data: dict) -> List[str]:
             "kronecker`.", *lines[1:]]
 
 
-SECTIONS = {"pruning": pruning_block, "kronecker": kronecker_block}
+def recipes_block(data: dict) -> List[str]:
+    """The main job's recipes: each shipped model against the float model and CTranslate2's
+    int8 conversion of it, and each recipe's goals as its own report measured them."""
+    from ..compress.recipe import GOALS
+
+    meta, rows = data["meta"], data["rows"]
+    recipes = [r for r in rows if r.get("kind") == "recipe"]
+    if not recipes:
+        raise ValueError("the run has no recipe rows (a preset without recipes, or --no-recipes)")
+    by_name = {r["variant"]: r for r in rows}
+    base = by_name.get("float")
+    float_bytes = base.get("model_bytes") if base else None
+    lines = [f"Main job of {meta.get('date')} (commit `{meta.get('commit') or 'unknown'}`) on "
+             f"{meta.get('machine')}, preset `{meta.get('preset')}`, {meta.get('test sentences')} "
+             "test sentences, beam 5; generated from its `results.json` by `python -m "
+             "fullyqt.bench.readme --section recipes`.", "",
+             "| model | BLEU | vs float (95% interval) | bytes vs float | tokens/s |",
+             "|---|---|---|---|---|"]
+    context = [by_name[n] for n in ("float", "float → CT2 int8 (PTQ)", "float-finetune")
+               if n in by_name]
+    for r in context + recipes:
+        name = r["variant"].replace("recipe ", "`", 1).replace(":", "`:", 1) if r in recipes \
+            else f"`{r['variant']}`"
+        engine = " (CT2)" if "CT2" in r["variant"] else ""
+        versus = "–" if r is base or base is None else (
+            f"{r['bleu'] - base['bleu']:+.2f}{_interval(r) if r in recipes else ''}")
+        ratio = (f"{r['model_bytes'] / float_bytes:.3f}x"
+                 if r.get("model_bytes") and float_bytes else "–")
+        lines.append(f"| {name} | {r['bleu']:.2f} | {versus} | {ratio} | "
+                     f"{_num(r.get('tokens_per_second'), '.0f')}{engine} |")
+    lines += ["", "Goals, as each recipe's report measured them (its own decoding of the float "
+              "model in CTranslate2 int8 is the speed reference):", ""]
+    seen = set()
+    for r in recipes:
+        if r["recipe"] in seen or not r.get("goals"):
+            continue
+        seen.add(r["recipe"])
+        parts = []
+        for goal, g in r["goals"].items():
+            bound, value, met = (g["bound"], g["reached"], g["met"]) if isinstance(g, dict) else g
+            parts.append(f"{GOALS.get(goal, goal)} {bound:g}: {value:.3f}, "
+                         f"{'met' if met else '**missed**'}")
+        lines.append(f"- `{r['recipe']}`: " + "; ".join(parts))
+    return lines
+
+
+SECTIONS = {"pruning": pruning_block, "kronecker": kronecker_block, "recipes": recipes_block}
 
 
 def update(results_path: str, markdown_path: str, block: str = None, section: str = "results"):
@@ -118,9 +139,8 @@ def update(results_path: str, markdown_path: str, block: str = None, section: st
         data = json.load(f)
     if section in SECTIONS:
         (begin, end), lines = markers(block or section), SECTIONS[section](data)
-    elif data.get("kind") in TABLES:
-        marker, table_lines = TABLES[data["kind"]]()
-        (begin, end), lines = markers(block or marker), table_lines(data)
+    elif "markdown" in data:  # a study's output (scripts/studies/), its table rendered
+        (begin, end), lines = markers(block or data["kind"].replace("_", "-")), data["markdown"]
     else:
         (begin, end), lines = markers(block or "results"), results_block(data)
     with open(markdown_path, encoding="utf-8") as f:
@@ -144,8 +164,8 @@ def main(argv=None):
     p.add_argument("--block", help="marker name of the block to fill (default: the table's "
                                    "own, e.g. train-speed), for a second run of the same kind")
     p.add_argument("--section", choices=("results", *SECTIONS), default="results",
-                   help="of a benchmark's results.json: its results table (default), or its "
-                        "pruning or Kronecker table and goals")
+                   help="of a benchmark's results.json: its results table (default), its "
+                        "pruning or Kronecker table and goals, or its recipes and their goals")
     a = p.parse_args(argv)
     try:
         update(a.results, a.markdown, a.block, a.section)

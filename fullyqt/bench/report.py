@@ -234,14 +234,12 @@ def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, 
     krows = kron_rows(rows)
     if krows:
         extra += [""] + kron_markdown(krows)
-    # python -m fullyqt.bench.train_speed / two_process --out OUT: their tables join the report
+    # scripts/studies/train_speed.py / two_process.py --out OUT: their tables join the report
     for name, title in (("train_speed", "Training speed"), ("two_process", "Two-process training")):
         path = os.path.join(out_dir, f"{name}.json")
         if os.path.isfile(path):
-            from .readme import TABLES
-
             with open(path, encoding="utf-8") as f:
-                extra += ["", f"## {title}", ""] + TABLES[name]()[1](json.load(f))
+                extra += ["", f"## {title}", ""] + json.load(f).get("markdown", [])
     write_markdown(paths["md"], rows, meta, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths

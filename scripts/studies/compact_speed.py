@@ -2,23 +2,23 @@
 paper's sizes, on random weights (speed does not depend on their values): where removing heads
 and FFN units pays.  Both run fullyqt's float layers, the code path a compact model takes.
 
-    python -m fullyqt.bench.compact_speed --sizes cpu-small,base --heads 0.5 --ffn 0.3 [--ct2]
+    python scripts/studies/compact_speed.py --sizes cpu-small,base --heads 0.5 --ffn 0.3 [--ct2]
 """
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
-import time
 from typing import List, Optional
 
 import torch
 
-from ..prune.macs import dims_of, sentence_macs, step_macs
-from ..prune.shapes import CompactShapes, LayerShape
-from .kernels import SIZES, size_args, add_size_args, checked_sizes, dictionary
-from .steps import timed_parts
+from fullyqt.prune.macs import dims_of, sentence_macs, step_macs
+from fullyqt.prune.shapes import CompactShapes, LayerShape
+from fullyqt.bench.kernels import SIZES, size_args, add_size_args, checked_sizes, dictionary
+from fullyqt.bench.deploy import ct2_sentence_ms
+from fullyqt.bench.steps import timed_parts
+from fullyqt.eval.decode import USER_DIR
 
 
 def shapes_for(size: dict, heads: float, ffn: float) -> CompactShapes:
@@ -33,7 +33,7 @@ def shapes_for(size: dict, heads: float, ffn: float) -> CompactShapes:
 def model_args(size: dict, shapes: CompactShapes = None):
     """fairseq arguments of a fullyqt float model of ``size`` (compact when ``shapes``)."""
     extra = ["--no-quant"] + (["--prune-compact-shapes", shapes.to_json()] if shapes else [])
-    return size_args(size, _user_dir(), True, extra)
+    return size_args(size, USER_DIR, True, extra)
 
 
 def build(size: dict, d, shapes: CompactShapes = None):
@@ -42,10 +42,6 @@ def build(size: dict, d, shapes: CompactShapes = None):
 
     args = model_args(size, shapes)
     return TranslationTask(args, d, d).build_model(args).eval()
-
-
-def _user_dir():
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _checkpoint(model, args, d, directory: str, name: str) -> str:
@@ -62,33 +58,9 @@ def _checkpoint(model, args, d, directory: str, name: str) -> str:
     return path
 
 
-def ct2_sentence_ms(model_dir: str, d, *, threads: int, batch: int = 32, beam: int = 5,
-                    src_len: int = 30, tgt_len: int = 30, repeats: int = 3) -> float:
-    """CTranslate2 (int8) milliseconds per sentence: a batch of ``batch`` random sources of
-    ``src_len`` tokens for each thread (one batch per thread), beam search forced to exactly
-    ``tgt_len`` target tokens (the same work for any weights); the least disturbed of
-    ``repeats``."""
-    from ..eval.decode import ct2_translator
-
-    g = torch.Generator().manual_seed(0)
-    n = batch * threads
-    ids = torch.randint(d.nspecial, len(d), (n, src_len), generator=g).tolist()
-    source = [[d[i] for i in row] for row in ids]
-    translator = ct2_translator(model_dir, threads)
-    fixed = dict(beam_size=beam, max_batch_size=batch, min_decoding_length=tgt_len,
-                 max_decoding_length=tgt_len)
-    translator.translate_batch(source, **fixed)  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        translator.translate_batch(source, **fixed)
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best / n
-
-
 def _ct2_columns(size, shapes, dense, compact, d, threads: int, src_len: int,
                  tgt_len: int) -> dict:
-    from ..export.cli import export
+    from fullyqt.export.cli import export
 
     with tempfile.TemporaryDirectory() as tmp:
         ms = {}
@@ -168,7 +140,7 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fullyqt.bench.compact_speed",
+    p = argparse.ArgumentParser(prog="python scripts/studies/compact_speed.py",
                                 description=__doc__.split("\n\n")[0])
     add_size_args(p)
     p.add_argument("--heads", type=float, default=0.5, help="share of heads kept (default 0.5)")
@@ -176,7 +148,7 @@ def main(argv=None):
     p.add_argument("--ct2", action="store_true",
                    help="also time both models in CTranslate2 (needs the deploy extra)")
     p.add_argument("--json", metavar="PATH",
-                   help="also write the rows there (for python -m fullyqt.bench.readme)")
+                   help="also write the rows there (with its tables, for python -m fullyqt.bench.readme)")
     a = p.parse_args(argv)
     sizes = checked_sizes(p, a)
     for option, value in (("--heads", a.heads), ("--ffn", a.ffn)):
@@ -191,12 +163,8 @@ def main(argv=None):
     print("\n".join(markdown(rows, a.threads)))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump({"kind": "compact_speed", "threads": a.threads, "rows": rows}, f, indent=1)
-
-
-def table_lines(data: dict) -> List[str]:
-    """The README block: the tables of a ``--json`` file."""
-    return markdown(data["rows"], data["threads"])[2:]
+            json.dump({"kind": "compact_speed", "threads": a.threads, "rows": rows,
+                       "markdown": markdown(rows, a.threads)[2:]}, f, indent=1)
 
 
 if __name__ == "__main__":
