@@ -128,52 +128,81 @@ def test_a_baseline_outside_the_preset_is_named(tmp_path):
         load_preset("smoke", root=str(tmp_path))
 
 
-def test_distillation_variants_name_their_teacher(tmp_path):
-    import shutil
+def _preset(root, files: dict, main: str, studies: str = "[]", study_files: dict = None):
+    """A preset ``p`` under ``root``: experiment files in ``root/p``, studies in
+    ``root/studies/p``."""
+    for folder, group in ((root / "p", files), (root / "studies" / "p", study_files or {})):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in group.items():
+            (folder / f"{name}.yaml").write_text(text)
+    (root / "p" / "preset.yaml").write_text(f"variants: {main}\nextra_variants: {studies}\n")
+    return load_preset("p", root=str(root))
 
-    cpu = load_preset("cpu-small")
-    by_name = {v.name: v for v in cpu.variants + cpu.extra_variants}
-    assert by_name["fullyqt4-kd"].teacher == "float"
-    assert by_name["fullyqt4-kd"].train["criterion"] == "fullyqt_distill"
-    assert by_name["fullyqt4-finetune"].train["criterion"] == "label_smoothed_cross_entropy"
-    assert by_name["small-seqkd"].distill_data == "float"
-    assert by_name["small-seqkd"].baseline == "small"
-    # the KD run and its no-KD control differ in the criterion options only
-    kd, plain = by_name["fullyqt4-kd"].train, by_name["fullyqt4-finetune"].train
-    assert {k for k in kd if kd.get(k) != plain.get(k)} == {"criterion", "kd-weight",
-                                                             "kd-temperature"}
+
+def test_experiments_inherit_across_the_main_job_and_its_studies(tmp_path):
+    files = {"common": "train: {lr: 0.002, criterion: label_smoothed_cross_entropy}\n",
+             "float": "inherit: common.yaml\ntrain: {arch: transformer}\n",
+             "float-finetune": "inherit: common.yaml\nfinetune_from: float\n"
+                               "update_fraction: 0.25\ntrain: {arch: transformer, lr: 0.0005}\n"}
+    studies = {"q8": "inherit: float-finetune.yaml\nbaseline: float-finetune\n"
+                     "train: {arch: fullyqt_transformer, quant-bits: 8}\n",
+               "q8-kd": "inherit: float-finetune.yaml\nbaseline: float-finetune\n"
+                        "teacher: float\ntrain: {arch: fullyqt_transformer, quant-bits: 8, "
+                        "criterion: fullyqt_distill, kd-weight: 0.5}\n"}
+    preset = _preset(tmp_path, files, "[float, float-finetune]", "[q8, q8-kd]", studies)
+    by_name = {v.name: v for v in preset.variants + preset.extra_variants}
+    kd, plain = by_name["q8-kd"], by_name["q8"]
+    assert kd.teacher == "float" and kd.update_fraction == 0.25 and kd.finetune_from == "float"
+    assert kd.train == {"lr": 0.0005, "criterion": "fullyqt_distill", "arch":
+                        "fullyqt_transformer", "quant-bits": 8, "kd-weight": 0.5}
+    assert {k for k in kd.train if kd.train.get(k) != plain.train.get(k)} == {"criterion",
+                                                                             "kd-weight"}
     # a main-job variant may not depend on one that only --full-grid runs
-    shutil.copytree(os.path.join(REPO, "configs", "cpu-small"), tmp_path / "cpu-small")
-    with open(tmp_path / "cpu-small" / "float-finetune.yaml", "a", encoding="utf-8") as f:
-        f.write("teacher: fullyqt8\n")
-    with pytest.raises(ConfigError, match=r"float-finetune.yaml refers to 'fullyqt8', not a "
-                                          r"variant of this preset's grid"):
-        load_preset("cpu-small", root=str(tmp_path))
+    (tmp_path / "p" / "float-finetune.yaml").write_text(files["float-finetune"] + "teacher: q8\n")
+    with pytest.raises(ConfigError, match=r"float-finetune.yaml refers to 'q8', not a variant of "
+                                          r"this preset's grid"):
+        load_preset("p", root=str(tmp_path))
+    # inherit goes at most two files deep
+    (tmp_path / "p" / "float-finetune.yaml").write_text("inherit: float.yaml\n")
+    with pytest.raises(ConfigError, match=r"q8.yaml: inherits float-finetune.yaml -> float.yaml "
+                                          r"-> common.yaml: allowed: at most 2 files deep"):
+        load_preset("p", root=str(tmp_path))
+
+
+def test_the_shipped_presets_keep_inherit_shallow_and_teachers_named():
+    for name in ("cpu-small", "smoke", "wmt-base", "wmt-big"):
+        preset = load_preset(name)  # raises on a chain deeper than two files
+        grid = preset.variants + preset.extra_variants
+        names = {v.name for v in grid}
+        for v in grid:
+            assert v.teacher is None or (v.teacher in names and v.train["criterion"]
+                                         == "fullyqt_distill"), v.name
+            assert v.distill_data is None or v.distill_data in names, v.name
 
 
 def test_each_variant_is_judged_against_the_model_trained_like_it():
     from fullyqt.bench.__main__ import control_of
+    from fullyqt.bench.config import Experiment
 
-    cpu = load_preset("cpu-small")
-    by_name = {v.name: v for v in cpu.variants + cpu.extra_variants}
+    def exp(name, **kw):
+        return Experiment(name, "", kw.pop("train", {}), **kw)
+
+    q8 = {"arch": "fullyqt_transformer", "quant-bits": 8}
+    # a quantized or sequence-level-distilled model against its control, taught or not
+    assert control_of(exp("q8", train=q8, baseline="float-finetune"), {}) == "float-finetune"
+    assert control_of(exp("q8-kd", train=q8, baseline="float-finetune", teacher="float"),
+                      {}) == "float-finetune"
+    assert control_of(exp("small-seqkd", baseline="small", distill_data="float"), {}) == "small"
+    # a float student of a teacher against the float model fine-tuned the same way without one
+    assert control_of(exp("float-kd", baseline="float-finetune", teacher="float"),
+                      {}) == "float-finetune"
+    # a pruned float model against its dense model; a pruned quantized one against its control
     pruned = {"dense": "float-finetune"}
-    # a float student of a teacher against the float model fine-tuned the same way without one,
-    # like its 8-bit twin; teacher and student differ in size, so no other control fits
-    assert control_of(by_name["float-kdwide-t1"], {}) == "float-finetune"
-    assert control_of(by_name["fullyqt8-kdwide-t1"], {}) == "float-finetune"
-    recipe = lambda name: [by_name[name].train[k] for k in (  # noqa: E731
-        "criterion", "kd-weight", "kd-temperature", "max-tokens", "lr")]
-    assert recipe("float-kdwide-t1") == recipe("fullyqt8-kdwide-t1")
-    assert by_name["float-kdwide-t1"].teacher == by_name["fullyqt8-kdwide-t1"].teacher
-    assert control_of(by_name["small-seqkd"], {}) == "small"
-    # a pruned model, taught or not, against its dense model unless it is quantized
-    assert control_of(by_name["prune-topk30"], pruned) == "float-finetune"
-    assert by_name["prune-topk30"].teacher and by_name["prune-topk30"].baseline == "float"
-    assert control_of(by_name["prune8-topk50"], {"dense": "x"}) == by_name[
-        "prune8-topk50"].baseline
+    assert control_of(exp("pruned", teacher="float-finetune"), pruned) == "float-finetune"
+    assert control_of(exp("pruned8", train=q8, baseline="fullyqt8"), {"dense": "x"}) == "fullyqt8"
     # a float model trained on references alone has no control
-    assert control_of(by_name["float-teacher"], {}) is None
-    assert control_of(by_name["float"], {}) is None
+    assert control_of(exp("float-teacher"), {}) is None
+    assert control_of(exp("float"), {}) is None
 
 
 @pytest.mark.slow

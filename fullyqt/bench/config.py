@@ -1,8 +1,9 @@
-"""Experiment configs: ``configs/PRESET/preset.yaml`` plus one YAML file per experiment.
+"""Experiment configs: ``configs/PRESET/preset.yaml`` plus one YAML file per experiment of the main
+job, and the preset's studies in ``configs/studies/PRESET/``.
 
 An experiment file holds fairseq-train options under ``train`` (option names without ``--``;
-``true`` for a bare flag) and may ``inherit`` another file of the same preset: its keys are the
-defaults, its ``train`` options merge under the child's.  The model here
+``true`` for a bare flag) and may ``inherit`` another file of the same preset (at most two files
+deep): its keys are the defaults, its ``train`` options merge under the child's.  The model here
 is an argparse-style fairseq model, which fairseq's Hydra configs do not describe, so the files
 are turned into ordinary command-line flags.
 """
@@ -76,12 +77,30 @@ KEYS = {"description", "inherit", "train", "cost", "finetune_from", "match_updat
         "update_fraction", "baseline", "teacher", "distill_data", "compact"}
 
 
+MAX_INHERIT = 2  # hops of inherit: a study over a main-job file over common.yaml
+
+
+def experiment_path(preset_dir: str, filename: str) -> str:
+    """``preset_dir/FILE``, or the preset's study of that name, ``configs/studies/PRESET/FILE``
+    (the studies that ``--full-grid`` and ``--variants`` run, kept out of the main job's sight)."""
+    path = os.path.join(preset_dir, filename)
+    if os.path.exists(path):
+        return path
+    study = os.path.join(os.path.dirname(preset_dir), "studies", os.path.basename(preset_dir),
+                         filename)
+    return study if os.path.exists(study) else path
+
+
 def _merged(preset_dir: str, filename: str, seen=()) -> dict:
     """An experiment file's keys over those of the files it inherits from (all but the
     description)."""
-    path = os.path.join(preset_dir, filename)
+    path = experiment_path(preset_dir, filename)
     if filename in seen:
         raise ConfigError(f"{path}: inherit cycle through {' -> '.join(seen + (filename,))}")
+    if len(seen) > MAX_INHERIT:
+        raise ConfigError(f"{experiment_path(preset_dir, seen[0])}: inherits "
+                          f"{' -> '.join(seen[1:] + (filename,))}: allowed: at most "
+                          f"{MAX_INHERIT} files deep")
     raw = _read(path)
     unknown = sorted(set(raw) - KEYS)
     if unknown:
@@ -117,15 +136,16 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     extra = [load_experiment(pdir, v) for v in raw.get("extra_variants", [])]
     names = {v.name for v in variants + extra}
     for v in variants + extra:
+        where = experiment_path(pdir, f"{v.name}.yaml")
         if v.compact and not (v.finetune_from and v.train.get("prune-method")):
-            raise ConfigError(f"{pdir}/{v.name}.yaml: compact needs prune-method in train and "
-                              "finetune_from (the dense model it is compared with)")
+            raise ConfigError(f"{where}: compact needs prune-method in train and finetune_from "
+                              "(the dense model it is compared with)")
         names_here = {x.name for x in variants} if v in variants else names
         deps = (v.finetune_from, v.match_updates, v.teacher, v.distill_data) + (
             (v.baseline,) if v.bits or v.distill_data or v.teacher else ())
         for dep in deps:
             if dep and dep not in names_here:
-                raise ConfigError(f"{pdir}/{v.name}.yaml refers to {dep!r}, not a variant of "
+                raise ConfigError(f"{where} refers to {dep!r}, not a variant of "
                                   f"this preset's {'grid' if v in variants else 'full grid'} "
                                   f"({', '.join(sorted(names_here))})")
     from .kernels import SIZES
