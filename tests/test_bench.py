@@ -494,3 +494,15 @@ def test_readme_block_is_generated_from_results(tmp_path):
     proc = subprocess.run(cmd + ["--section", "pruning"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "the run has no pruning records (no compact variant)" in proc.stderr
+
+
+def test_the_studies_index_lists_every_study_once():
+    folder = os.path.join(REPO, "configs", "studies")
+    with open(os.path.join(folder, "README.md"), encoding="utf-8") as f:
+        listed = [line.split("`")[1] for line in f if line.startswith("- `")]
+    files = sorted(n[:-5] for n in os.listdir(os.path.join(folder, "cpu-small"))
+                   if n.endswith(".yaml"))
+    assert sorted(listed) == files
+    main = load_preset("cpu-small")
+    assert {v.name for v in main.extra_variants} == set(files)  # --full-grid runs them all
+    assert len(os.listdir(os.path.join(REPO, "configs", "cpu-small"))) <= 15

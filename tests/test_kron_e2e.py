@@ -74,3 +74,36 @@ def test_student_translates_and_its_int8_export_decodes_identically(toy_data, st
         path, map_location="cpu")["model"]).items() if k.endswith("@codes"))
     assert matrices(int8) < matrices(dense) / 3
     assert os.path.getsize(int8) < os.path.getsize(dense)
+
+
+@pytest.mark.slow
+def test_a_float_kronecker_model_ships_as_float16_factors(toy_data, teacher, student, tmp_path):
+    """--format float16 keeps a float model's factors at half their bytes; loading widens them
+    back; a quantized model is refused (its integer export keeps the trained grids)."""
+    from fairseq import checkpoint_utils
+
+    flags = [f for f in KRON if f not in ("--quant-bits", "8")]
+    cli("fairseq-train", toy_data[1], "--user-dir", USER_DIR, "--save-dir", tmp_path / "float",
+        *FLAGS, *TINY, *flags, "--no-quant", "--max-update", "10", "--finetune-from-model", teacher,
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1")
+    ckpt = tmp_path / "float" / "checkpoint_last.pt"
+    half, stock = tmp_path / "model.fp16.pt", tmp_path / "model.stock.pt"
+    cli("fullyqt-export", ckpt, "--format", "float16", "--out", half)
+    cli("fullyqt-export", ckpt, "--format", "fairseq", "--out", stock)
+    trained = torch.load(ckpt, map_location="cpu")["model"]
+    shipped = torch.load(half, map_location="cpu")["model"]
+    assert shipped["encoder.layers.0.fc1.source.a"].dtype == torch.float16
+    nbytes = lambda sd: sum(t.numel() * t.element_size() for t in sd.values())  # noqa: E731
+    assert nbytes(shipped) < 0.5 * nbytes(trained) + 1024
+    assert os.path.getsize(half) < 0.25 * os.path.getsize(stock)  # factors, at 2 bytes each
+    (model,), _ = checkpoint_utils.load_model_ensemble([str(half)])
+    loaded = model.state_dict()
+    for k, v in trained.items():
+        if v.is_floating_point() and k in loaded:
+            assert loaded[k].dtype == v.dtype and torch.equal(loaded[k], v.half().to(v.dtype)), k
+    assert len(_hypotheses(toy_data[1], half)) == sum(1 for _ in open(toy_data[0] / "test.src"))
+    refused = cli("fullyqt-export", student[0], "--format", "float16", "--out",
+                  tmp_path / "q.pt", check=False)
+    assert refused.returncode == 2 and "--format float16: the model was trained quantization-" \
+        "aware (8-bit weights); ship it as --format int8/int6/int4" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "q.pt").exists()

@@ -65,6 +65,7 @@ def run_logged(cmd: List[str], log_path: str, on_line: Optional[Callable[[str], 
                                 env=env)
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # the log shows progress as it happens (tail -f)
             if on_line:
                 on_line(line)
         proc.wait()

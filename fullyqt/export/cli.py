@@ -1,6 +1,7 @@
 """fullyqt-export: turn a trained fullyqt checkpoint into something to ship.
 
     fullyqt-export CKPT --format int8 --out model.int8.pt        # packed integer weights
+    fullyqt-export CKPT --format float16 --out model.fp16.pt     # a float model, half the bytes
     fullyqt-export CKPT --format fairseq --out model.stock.pt    # plain stock transformer
     fullyqt-export CKPT --format ctranslate2 --out ct2_model/    # CTranslate2 int8 directory
     fullyqt-export CKPT --format compact --out model.compact.pt  # pruned heads / units removed
@@ -36,7 +37,7 @@ from ..quant.packed_state import FORMAT_KEY, bundle, pack_state
 logger = logging.getLogger(__name__)
 
 # The formats written here; features add their own (``Feature.export_formats``).
-BASE_FORMATS = INTEGER_FORMATS + ("fairseq", "ctranslate2")
+BASE_FORMATS = INTEGER_FORMATS + ("float16", "fairseq", "ctranslate2")
 
 
 def extra_formats() -> dict:
@@ -131,8 +132,10 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None,
         feature.check_export(args, fmt, checkpoint)
     if fmt == "ctranslate2" and Build(argparse.Namespace(**vars(args))).layer_shapes():
         return _compact_ctranslate2(checkpoint, args, out, data, vmap)
-    model = load_model(checkpoint, data)
     num_updates = state["optimizer_history"][-1].get("num_updates", 0)
+    if fmt == "float16":
+        return _float16(checkpoint, state, num_updates, out, data)
+    model = load_model(checkpoint, data)
     if fmt in INTEGER_FORMATS:
         bits = int(fmt[3:])
         packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
@@ -173,6 +176,23 @@ def _inference_only(packed: dict, state: dict) -> dict:
                            if k != "metrics"}}
     if isinstance(packed.get("cfg"), dict) and packed["cfg"].get("criterion") is not None:
         out["cfg"] = {**packed["cfg"], "criterion": None}
+    return out
+
+
+def _float16(checkpoint: str, state: dict, num_updates: int, out: str, data) -> str:
+    """The training checkpoint's model with its weights stored as float16: a float model's
+    file at half its bytes, in its own architecture (a Kronecker model keeps its factors, where
+    the stock formats multiply them out).  Loading widens them to float32 again; the scores of
+    a masked model stay float32, so its masks are the trained ones."""
+    load_model(checkpoint, data)  # refuses, in one line, what would not load back
+    half = {k: v.half() if v.is_floating_point() and not k.endswith(".raw") else v
+            for k, v in state["model"].items()}
+    packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
+    packed.update(_inference_only(packed, state))
+    packed.update(model=half, last_optimizer_state=None, optimizer_history=[
+        {**state["optimizer_history"][-1], "num_updates": num_updates}])
+    packed[FORMAT_KEY] = {"format": "float16"}
+    atomic_save(packed, out)
     return out
 
 

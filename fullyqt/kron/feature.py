@@ -57,10 +57,11 @@ class Kronecker(Feature):
         convert_dense_state(model, state_dict, prefix)
 
     def check_export(self, args, fmt, checkpoint):
-        if getattr(args, "kron_layers", None) and not fmt.startswith("int"):
+        if getattr(args, "kron_layers", None) and fmt in ("fairseq", "ctranslate2"):
             logger.warning("fullyqt-export: --format %s multiplies the Kronecker factors out "
                            "into dense matrices (as big as a dense model's); the int8/int6/int4 "
-                           "export of a quantized model keeps them", fmt)
+                           "export of a quantized model and the float16 one of a float model "
+                           "keep them", fmt)
 
     def float_options(self, args) -> dict:
         # no factors, and none inherited again from the checkpoint the model was fine-tuned from

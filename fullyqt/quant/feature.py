@@ -53,6 +53,10 @@ class Quantization(Feature):
         return isinstance(module, Quantizer)
 
     def check_export(self, args, fmt, checkpoint):
+        if fmt == "float16" and QuantConfig.from_args(args).weight_bits:
+            raise UserError(f"--format float16: the model was trained quantization-aware "
+                            f"({QuantConfig.from_args(args).weight_bits}-bit weights); ship it "
+                            "as --format int8/int6/int4, which keeps its trained grids")
         if fmt not in INTEGER_FORMATS:
             return
         bits = QuantConfig.from_args(args).weight_bits
