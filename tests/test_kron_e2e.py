@@ -91,7 +91,7 @@ def test_a_float_kronecker_model_ships_as_float16_factors(toy_data, teacher, stu
     cli("fullyqt-export", ckpt, "--format", "float16", "--out", half)
     cli("fullyqt-export", ckpt, "--format", "fairseq", "--out", stock)
     trained = torch.load(ckpt, map_location="cpu")["model"]
-    shipped = torch.load(half, map_location="cpu")["model"]
+    shipped = unbundle(torch.load(half, map_location="cpu")["model"])
     assert shipped["encoder.layers.0.fc1.source.a"].dtype == torch.float16
     nbytes = lambda sd: sum(t.numel() * t.element_size() for t in sd.values())  # noqa: E731
     assert nbytes(shipped) < 0.5 * nbytes(trained) + 1024

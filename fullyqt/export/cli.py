@@ -180,8 +180,9 @@ def _inference_only(packed: dict, state: dict) -> dict:
 
 
 def _float16(checkpoint: str, state: dict, num_updates: int, out: str, data) -> str:
-    """The training checkpoint's model with its weights stored as float16: a float model's
-    file at half its bytes, in its own architecture (a Kronecker model keeps its factors, where
+    """The training checkpoint's model with its weights stored as float16 (bundled, one flat
+    tensor per dtype, as the integer exports): a float model's file at half its bytes, in its
+    own architecture (a Kronecker model keeps its factors, where
     the stock formats multiply them out).  Loading widens them to float32 again; the scores of
     a masked model stay float32, so its masks are the trained ones."""
     load_model(checkpoint, data)  # refuses, in one line, what would not load back
@@ -189,7 +190,7 @@ def _float16(checkpoint: str, state: dict, num_updates: int, out: str, data) -> 
             for k, v in state["model"].items()}
     packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
     packed.update(_inference_only(packed, state))
-    packed.update(model=half, last_optimizer_state=None, optimizer_history=[
+    packed.update(model=bundle(half), last_optimizer_state=None, optimizer_history=[
         {**state["optimizer_history"][-1], "num_updates": num_updates}])
     packed[FORMAT_KEY] = {"format": "float16"}
     atomic_save(packed, out)

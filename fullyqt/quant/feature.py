@@ -8,7 +8,7 @@ from ..feature import Feature, register_feature
 from ..errors import UserError
 from .inference import prepare_for_inference, set_kernels
 from .config import QuantConfig, add_quant_args, set_quant_defaults
-from .packed_state import is_packed, unpack_state
+from .packed_state import is_bundled, is_packed, unbundle, unpack_state
 from .quantizer import Quantizer
 from .saved_codes import packing
 
@@ -46,6 +46,8 @@ class Quantization(Feature):
         prepare_for_inference(model, cfg.kernels)
 
     def read_state(self, model, cfg: QuantConfig, state_dict, prefix):
+        if is_bundled(state_dict):  # an export's tensors, stored as one flat tensor per dtype
+            unbundle(state_dict)
         if is_packed(state_dict):
             unpack_state(state_dict, cfg.weight_bits)
 

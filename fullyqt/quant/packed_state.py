@@ -104,6 +104,10 @@ def unbundle(state: dict) -> dict:
     return state
 
 
+def is_bundled(state_dict) -> bool:
+    return BUNDLE_INDEX in state_dict or BUNDLE_LISTS in state_dict
+
+
 def is_packed(state_dict) -> bool:
     return any(SEP in k for k in state_dict)
 
@@ -111,7 +115,7 @@ def is_packed(state_dict) -> bool:
 def unpack_state(state_dict: dict, bits: int):
     """In place: replace packed entries by float weights ``codes * scale + min`` (``max`` at the
     top code); a bundled state is unbundled first."""
-    if BUNDLE_INDEX in state_dict or BUNDLE_LISTS in state_dict:
+    if is_bundled(state_dict):
         unbundle(state_dict)
     values = state_dict.pop(f"{SEP}scalars")
     dtypes = state_dict.pop(f"{SEP}scalar_dtypes")
