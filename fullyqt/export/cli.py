@@ -132,19 +132,21 @@ def export(checkpoint: str, fmt: str, out: str, force: bool = False, data=None,
         feature.check_export(args, fmt, checkpoint)
     if fmt == "ctranslate2" and Build(argparse.Namespace(**vars(args))).layer_shapes():
         return _compact_ctranslate2(checkpoint, args, out, data, vmap)
-    num_updates = state["optimizer_history"][-1].get("num_updates", 0)
-    if fmt == "float16":
-        return _float16(checkpoint, state, num_updates, out, data)
     model = load_model(checkpoint, data)
-    if fmt in INTEGER_FORMATS:
-        bits = int(fmt[3:])
+    num_updates = state["optimizer_history"][-1].get("num_updates", 0)
+    if fmt in INTEGER_FORMATS or fmt == "float16":
+        if fmt == "float16":
+            weights, info = _half(state["model"]), {"format": fmt}
+        else:
+            bits = int(fmt[3:])
+            weights, info = pack_state(model, bits), {"format": fmt, "bits": bits}
         packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
         packed.update(with_model_args(state, **export_options(args, fmt)))
         packed.update(_inference_only(packed, state))
-        packed.update(model=bundle(pack_state(model, bits)), optimizer_history=[
+        packed.update(model=bundle(weights), optimizer_history=[
             {**state["optimizer_history"][-1], "num_updates": num_updates}],
             last_optimizer_state=None)
-        packed[FORMAT_KEY] = {"format": fmt, "bits": bits}
+        packed[FORMAT_KEY] = info
         atomic_save(packed, out)
         return out
     from .stock import stock_checkpoint
@@ -179,22 +181,13 @@ def _inference_only(packed: dict, state: dict) -> dict:
     return out
 
 
-def _float16(checkpoint: str, state: dict, num_updates: int, out: str, data) -> str:
-    """The training checkpoint's model with its weights stored as float16 (bundled, one flat
-    tensor per dtype, as the integer exports): a float model's file at half its bytes, in its
-    own architecture (a Kronecker model keeps its factors, where
-    the stock formats multiply them out).  Loading widens them to float32 again; the scores of
-    a masked model stay float32, so its masks are the trained ones."""
-    load_model(checkpoint, data)  # refuses, in one line, what would not load back
-    half = {k: v.half() if v.is_floating_point() and not k.endswith(".raw") else v
-            for k, v in state["model"].items()}
-    packed = {k: v for k, v in state.items() if k in ("args", "cfg")}
-    packed.update(_inference_only(packed, state))
-    packed.update(model=bundle(half), last_optimizer_state=None, optimizer_history=[
-        {**state["optimizer_history"][-1], "num_updates": num_updates}])
-    packed[FORMAT_KEY] = {"format": "float16"}
-    atomic_save(packed, out)
-    return out
+def _half(weights: dict) -> dict:
+    """A float model's weights as float16 (``--format float16``): its file at half the bytes, in
+    its own architecture (a Kronecker model keeps its factors, which the stock formats multiply
+    out); loading widens them again.  Pruning scores stay float32, so a masked model keeps the
+    trained masks."""
+    return {k: v.half() if v.is_floating_point() and not k.endswith(".raw") else v
+            for k, v in weights.items()}
 
 
 def _compact_ctranslate2(checkpoint, args, out, data, vmap):

@@ -55,14 +55,14 @@ class Quantization(Feature):
         return isinstance(module, Quantizer)
 
     def check_export(self, args, fmt, checkpoint):
-        if fmt == "float16" and QuantConfig.from_args(args).weight_bits:
-            raise UserError(f"--format float16: the model was trained quantization-aware "
-                            f"({QuantConfig.from_args(args).weight_bits}-bit weights); ship it "
-                            "as --format int8/int6/int4, which keeps its trained grids")
-        if fmt not in INTEGER_FORMATS:
+        if fmt != "float16" and fmt not in INTEGER_FORMATS:
             return
         bits = QuantConfig.from_args(args).weight_bits
-        if bits != int(fmt[3:]):
+        if fmt == "float16" and bits:
+            raise UserError(f"--format float16: the model was trained quantization-aware "
+                            f"({bits}-bit weights); ship it as --format int8/int6/int4, which "
+                            "keeps its trained grids")
+        if fmt in INTEGER_FORMATS and bits != int(fmt[3:]):
             raise UserError(f"--format {fmt}: the model was trained with {bits or 'no'}-bit "
                             "weights; use " + (f"--format int{bits}" if bits in (4, 6, 8)
                                                else "--format fairseq"))

@@ -27,8 +27,14 @@ FLOAT32_INTEGERS = float(1 << 24)  # float32 holds every integer up to this one 
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """int32 ``a @ b`` of integer-valued ``a`` (any dtype, values in int8) and int8 ``b``, by
     ``torch._int_mm`` or float32 products (``int_engine``), whichever is faster here."""
+    return exact_sums(a, b).to(torch.int32)
+
+
+def exact_sums(a: torch.Tensor, b: torch.Tensor, b_float: Optional[torch.Tensor] = None):
+    """``a @ b`` as ``int_matmul`` computes it, left as the engine gives it: int32, or float32
+    holding exact integers; ``b_float`` is ``b`` as float32 where the caller keeps it."""
     if a.shape[0] and int_engine.engine(a.device) == "float32":
-        return int_engine.float_products(a.float(), b.float()).to(torch.int32)
+        return int_engine.float_products(a.float(), b.float() if b_float is None else b_float)
     return int8_products(a, b)
 
 
@@ -86,10 +92,7 @@ class IntegerMatmul(nn.Module):
             a = centred_codes(rows, self.input_affine)
             got = a, a.sum(1)
         a, code_sums = got
-        if self.weight_f is not None and a.shape[0] and int_engine.engine(a.device) == "float32":
-            sums = int_engine.float_products(a.float(), self.weight_f)
-        else:
-            sums = int8_products(a, self.weight_t)
+        sums = exact_sums(a, self.weight_t, self.weight_f)
         # the affine written over the sums where they lie: no second full-size tensor (the
         # 8k-vocabulary output projection's is the model's largest; allocating it costs more
         # than the conversion).  Each element is read before its own 4 bytes are written.

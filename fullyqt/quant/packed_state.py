@@ -114,9 +114,7 @@ def is_packed(state_dict) -> bool:
 
 def unpack_state(state_dict: dict, bits: int):
     """In place: replace packed entries by float weights ``codes * scale + min`` (``max`` at the
-    top code); a bundled state is unbundled first."""
-    if is_bundled(state_dict):
-        unbundle(state_dict)
+    top code), in a state already unbundled (``unbundle``)."""
     values = state_dict.pop(f"{SEP}scalars")
     dtypes = state_dict.pop(f"{SEP}scalar_dtypes")
     for name, value, dtype in zip(state_dict.pop(f"{SEP}scalar_names"), values, dtypes):
