@@ -121,9 +121,12 @@ def calibrated(model, batch, steps=3):
 
 def row(variant, **fields):
     """A trained row as the benchmark writes it (float-like defaults)."""
-    return {"variant": variant, "description": "d", "bits": None, "bleu": 30.0,
-            "signature": "s", "params": 1000, "model_bytes": 4000, "tokens_per_second": 100.0,
-            "num_updates": 10, "sec_per_update": 1.0, **fields}
+    from fullyqt.bench.row import Row
+
+    return Row(**{"variant": variant, "description": "d", "bits": None, "bleu": 30.0,
+                  "signature": "s", "params": 1000, "model_bytes": 4000,
+                  "tokens_per_second": 100.0, "num_updates": 10, "sec_per_update": 1.0,
+                  **fields})
 
 
 def sample_batch(task, split="valid", n=16):

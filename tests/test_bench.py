@@ -1,6 +1,7 @@
 """Benchmark: configs, the report writer, and the smoke preset end to end."""
 import json
 import os
+from dataclasses import replace
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from fullyqt.bench.config import ConfigError, load_preset, presets
 from fullyqt.bench.report import write_report
 from fullyqt.eval.bleu import corpus_bleu
 from fullyqt.eval.significance import compare, interval_text
-from tests.conftest import REPO, USER_DIR, build_model, row
+from tests.conftest import REPO, STUDIES, USER_DIR, build_model, row
 
 
 @pytest.mark.slow
@@ -169,6 +170,32 @@ def test_experiments_inherit_across_the_main_job_and_its_studies(tmp_path):
         load_preset("p", root=str(tmp_path))
 
 
+def test_the_goals_are_data_of_the_preset_and_the_run(tmp_path):
+    """Verdicts follow the goals the run was given (the shipped file, a preset's overrides),
+    which its results.json keeps."""
+    from fullyqt.bench.config import load_goals
+
+    shipped = load_goals()
+    rows = [row("float"), row("fullyqt4-kd", bits=4, bleu=28.5, teacher="float")]
+
+    def report(goals):
+        return open(write_report(str(tmp_path), rows, {"preset": "t"}, goals=goals)["md"]).read()
+
+    assert "(4-bit goal, ≥ -2: met)" in report(shipped)
+    assert "(4-bit goal, ≥ -1: not met)" in report({**shipped, "distilled_4bit_bleu": -1.0})
+    assert json.loads((tmp_path / "results.json").read_text())["goals"]["distilled_4bit_bleu"] == -1
+    files = {"float": "train: {arch: transformer}\n"}
+    preset = _preset(tmp_path, files, "[float]")
+    assert preset.goals == shipped
+    (tmp_path / "p" / "preset.yaml").write_text("variants: [float]\ngoals: {native_speed: 1.5}\n")
+    assert load_preset("p", root=str(tmp_path)).goals == {**shipped, "native_speed": 1.5}
+    for bad, message in (("{native_sped: 1.5}", "goal 'native_sped': allowed: distilled_4bit_bleu"),
+                         ("{native_speed: fast}", "goal native_speed: 'fast': allowed: a number")):
+        (tmp_path / "p" / "preset.yaml").write_text(f"variants: [float]\ngoals: {bad}\n")
+        with pytest.raises(ConfigError, match=message):
+            load_preset("p", root=str(tmp_path))
+
+
 def test_the_shipped_presets_keep_inherit_shallow_and_teachers_named():
     for name in ("cpu-small", "smoke", "wmt-base", "wmt-big"):
         preset = load_preset(name)  # raises on a chain deeper than two files
@@ -224,18 +251,18 @@ def test_report_writer(tmp_path):
     md = open(paths["md"]).read()
     assert "| fullyqt8 | 8 | 29.50 | 1,000 | 1,100 | 0.28x | 80 | 10 | 1.30x |" in md
     assert "does not hold for `fullyqt8`: 29.50 vs `float` 30.00 (-0.50)" in md
-    rows.append({**rows[1], "variant": "float → CT2 int8 (PTQ)", "kind": "deploy", "bleu": 29.0})
-    rows.append({**rows[1], "variant": "fullyqt8 → CT2 int8", "kind": "deploy", "bleu": 29.4})
+    rows.append(replace(rows[1], variant="float → CT2 int8 (PTQ)", kind="deploy", bleu=29.0))
+    rows.append(replace(rows[1], variant="fullyqt8 → CT2 int8", kind="deploy", bleu=29.4))
     md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
     assert "`fullyqt8 → CT2 int8` vs CTranslate2 int8 PTQ of `float`: 29.40 vs 29.00 (+0.40)" in md
     # a fine-tuned model is judged against its float control, trained the same way
-    rows.append({**rows[0], "variant": "float-finetune", "bleu": 31.0})
-    rows.append({**rows[0], "variant": "float-finetune → CT2 int8 (PTQ)", "kind": "deploy",
-                 "bleu": 30.8})
-    rows.append({**rows[1], "variant": "fullyqt8-finetune", "bleu": 30.9,
-                 "baseline": "float-finetune"})
-    rows.append({**rows[1], "variant": "fullyqt8-finetune → CT2 int8", "kind": "deploy",
-                 "bleu": 30.85, "baseline": "float-finetune"})
+    rows.append(replace(rows[0], variant="float-finetune", bleu=31.0))
+    rows.append(replace(rows[0], variant="float-finetune → CT2 int8 (PTQ)", kind="deploy",
+                        bleu=30.8))
+    rows.append(replace(rows[1], variant="fullyqt8-finetune", bleu=30.9,
+                        baseline="float-finetune"))
+    rows.append(replace(rows[1], variant="fullyqt8-finetune → CT2 int8", kind="deploy",
+                        bleu=30.85, baseline="float-finetune"))
     md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
     assert "does not hold for `fullyqt8-finetune`: 30.90 vs `float-finetune` 31.00 (-0.10)" in md
     assert ("`fullyqt8-finetune → CT2 int8` vs CTranslate2 int8 PTQ of `float-finetune`: "
@@ -243,15 +270,15 @@ def test_report_writer(tmp_path):
     assert md.count("vs CTranslate2 int8 PTQ") == 2  # PTQ rows are not compared with each other
     assert "for `fullyqt8 → CT2 int8`" not in md
     # a distilled 4-bit model against its teacher (the 2.0-BLEU goal) and its float control
-    rows.append({**rows[1], "variant": "fullyqt4-kd", "bits": 4, "bleu": 28.5, "teacher": "float",
-                 "baseline": "float-finetune", "teacher_share": 0.25})
+    rows.append(replace(rows[1], variant="fullyqt4-kd", bits=4, bleu=28.5, teacher="float",
+                        baseline="float-finetune", teacher_share=0.25))
     md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
     assert ("`fullyqt4-kd` distilled from `float`: 28.50 vs the teacher's 30.00 (-1.50) (4-bit "
-            "goal, within 2.0: met); its control `float-finetune` (float, same recipe) 31.00 "
+            "goal, ≥ -2: met); its control `float-finetune` (float, same recipe) 31.00 "
             "(-2.50); the teacher's forward pass takes 25% of update time.") in md
     # a pruned model's control is the dense model it was pruned from
-    rows.append({**rows[0], "variant": "pruned-kd", "bleu": 29.0, "teacher": "float-finetune",
-                 "baseline": "float", "dense": "float"})
+    rows.append(replace(rows[0], variant="pruned-kd", bleu=29.0, teacher="float-finetune",
+                        baseline="float", dense="float"))
     md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
     assert ("its control `float` (the dense model it was pruned from) 30.00 (-1.00)") in md
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -264,48 +291,11 @@ def test_report_writer(tmp_path):
                                                           "results.json"]
 
 
-@pytest.mark.slow
-def test_report_kronecker_section_judges_the_goals(tmp_path):
-    dense = dict(ffn_attn_params=8000, embed_params=2000, kind="trained")
-    rows = [row("float", **dense), row("float-finetune", bleu=31.0, **dense),
-            row("kron4-kd", bleu=29.6, teacher="float-finetune", kron_layers="ffn,attn",
-                ffn_attn_params=1990, embed_params=2000, kind="trained"),
-            row("kron4-ce", bleu=29.0, kron_layers="ffn,attn", ffn_attn_params=1990,
-                embed_params=2000, kind="trained"),
-            row("kron4-kd-long-t1", bleu=29.6, teacher="float-finetune", kron_layers="ffn,attn",
-                ffn_attn_params=2001, embed_params=2000, kind="trained"),
-            row("kron8-kd", bleu=29.4, teacher="float-finetune", kron_layers="ffn,attn",
-                ffn_attn_params=1000, embed_params=2000, kind="trained"),
-            row("kron4-hidden", bleu=20.0, teacher="float-finetune", kron_layers="ffn,attn",
-                ffn_attn_params=1990, embed_params=2000, kind="trained"),
-            row("kron-prune8", bits=8, bleu=28.0, teacher="float-finetune", model_bytes=200,
-                kron_layers="ffn,embed", ffn_attn_params=3000, embed_params=250,
-                dense="float-finetune", kind="trained")]
-    md = open(write_report(str(tmp_path), rows, {"preset": "test"})["md"]).read()
-    assert "## Kronecker-factorized layers" in md
-    # 8000 / 1990 = 4.02x fewer; 29.6 - 31.0 = -1.4 (within 1.5)
-    assert "met by `kron4-kd`: 4.02x fewer, 29.60 vs `float-finetune` 31.00 (-1.40)" in md
-    assert "Distillation goal (≥ 0.5 BLEU over the same updates without it) met by " \
-           "`kron4-kd`: 29.60 vs 29.00 (+0.60)" in md
-    # every distilled student is judged (a longer stage 2 too), not the stage-1 model; 8000 /
-    # 2001 = 3.998x: B's few numbers on top of a quarter, 4.00x as shown
-    assert "met by `kron4-kd-long-t1`: 4.00x fewer, 29.60 vs `float-finetune` 31.00 (-1.40)" in md
-    assert "missed by `kron8-kd`: 8.00x fewer, 29.40 vs `float-finetune` 31.00 (-1.60)" in md
-    assert "by `kron4-hidden`" not in md
-    # 200 / 4000 bytes = 0.05x (within 0.06) but 3.0 BLEU below the teacher (more than 2)
-    assert "missed by `kron-prune8`: 0.050x, 28.00 vs `float-finetune` 31.00 (-3.00)" in md
-    assert "| kron-prune8 | ffn,embed | 8 | 28.00 | -3.00 | 2.67x | 8.00x |" in md
-    # the README block: the report's table and goals, from results.json
-    readme = tmp_path / "README.md"
-    readme.write_text("a\n<!-- kronecker:begin -->\nold\n<!-- kronecker:end -->\nb\n")
-    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(tmp_path / "results.json"),
-                    str(readme), "--section", "kronecker"], check=True, cwd=REPO)
-    block = readme.read_text().split("<!-- kronecker:begin -->")[1]
-    assert "old" not in block and "--section kronecker" in block
-    section = md.split("## Kronecker-factorized layers")[1].split("\n## ")[0]
-    table = [line for line in section.splitlines() if line.startswith("| kron")]
-    assert len(table) == 6 and all(line in block for line in table)
-    assert "missed by `kron-prune8`: 0.050x" in block
+def study(out, script, *args):
+    """Run ``scripts/studies/SCRIPT`` on a finished benchmark folder."""
+    proc = subprocess.run([sys.executable, os.path.join(STUDIES, script), str(out), *args],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def detokenized(path):
@@ -350,9 +340,13 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert native["float_matmul_same_as_fake_quant"] == same_share(
         detokenized(logs / "generate.fake.txt"), exact)
     assert "--quant-kernels fake" in md_text(out)
+    # the decode profile study of the run: float, fake-quant and integer export
+    study(out, "decode_profile.py")
+    profile = json.loads((out / "decode_profile.json").read_text())["rows"]
     shares = [sum(v for k, v in p.items() if k not in ("model", "tokens", "wall_ms"))
-              for p in data["profile"]]
+              for p in profile]
     assert len(shares) == 3 and all(0.95 < x < 1.05 for x in shares)
+    assert profile[2]["model"] == "fullyqt8 int8 export" and profile[2]["int8_matmul"] >= 0
     assert rows["fullyqt8"]["num_updates"] == rows["float"]["num_updates"]  # matched updates
     assert rows["fullyqt8-finetune"]["num_updates"] == round(rows["float"]["num_updates"] / 4)
     assert rows["float-finetune"]["num_updates"] == rows["fullyqt8-finetune"]["num_updates"]
@@ -389,10 +383,11 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert rows["fullyqt8"]["model_bytes"] < 0.35 * rows["float"]["model_bytes"]
     assert all(r["tokens_per_second"] > 0 and 0 <= r["bleu"] <= 100 for r in rows.values())
     assert data["meta"]["test sentences"] == 60
-    assert all(r["scored"] == 60 for r in rows.values() if "scored" in r)
+    assert all(r["scored"] == 60 for r in rows.values() if r["kind"] != "recipe")
     assert "Sentences scored: all 60 test sentences in every row." in md_text(out)
     md = (out / "report.md").read_text()
     assert "| fullyqt8 |" in md and "## Where decode time goes" in md
+    assert "its section: python scripts/studies/pruning_report.py" in proc.stdout
     assert "## Model time per decoding step by size" in md
     step = data["decoder_step"][0]
     assert step["size"] == "cpu-small" and all(
@@ -425,7 +420,10 @@ def test_smoke_preset_end_to_end(tmp_path):
     for r in (pruned, filled):
         want = compare(in_order(r["variant"]), in_order("float"), refs)
         assert r["baseline"] == "float" and r["vs_control_interval"] == [want.low, want.high]
-    step, step_filled = data["pruning"]
+    # the pruning study's section of the run
+    study(out, "pruning_report.py", "--threads", "1")
+    step, step_filled = json.loads((out / "pruning.json").read_text())["records"]
+    md = (out / "report.md").read_text()
     assert step["vs_dense_interval"] == pruned["vs_control_interval"]
     assert step["variant"] == "pruned" and step["dense_ms"]["decoder_layers_ms"] > 0
     assert step_filled["variant"] == "pruned-filled" and step_filled["dense"] == "float"
@@ -437,16 +435,27 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert f"beam 5 forced to {equal['tgt_len']} target tokens" in md
     assert "## Pruning" in md and "Pruning goal" in md
     assert f"95% interval {interval_text(*pruned['vs_control_interval'])}" in md
-    # the README block of the pruning section is the report's, generated from results.json
+    # a page's block of the pruning section is the report's, generated from pruning.json
     readme = out / "README.md"
     readme.write_text("x\n<!-- pruning:begin -->\n<!-- pruning:end -->\n")
-    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(out / "results.json"),
-                    str(readme), "--section", "pruning"], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "fullyqt.bench.readme", str(out / "pruning.json"),
+                    str(readme)], check=True, cwd=REPO)
     block = readme.read_text().split("<!-- pruning:begin -->")[1]
     report_rows = [line for line in md.split("## Pruning")[1].splitlines()
                    if line.startswith("| pruned")]
     assert len(report_rows) == 2 and all(line in block for line in report_rows)
-    assert "Pruning goal" in block and "--section pruning" in block
+    assert "Pruning goal" in block
+
+
+def test_a_results_row_round_trips_and_names_what_it_does_not_know():
+    from fullyqt.bench.row import Row
+
+    r = row("pruned", heads={"enc": [2, 1]}, vs_control_interval=[-1.0, 0.5], dense="float")
+    assert Row.from_json(json.loads(json.dumps(r.to_json()))) == r
+    with pytest.raises(ValueError, match=r"row 'x': unknown fields \['bleu_score'\]"):
+        Row.from_json({**row("x").to_json(), "bleu_score": 1.0})
+    with pytest.raises(ValueError, match=r"row 'x': kind 'shipped': allowed: trained, deploy"):
+        row("x", kind="shipped")
 
 
 def test_report_states_how_many_sentences_each_row_scored(tmp_path):
@@ -490,10 +499,10 @@ def test_readme_block_is_generated_from_results(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "needs one '<!-- results:begin -->' line before one" in proc.stderr
     assert readme.read_text() == "no markers\n"
-    readme.write_text("<!-- pruning:begin -->\n<!-- pruning:end -->\n")
-    proc = subprocess.run(cmd + ["--section", "pruning"], cwd=REPO, capture_output=True, text=True)
+    readme.write_text("<!-- recipes:begin -->\n<!-- recipes:end -->\n")
+    proc = subprocess.run(cmd + ["--section", "recipes"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "the run has no pruning records (no compact variant)" in proc.stderr
+    assert "the run has no recipe rows" in proc.stderr
 
 
 def test_the_studies_index_lists_every_study_once():

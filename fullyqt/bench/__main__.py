@@ -22,9 +22,8 @@ from ..eval.significance import compare
 from .config import ConfigError, load_preset, presets
 from ..data.prepare import layout, prepare_bible
 from .kernels import measure
-from .profile import profile
 from .report import write_report
-from .pruning import step_rows
+from .row import Row
 from ..eval.decode import cpu_name, source_commit, translate
 from ..eval.size import model_size
 from .runner import compact_model, distilled_data, layer_shapes, train
@@ -79,8 +78,8 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
     from .deploy import ctranslate2_model, export_int
 
     rows, vdir = [], os.path.join(out, "checkpoints", v.name)
-    base = {k: row[k] for k in ("params", "num_updates", "sec_per_update", "train_minutes",
-                                "baseline")}
+    base = dict(params=row.params, num_updates=row.num_updates, sec_per_update=row.sec_per_update,
+                train_minutes=row.train_minutes, baseline=row.baseline)
     if v.bits is not None and v.bits <= 8:
         b = v.bits
         say(f"[{v.name}] int{b} export, decoded with integer kernels by fairseq-generate")
@@ -93,18 +92,17 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
         dec_float = translate(checkpoint, data["bin"], data["test_ref"],
                               os.path.join(vdir, "generate.fake.txt"), threads=threads,
                               max_len=max_len, extra=kernels("fake"))
-        rows.append({**base, "variant": f"{v.name} int{b} native", "kind": "deploy", "bits": b,
-                     "description": f"the fullyqt-export int{b} file (packed weights) decoded by "
+        rows.append(Row(**base, variant=f"{v.name} int{b} native", kind="deploy", bits=b,
+                        description=f"the fullyqt-export int{b} file (packed weights) decoded by "
                                     "fairseq-generate --user-dir fullyqt with int8 matmul "
                                     f"kernels; {same:.1%} of its translations are identical to "
                                     "the fake-quant model's",
-                     "bleu": dec.bleu, "signature": dec.signature, "same_as_fake_quant": same,
-                     "float_matmul_same_as_fake_quant": agreement(dec_float.hypotheses,
+                        bleu=dec.bleu, signature=dec.signature, same_as_fake_quant=same,
+                        float_matmul_same_as_fake_quant=agreement(dec_float.hypotheses,
                                                                   fake.hypotheses),
-                     "float_matmul_bleu": dec_float.bleu,
-                     "model_bytes": tree_bytes(path), "tokens_per_second": dec.tokens_per_second,
-                     "decode_seconds": dec.seconds, "translated": dec.translated,
-                     "scored": dec.scored})
+                        float_matmul_bleu=dec_float.bleu, model_bytes=tree_bytes(path),
+                        tokens_per_second=dec.tokens_per_second, decode_seconds=dec.seconds,
+                        translated=dec.translated, scored=dec.scored))
     if v.bits == 8 or v.bits is None:
         name = f"{v.name} → CT2 int8" + (" (PTQ)" if v.bits is None else "")
         say(f"[{name}] converting and decoding with CTranslate2")
@@ -120,8 +118,7 @@ def deployment_rows(v, row, fake, checkpoint, data, out, threads, max_len, say):
         what = (f"CTranslate2 int8 post-training quantization of {v.name} (float)"
                 if v.bits is None else "fullyqt-export --format ctranslate2 (int8) of this model")
         res.pop("hypotheses")
-        rows.append({**base, **res, "variant": name, "kind": "deploy", "bits": 8,
-                     "description": what})
+        rows.append(Row(**base, **res, variant=name, kind="deploy", bits=8, description=what))
     return rows
 
 
@@ -241,24 +238,23 @@ def main(argv=None):
         baseline = control_of(v, shapes)
         interval = (compare(dec.hypotheses, hypotheses[baseline], refs)
                     if baseline in hypotheses else None)
-        rows.append({"variant": v.name, "kind": "trained", "description": v.description,
-                     "bits": v.bits, "baseline": baseline,
-                     "vs_control_interval": interval and [interval.low, interval.high],
-                     "teacher": v.teacher or v.distill_data,
-                     "teacher_share": result.teacher_share,
-                     "bleu": dec.bleu, "signature": dec.signature,
-                     **model_size(result.checkpoint, v.bits),
-                     "kron_layers": v.train.get("kron-layers"),
-                     "tokens_per_second": dec.tokens_per_second, "decode_seconds": dec.seconds,
-                     "translated": dec.translated, "scored": dec.scored,
-                     "num_updates": result.num_updates, "sec_per_update": result.sec_per_update,
-                     "train_minutes": result.wall_seconds / 60, **shapes})
+        rows.append(Row(variant=v.name, description=v.description, bits=v.bits,
+                        baseline=baseline,
+                        vs_control_interval=interval and [interval.low, interval.high],
+                        teacher=v.teacher or v.distill_data, teacher_share=result.teacher_share,
+                        bleu=dec.bleu, signature=dec.signature,
+                        **model_size(result.checkpoint, v.bits),
+                        kron_layers=v.train.get("kron-layers"),
+                        tokens_per_second=dec.tokens_per_second, decode_seconds=dec.seconds,
+                        translated=dec.translated, scored=dec.scored,
+                        num_updates=result.num_updates, sec_per_update=result.sec_per_update,
+                        train_minutes=result.wall_seconds / 60, **shapes))
         say(f"[{v.name}] BLEU {dec.bleu:.2f}, {dec.tokens_per_second:.0f} target tok/s")
         if a.deploy:
             rows += deployment_rows(v, rows[-1], dec, result.checkpoint, data, out, a.threads,
                                     length, say)
         meta["wall time (min)"] = round((time.time() - started) / 60, 1)
-        paths = write_report(out, rows, meta)
+        paths = write_report(out, rows, meta, goals=preset.goals)
     if a.recipes and not a.variants and "float" in trained:
         from .recipes import recipe_rows, run_recipe
 
@@ -266,26 +262,16 @@ def main(argv=None):
             report = run_recipe(name, trained["float"].checkpoint, data, out, threads=a.threads,
                                 updates=preset.recipe_updates, say=say)
             rows += recipe_rows(name, report)
-            paths = write_report(out, rows, meta)
-    profile_rows = kernel_rows = None
+            paths = write_report(out, rows, meta, goals=preset.goals)
     q8 = next((n for n in ("fullyqt8", "fullyqt8-finetune") if n in trained), None)
-    if a.deploy and "float" in trained and q8:
-        say(f"profiling decoding: float, {q8} fake-quant and int8 kernels")
-        fake = f"{q8} fake-quant (float matmuls)"
-        profile_rows = profile({"fairseq float": trained["float"].checkpoint,
-                                fake: trained[q8].checkpoint,
-                                f"{q8} int8 native": os.path.join(out, "checkpoints", q8,
-                                                                  "model.int8.pt")},
-                               data["bin"], overrides={fake: {"quant_kernels": "fake"}},
-                               max_len=length)
-        if preset.kernel_sizes:
-            say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")
-            kernel_rows = measure(preset.kernel_sizes)
-        paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows)
-    if any(r.get("dense") for r in rows):
-        say("timing decoding steps of the pruned models and their dense models")
-        paths = write_report(out, rows, meta, profile_rows, a.threads, kernel_rows,
-                             step_rows(rows, trained, data["bin"], length, a.threads))
+    if a.deploy and q8 and preset.kernel_sizes:
+        say(f"timing decoder steps at sizes {', '.join(preset.kernel_sizes)}")
+        paths = write_report(out, rows, meta, a.threads, measure(preset.kernel_sizes),
+                             preset.goals)
+    for study, present in (("pruning_report", any(r.dense for r in rows)),
+                           ("kronecker_report", any(r.kron_layers for r in rows))):
+        if present:
+            say(f"its section: python scripts/studies/{study}.py {a.out}")
     say(f"report: {paths['md']}  ({paths['json']}, {paths['png']})")
     print(open(paths["md"], encoding="utf-8").read())
 

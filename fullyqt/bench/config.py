@@ -61,6 +61,7 @@ class Preset:
     max_len: Optional[int] = None  # beam search stops at this many target tokens (else fairseq's 200)
     recipes: List[str] = field(default_factory=list)  # fullyqt-compress recipes of the float model
     recipe_updates: Optional[int] = None  # their base length (else the float model's updates)
+    goals: Dict[str, float] = field(default_factory=dict)  # configs/studies/goals.yaml's
 
 
 def _read(path):
@@ -122,6 +123,23 @@ def load_experiment(preset_dir: str, name: str) -> Experiment:
                       raw.get("distill_data"), bool(raw.get("compact", False)))
 
 
+def load_goals(root: str = CONFIG_ROOT, overrides: Optional[dict] = None,
+               where: str = "goals") -> Dict[str, float]:
+    """The studies' goals, ``ROOT/studies/goals.yaml`` (the shipped file where a config tree
+    has none), with a preset's ``overrides``."""
+    path = os.path.join(root, "studies", "goals.yaml")
+    if not os.path.isfile(path):
+        path = os.path.join(CONFIG_ROOT, "studies", "goals.yaml")
+    goals = {k: float(v) for k, v in _read(path).items()}
+    for key, value in (overrides or {}).items():
+        if key not in goals:
+            raise ConfigError(f"{where}: goal {key!r}: allowed: {', '.join(goals)}")
+        if type(value) not in (int, float):
+            raise ConfigError(f"{where}: goal {key}: {value!r}: allowed: a number")
+        goals[key] = float(value)
+    return goals
+
+
 def presets(root: str = CONFIG_ROOT) -> List[str]:
     return sorted(d for d in os.listdir(root)
                   if os.path.isfile(os.path.join(root, d, "preset.yaml")))
@@ -172,6 +190,7 @@ def load_preset(name: str, root: str = CONFIG_ROOT) -> Preset:
     if updates is not None and (type(updates) is not int or updates < 1):
         raise ConfigError(f"{pdir}/preset.yaml: recipe_updates {updates!r}: allowed: an "
                           "integer >= 1")
+    goals = load_goals(root, raw.get("goals"), f"{pdir}/preset.yaml")
     return Preset(name, raw.get("data", "bible"), variants, int(raw.get("bpe_vocab", 8000)),
                   dict(raw.get("limits") or {}), float(raw.get("time_budget_minutes", 0)),
-                  kernel_sizes, extra, max_len, recipes, updates)
+                  kernel_sizes, extra, max_len, recipes, updates, goals)

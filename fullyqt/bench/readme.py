@@ -2,11 +2,11 @@
 the documents' numbers come from a results file and cannot drift from the run they describe.
 
     python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section recipes
+    python -m fullyqt.bench.readme runs/cpu-small/results.json README.md --section headline
     python -m fullyqt.bench.readme runs/cpu-small/results.json docs/results/PAGE.md  # results:...
-    python -m fullyqt.bench.readme runs/cpu-small/results.json PAGE.md --section pruning
-    python -m fullyqt.bench.readme runs/cpu-small/results.json PAGE.md --section kronecker
     python -m fullyqt.bench.readme runs/train-speed/train_speed.json docs/benchmark.md \
         --block train-speed-bible           # a study's output: its own marker, or --block
+    python -m fullyqt.bench.readme runs/cpu-small/pruning.json PAGE.md --block pruning-t1
 """
 import argparse
 import json
@@ -15,6 +15,7 @@ import sys
 from typing import List
 
 from ..eval.significance import interval_text
+from .row import Row, by_variant
 
 
 def markers(name: str):
@@ -27,62 +28,33 @@ def _num(value, fmt):
 
 def results_block(data: dict) -> List[str]:
     """The table: every row of the run, its BLEU against its control and its teacher."""
-    meta, rows = data["meta"], data["rows"]
-    by_name = {r["variant"]: r for r in rows}
+    meta, rows = data["meta"], [Row.from_json(r) for r in data["rows"]]
+    by_name = by_variant(rows)
     lines = [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`, "
              f"{meta.get('test sentences')} test sentences; generated from `results.json` by "
              "`python -m fullyqt.bench.readme`.", "",
              "| variant | bits | BLEU | vs control | size vs float | decode tok/s | updates | "
              "time/update vs float |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        control = by_name.get(r.get("baseline") or "")
-        versus = (f"{r['bleu'] - control['bleu']:+.2f}{_interval(r)} vs `{control['variant']}`"
+        control = by_name.get(r.baseline or "")
+        versus = (f"{r.bleu - control.bleu:+.2f}{_interval(r)} vs `{control.variant}`"
                   if control is not None and control is not r else "–")
-        teacher = by_name.get(r.get("teacher") or "")
+        teacher = by_name.get(r.teacher or "")
         if teacher is not None:
-            versus += f"; {r['bleu'] - teacher['bleu']:+.2f} vs teacher `{teacher['variant']}`"
-        engine = " (CT2)" if "→ CT2" in r["variant"] else ""
+            versus += f"; {r.bleu - teacher.bleu:+.2f} vs teacher `{teacher.variant}`"
+        engine = " (CT2)" if "→ CT2" in r.variant else ""
         lines.append(" | ".join([
-            f"| {r['variant']}", str(r.get("bits") or "float"), f"{r['bleu']:.2f}", versus,
-            _num(r.get("size_vs_float"), ".2f") + "x",
-            _num(r.get("tokens_per_second"), ".0f") + engine,
-            _num(r.get("num_updates"), ",") if r.get("kind", "trained") == "trained" else "–",
-            (_num(r.get("time_per_update_vs_float"), ".2f") + "x")
-            if r.get("kind", "trained") == "trained" else "–"]) + " |")
+            f"| {r.variant}", str(r.bits or "float"), f"{r.bleu:.2f}", versus,
+            _num(r.size_vs_float, ".2f") + "x", _num(r.tokens_per_second, ".0f") + engine,
+            _num(r.num_updates, ",") if r.trained else "–",
+            (_num(r.time_per_update_vs_float, ".2f") + "x") if r.trained else "–"]) + " |")
     return lines
 
 
-def _interval(row: dict) -> str:
+def _interval(row: Row) -> str:
     """`` [low, high]``: the 95% paired-bootstrap interval of the difference, where measured."""
-    iv = row.get("vs_control_interval")
+    iv = row.vs_control_interval
     return f" {interval_text(*iv)}" if iv else ""
-
-
-def pruning_block(data: dict) -> List[str]:
-    """The report's pruning table and goals (compact models against their dense models)."""
-    from .pruning import markdown
-
-    meta = data["meta"]
-    threads = str(meta.get("machine", "")).rsplit(", ", 1)[-1].split(" ")[0] or "?"
-    lines = markdown(data.get("pruning") or [], threads)
-    if not lines:
-        raise ValueError("the run has no pruning records (no compact variant)")
-    return [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`; "
-            "generated from `results.json` by `python -m fullyqt.bench.readme --section "
-            "pruning`.", *lines[1:]]
-
-
-def kronecker_block(data: dict) -> List[str]:
-    """The report's Kronecker table and goals (factorized models against their teacher)."""
-    from .kronecker import kron_rows, markdown
-
-    lines = markdown(kron_rows(data["rows"]))
-    if not lines:
-        raise ValueError("the run has no Kronecker-factorized variant")
-    meta = data["meta"]
-    return [f"Run of {meta.get('date')} on {meta.get('machine')}, preset `{meta.get('preset')}`; "
-            "generated from `results.json` by `python -m fullyqt.bench.readme --section "
-            "kronecker`.", *lines[1:]]
 
 
 def recipes_block(data: dict) -> List[str]:
@@ -90,13 +62,13 @@ def recipes_block(data: dict) -> List[str]:
     int8 conversion of it, and each recipe's goals as its own report measured them."""
     from ..compress.recipe import GOALS
 
-    meta, rows = data["meta"], data["rows"]
-    recipes = [r for r in rows if r.get("kind") == "recipe"]
+    meta, rows = data["meta"], [Row.from_json(r) for r in data["rows"]]
+    recipes = [r for r in rows if r.kind == "recipe"]
     if not recipes:
         raise ValueError("the run has no recipe rows (a preset without recipes, or --no-recipes)")
-    by_name = {r["variant"]: r for r in rows}
+    by_name = by_variant(rows)
     base = by_name.get("float")
-    float_bytes = base.get("model_bytes") if base else None
+    float_bytes = base.model_bytes if base else None
     lines = [f"Main job of {meta.get('date')} (commit `{meta.get('commit') or 'unknown'}`) on "
              f"{meta.get('machine')}, preset `{meta.get('preset')}`, {meta.get('test sentences')} "
              "test sentences, beam 5; generated from its `results.json` by `python -m "
@@ -106,32 +78,57 @@ def recipes_block(data: dict) -> List[str]:
     context = [by_name[n] for n in ("float", "float → CT2 int8 (PTQ)", "float-finetune")
                if n in by_name]
     for r in context + recipes:
-        name = r["variant"].replace("recipe ", "`", 1).replace(":", "`:", 1) if r in recipes \
-            else f"`{r['variant']}`"
-        engine = " (CT2)" if "CT2" in r["variant"] else ""
+        name = r.variant.replace("recipe ", "`", 1).replace(":", "`:", 1) if r in recipes \
+            else f"`{r.variant}`"
+        engine = " (CT2)" if "CT2" in r.variant else ""
         versus = "–" if r is base or base is None else (
-            f"{r['bleu'] - base['bleu']:+.2f}{_interval(r) if r in recipes else ''}")
-        ratio = (f"{r['model_bytes'] / float_bytes:.3f}x"
-                 if r.get("model_bytes") and float_bytes else "–")
-        lines.append(f"| {name} | {r['bleu']:.2f} | {versus} | {ratio} | "
-                     f"{_num(r.get('tokens_per_second'), '.0f')}{engine} |")
+            f"{r.bleu - base.bleu:+.2f}{_interval(r) if r in recipes else ''}")
+        ratio = f"{r.model_bytes / float_bytes:.3f}x" if r.model_bytes and float_bytes else "–"
+        lines.append(f"| {name} | {r.bleu:.2f} | {versus} | {ratio} | "
+                     f"{_num(r.tokens_per_second, '.0f')}{engine} |")
     lines += ["", "Goals, as each recipe's report measured them (its own decoding of the float "
               "model in CTranslate2 int8 is the speed reference):", ""]
     seen = set()
     for r in recipes:
-        if r["recipe"] in seen or not r.get("goals"):
+        if r.recipe in seen or not r.goals:
             continue
-        seen.add(r["recipe"])
+        seen.add(r.recipe)
         parts = []
-        for goal, g in r["goals"].items():
+        for goal, g in r.goals.items():
             bound, value, met = (g["bound"], g["reached"], g["met"]) if isinstance(g, dict) else g
             parts.append(f"{GOALS.get(goal, goal)} {bound:g}: {value:.3f}, "
                          f"{'met' if met else '**missed**'}")
-        lines.append(f"- `{r['recipe']}`: " + "; ".join(parts))
+        lines.append(f"- `{r.recipe}`: " + "; ".join(parts))
     return lines
 
 
-SECTIONS = {"pruning": pruning_block, "kronecker": kronecker_block, "recipes": recipes_block}
+def headline_block(data: dict) -> List[str]:
+    """One paragraph: what each recipe of the main job reached against its goals, for the top
+    of the README."""
+    from ..compress.recipe import GOALS
+
+    meta = data["meta"]
+    rows = [Row.from_json(r) for r in data["rows"] if r.get("kind") == "recipe"]
+    reached = {}
+    for r in rows:
+        if r.goals and r.recipe not in reached:
+            reached[r.recipe] = r.goals
+    if not reached:
+        raise ValueError("the run has no recipe rows (a preset without recipes, or --no-recipes)")
+    parts = [f"`{recipe}` " + ", ".join(f"{GOALS[k].split(' (')[0]} {_reached(k, g['reached'])}"
+                                      for k, g in goals.items() if k in GOALS)
+             for recipe, goals in reached.items()]
+    return [f"Last main job ({meta.get('date')}, commit `{meta.get('commit') or 'unknown'}`, "
+            f"{meta.get('machine')}; each recipe run by `fullyqt-compress` on the float model "
+            "the job trained): " + "; ".join(parts) + "."]
+
+
+def _reached(goal: str, value: float) -> str:
+    return f"{value:+.2f}" if goal == "bleu_delta" else f"{value:.3f}x" if goal == "bytes_ratio" \
+        else f"{value:.2f}x"
+
+
+SECTIONS = {"recipes": recipes_block, "headline": headline_block}
 
 
 def update(results_path: str, markdown_path: str, block: str = None, section: str = "results"):
@@ -165,7 +162,7 @@ def main(argv=None):
                                    "own, e.g. train-speed), for a second run of the same kind")
     p.add_argument("--section", choices=("results", *SECTIONS), default="results",
                    help="of a benchmark's results.json: its results table (default), its "
-                        "pruning or Kronecker table and goals, or its recipes and their goals")
+                        "recipes and their goals, or the headline paragraph of what they reached")
     a = p.parse_args(argv)
     try:
         update(a.results, a.markdown, a.block, a.section)

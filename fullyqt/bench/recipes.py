@@ -5,6 +5,7 @@ import os
 from typing import List, Optional
 
 from ..eval.decode import BIN, run_logged, thread_env
+from .row import Row
 
 
 def run_recipe(name: str, checkpoint: str, data: dict, out: str, *, threads: int,
@@ -24,7 +25,7 @@ def run_recipe(name: str, checkpoint: str, data: dict, out: str, *, threads: int
         return json.load(f)
 
 
-def recipe_rows(name: str, report: dict) -> List[dict]:
+def recipe_rows(name: str, report: dict) -> List[Row]:
     """One result row per model the recipe's report decoded, the input's left out (the float
     variant's own rows show it)."""
     updates = sum(s["updates"] for s in report["stages"])
@@ -34,11 +35,10 @@ def recipe_rows(name: str, report: dict) -> List[dict]:
         if s["name"].startswith("input"):
             continue
         engine = " (CT2)" if s["engine"] == "ctranslate2" else ""
-        rows.append({"variant": f"recipe {name}: {s['name']}{engine}", "kind": "recipe",
-                     "recipe": name, "description": report.get("description", ""),
-                     "bits": None, "bleu": s["bleu"], "baseline": "float",
-                     "vs_control_interval": s["interval"], "params": s["params"],
-                     "model_bytes": s["bytes"], "tokens_per_second": s["tokens_per_second"],
-                     "num_updates": updates, "sec_per_update": None, "train_minutes": minutes,
-                     "candidates": s.get("candidates"), "goals": report.get("goals")})
+        rows.append(Row(variant=f"recipe {name}: {s['name']}{engine}", kind="recipe",
+                        recipe=name, description=report.get("description", ""), bleu=s["bleu"],
+                        baseline="float", vs_control_interval=s["interval"], params=s["params"],
+                        model_bytes=s["bytes"], tokens_per_second=s["tokens_per_second"],
+                        num_updates=updates, train_minutes=minutes,
+                        candidates=s.get("candidates"), goals=report.get("goals")))
     return rows

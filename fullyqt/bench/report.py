@@ -2,9 +2,12 @@
 import json
 import math
 import os
-from typing import List
+from dataclasses import replace
+from typing import List, Optional
 
 from ..eval.significance import interval_text
+from .config import load_goals
+from .row import Row, by_variant
 
 COLUMNS = [("variant", "variant"), ("bits", "bits"), ("bleu", "BLEU"), ("params", "params"),
            ("model_bytes", "model bytes"), ("size_vs_float", "size vs float"),
@@ -26,101 +29,104 @@ def _fmt(key, value):
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def add_relative_columns(rows: List[dict], baseline: str = "float"):
-    base = next((r for r in rows if r["variant"] == baseline), None)
-    for r in rows:
-        r["size_vs_float"] = r["model_bytes"] / base["model_bytes"] if base else None
-        r["time_per_update_vs_float"] = (r["sec_per_update"] / base["sec_per_update"]
-                                         if base and base.get("sec_per_update")
-                                         and r.get("sec_per_update") else None)
-    return rows
+def with_relative_columns(rows: List[Row], baseline: str = "float") -> List[Row]:
+    """``rows`` with size and time per update against the ``baseline`` row's."""
+    base = by_variant(rows).get(baseline)
+    return [replace(r, size_vs_float=r.model_bytes / base.model_bytes if base else None,
+                    time_per_update_vs_float=r.sec_per_update / base.sec_per_update
+                    if base and base.sec_per_update and r.sec_per_update else None)
+            for r in rows]
 
 
-def findings(rows: List[dict]) -> List[str]:
+def findings(rows: List[Row], goals: dict) -> List[str]:
     """The claims the report checks: 8-bit FullyQT >= float BLEU, and QAT -> CTranslate2 int8
     >= CTranslate2's own int8 post-training quantization of the float model; each quantized
-    variant against its ``baseline``, the float model trained the same way."""
-    out = []
-    by_name = {r["variant"]: r for r in rows}
+    variant against its ``baseline``, the float model trained the same way; ``goals``: the
+    studies' (``configs/studies/goals.yaml``)."""
+    out, g = [], goals
+    by_name = by_variant(rows)
     base = by_name.get("float")
     if base is None:
         return out
     for r in rows:
-        ref = by_name.get(r.get("baseline") or "float")
-        if r.get("kind", "trained") != "trained" or r.get("bits") != 8 or ref is None:
+        ref = by_name.get(r.baseline or "float")
+        if not r.trained or r.bits != 8 or ref is None:
             continue
-        delta = r["bleu"] - ref["bleu"]
+        delta = r.bleu - ref.bleu
         verdict = "holds" if delta >= 0 else "does not hold"
-        iv = r.get("vs_control_interval") if r.get("baseline") == ref["variant"] else None
+        iv = r.vs_control_interval if r.baseline == ref.variant else None
         noise = "" if not iv else (
             f"; 95% paired-bootstrap interval {interval_text(*iv)}: "
             + ("not distinguishable from no difference on this test set" if iv[0] <= 0 <= iv[1]
                else "a difference beyond the test set's noise"))
-        out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r['variant']}`: "
-                   f"{r['bleu']:.2f} vs `{ref['variant']}` {ref['bleu']:.2f} ({delta:+.2f}"
-                   f"{noise}).")
+        out.append(f"FullyQT claim (8-bit ≥ float BLEU) {verdict} for `{r.variant}`: "
+                   f"{r.bleu:.2f} vs `{ref.variant}` {ref.bleu:.2f} ({delta:+.2f}{noise}).")
     for r in rows:
-        teacher = by_name.get(r.get("teacher") or "")
-        if r.get("kind", "trained") != "trained" or teacher is None:
+        teacher = by_name.get(r.teacher or "")
+        if not r.trained or teacher is None:
             continue
-        delta = r["bleu"] - teacher["bleu"]
-        line = (f"`{r['variant']}` distilled from `{teacher['variant']}`: {r['bleu']:.2f} vs the "
-                f"teacher's {teacher['bleu']:.2f} ({delta:+.2f})")
-        if r.get("bits") == 4:
-            line += f" (4-bit goal, within 2.0: {'met' if delta >= -2.0 else 'not met'})"
-        control = by_name.get(r.get("baseline") or "")
+        delta = r.bleu - teacher.bleu
+        line = (f"`{r.variant}` distilled from `{teacher.variant}`: {r.bleu:.2f} vs the "
+                f"teacher's {teacher.bleu:.2f} ({delta:+.2f})")
+        if r.bits == 4:
+            ok = delta >= g["distilled_4bit_bleu"]
+            line += (f" (4-bit goal, ≥ {g['distilled_4bit_bleu']:+g}: "
+                     f"{'met' if ok else 'not met'})")
+        control = by_name.get(r.baseline or "")
         if control is not None and control is not teacher:
-            iv = r.get("vs_control_interval")
-            what = ("the dense model it was pruned from" if r.get("dense") == control["variant"]
+            iv = r.vs_control_interval
+            what = ("the dense model it was pruned from" if r.dense == control.variant
                     else "float, same recipe")
-            line += (f"; its control `{control['variant']}` ({what}) "
-                     f"{control['bleu']:.2f} ({r['bleu'] - control['bleu']:+.2f}"
+            line += (f"; its control `{control.variant}` ({what}) "
+                     f"{control.bleu:.2f} ({r.bleu - control.bleu:+.2f}"
                      + (f", 95% paired-bootstrap interval {interval_text(*iv)}"
                         if iv else "") + ")")
-        if r.get("teacher_share") is not None:
-            line += f"; the teacher's forward pass takes {r['teacher_share']:.0%} of update time"
+        if r.teacher_share is not None:
+            line += f"; the teacher's forward pass takes {r.teacher_share:.0%} of update time"
         out.append(line + ".")
     for r in rows:
-        if not r["variant"].endswith(" native"):
+        if not r.variant.endswith(" native"):
             continue
-        fake = by_name.get(r["variant"].split(" int")[0])
-        speed = r["tokens_per_second"] / base["tokens_per_second"]
-        goal = "meets" if speed >= 2 else "misses"
-        line = f"`{r['variant']}` decodes at {speed:.2f}x fairseq float ({goal} the 2x goal)"
+        fake = by_name.get(r.variant.split(" int")[0])
+        speed = r.tokens_per_second / base.tokens_per_second
+        goal = "meets" if speed >= g["native_speed"] else "misses"
+        line = (f"`{r.variant}` decodes at {speed:.2f}x fairseq float ({goal} the "
+                f"{g['native_speed']:g}x goal)")
         if fake is not None:
-            same = r.get("same_as_fake_quant", float("nan"))
-            bleu_ok = "within" if abs(r["bleu"] - fake["bleu"]) <= 0.1 else "outside"
-            line += (f" and {r['tokens_per_second'] / fake['tokens_per_second']:.2f}x its "
-                     f"fake-quant model; {same:.1%} identical translations (goal ≥ 95%: "
-                     f"{'met' if same >= 0.95 else 'not met'}), BLEU "
-                     f"{r['bleu'] - fake['bleu']:+.2f} ({bleu_ok} the 0.1 goal)")
-        if r.get("float_matmul_same_as_fake_quant") is not None:
+            same = r.same_as_fake_quant if r.same_as_fake_quant is not None else float("nan")
+            bleu_ok = "within" if abs(r.bleu - fake.bleu) <= g["native_bleu"] else "outside"
+            line += (f" and {r.tokens_per_second / fake.tokens_per_second:.2f}x its "
+                     f"fake-quant model; {same:.1%} identical translations (goal ≥ "
+                     f"{g['native_identical']:.0%}: "
+                     f"{'met' if same >= g['native_identical'] else 'not met'}), BLEU "
+                     f"{r.bleu - fake.bleu:+.2f} ({bleu_ok} the {g['native_bleu']:g} goal)")
+        if r.float_matmul_same_as_fake_quant is not None:
             line += (f".  The fake-quant model is decoded with exact arithmetic on its integer "
                      f"codes (`--quant-kernels exact`, the default and what validation runs); "
                      f"with float matmuls on dequantized values instead (`--quant-kernels fake`) "
-                     f"it gives {r['float_matmul_same_as_fake_quant']:.1%} identical "
-                     f"translations (BLEU {r['float_matmul_bleu'] - fake['bleu']:+.2f}): a fully "
+                     f"it gives {r.float_matmul_same_as_fake_quant:.1%} identical "
+                     f"translations (BLEU {r.float_matmul_bleu - fake.bleu:+.2f}): a fully "
                      "quantized network turns last-bit float differences into whole quantization "
                      "steps at later rounding points, so only bit-identical arithmetic "
                      "reproduces every beam")
         out.append(line + ".")
     for r in rows:
-        control = r.get("baseline") or "float"
+        control = r.baseline or "float"
         ptq = by_name.get(f"{control} → CT2 int8 (PTQ)")
-        if ptq is not None and "→ CT2" in r["variant"] and not r["variant"].endswith("(PTQ)"):
-            delta = r["bleu"] - ptq["bleu"]
-            out.append(f"`{r['variant']}` vs CTranslate2 int8 PTQ of `{control}`: "
-                       f"{r['bleu']:.2f} vs {ptq['bleu']:.2f} ({delta:+.2f}); decode "
-                       f"{r['tokens_per_second']:.0f} vs fairseq float "
-                       f"{base['tokens_per_second']:.0f} tok/s.")
+        if ptq is not None and "→ CT2" in r.variant and not r.variant.endswith("(PTQ)"):
+            delta = r.bleu - ptq.bleu
+            out.append(f"`{r.variant}` vs CTranslate2 int8 PTQ of `{control}`: "
+                       f"{r.bleu:.2f} vs {ptq.bleu:.2f} ({delta:+.2f}); decode "
+                       f"{r.tokens_per_second:.0f} vs fairseq float "
+                       f"{base.tokens_per_second:.0f} tok/s.")
     return out
 
 
-def _scored(rows: List[dict], meta: dict) -> str:
+def _scored(rows: List[Row], meta: dict) -> str:
     """How many sentences each row's BLEU covers (all of them, or the rows that fall short)."""
     n = meta.get("test sentences")
-    counts = {r["variant"]: r.get("scored") for r in rows
-              if r.get("kind") != "recipe"}  # a recipe's report scores every sentence itself
+    counts = {r.variant: r.scored for r in rows
+              if r.kind != "recipe"}  # a recipe's report scores every sentence itself
     short = [f"`{v}` {c}" for v, c in counts.items() if c is not None and c != n]
     if short:
         return f"Sentences scored: fewer than the {n} test sentences for " + ", ".join(short) + "."
@@ -129,19 +135,19 @@ def _scored(rows: List[dict], meta: dict) -> str:
     return ""
 
 
-def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = ()):
+def write_markdown(path: str, rows: List[Row], meta: dict, goals: dict, extra: List[str] = ()):
     lines = [f"# fullyqt benchmark: preset `{meta['preset']}`", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items() if k not in ("preset", "notes")]
-    trained = [r.get("train_minutes") for r in rows if r.get("kind", "trained") == "trained"]
+    trained = [r.train_minutes for r in rows if r.trained]
     if trained and all(isinstance(t, (int, float)) for t in trained):
         lines.append(f"- training time, all variants (min): {sum(trained):.1f} "
                      "(a rerun reuses finished training; wall time counts this run only)")
     lines += ["", "| " + " | ".join(h for _, h in COLUMNS) + " |",
               "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(k, getattr(r, k)) for k, _ in COLUMNS) + " |")
     lines += ["", "BLEU: sacrebleu on detokenized hypotheses against the raw reference text; "
-              f"signature `{rows[0]['signature'] if rows else ''}`.  {_scored(rows, meta)}",
+              f"signature `{rows[0].signature if rows else ''}`.  {_scored(rows, meta)}",
               "Model bytes: for trained variants, b-bit weights with an fp32 scale and minimum "
               "per row bucket and fp32 biases (float: 4 bytes a parameter), tied embeddings "
               "once; for export and CTranslate2 rows, the size on disk.",
@@ -151,9 +157,9 @@ def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = (
               "threads, `intra_threads` 1: CTranslate2's throughput setting; at small widths one "
               "batch on several threads spends its time synchronizing them).", "",
               "## Findings", ""]
-    lines += [f"- {x}" for x in findings(rows) + list(meta.get("notes", []))]
+    lines += [f"- {x}" for x in findings(rows, goals) + list(meta.get("notes", []))]
     lines += ["", "## Variants", ""]
-    lines += [f"- `{r['variant']}`: {r['description']}" for r in rows]
+    lines += [f"- `{r.variant}`: {r.description}" for r in rows]
     if extra:
         lines += [""] + list(extra)
     tmp = path + ".tmp"
@@ -162,7 +168,7 @@ def write_markdown(path: str, rows: List[dict], meta: dict, extra: List[str] = (
     os.replace(tmp, path)
 
 
-def write_plot(path: str, rows: List[dict], title: str):
+def write_plot(path: str, rows: List[Row], title: str):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,13 +176,13 @@ def write_plot(path: str, rows: List[dict], title: str):
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for r in rows:
-        mb = r["model_bytes"] / 2**20
-        color = "tab:gray" if r.get("bits") is None else "tab:blue"
-        if r.get("kind", "trained") != "trained":  # shipped forms: unlabelled hollow markers
-            ax.scatter(mb, r["bleu"], s=30, facecolors="none", edgecolors=color)
+        mb = r.model_bytes / 2**20
+        color = "tab:gray" if r.bits is None else "tab:blue"
+        if not r.trained:  # shipped forms: unlabelled hollow markers
+            ax.scatter(mb, r.bleu, s=30, facecolors="none", edgecolors=color)
             continue
-        ax.scatter(mb, r["bleu"], s=40, color=color)
-        ax.annotate(r["variant"], (mb, r["bleu"]), textcoords="offset points", xytext=(5, 4),
+        ax.scatter(mb, r.bleu, s=40, color=color)
+        ax.annotate(r.variant, (mb, r.bleu), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
     ax.scatter([], [], s=30, facecolors="none", edgecolors="tab:blue",
                label="exports (int native, CTranslate2)")
@@ -192,87 +198,54 @@ def write_plot(path: str, rows: List[dict], title: str):
     os.replace(tmp, path)
 
 
+STUDIES = (("decode_profile", "Where decode time goes"), ("pruning", "Pruning"),
+           ("kronecker", "Kronecker-factorized layers"), ("train_speed", "Training speed"),
+           ("two_process", "Two-process training"))  # scripts/studies/NAME.py OUT writes NAME.json
+
+
+def study_goals(data: dict) -> dict:
+    """The goals a run's results were judged by (older runs: the shipped goals file)."""
+    return data.get("goals") or load_goals()
+
+
 def rewrite(out_dir: str):
-    """Rebuild report.md and pareto.png from ``out_dir/results.json`` (after editing it)."""
+    """Rebuild report.md and pareto.png from ``out_dir/results.json`` (after editing it, or after
+    a study added its section)."""
     with open(os.path.join(out_dir, "results.json"), encoding="utf-8") as f:
         data = json.load(f)
-    rows = [{k: v for k, v in r.items() if k not in ("size_vs_float", "time_per_update_vs_float")}
-            for r in data["rows"]]
-    return write_report(out_dir, rows, data["meta"], data.get("profile") or None,
-                        data.get("threads"), data.get("decoder_step") or None,
-                        data.get("pruning") or None)
+    rows = [Row.from_json(r) for r in data["rows"]]
+    return write_report(out_dir, rows, data["meta"], data.get("threads"),
+                        data.get("decoder_step") or None, study_goals(data))
 
 
-def write_report(out_dir: str, rows: List[dict], meta: dict, profile_rows=None, threads=None,
-                 kernel_rows=None, prune_rows=None):
-    """Write the three report files atomically; returns their paths."""
+def write_report(out_dir: str, rows: List[Row], meta: dict, threads=None, kernel_rows=None,
+                 goals: Optional[dict] = None):
+    """Write the three report files atomically; returns their paths.  The sections of the
+    studies run on this folder (``STUDIES``) join the report."""
     os.makedirs(out_dir, exist_ok=True)
-    rows = add_relative_columns([dict(r) for r in rows])
+    goals = goals or load_goals()
+    rows = with_relative_columns(rows)
     paths = {k: os.path.join(out_dir, f) for k, f in
              (("md", "report.md"), ("json", "results.json"), ("png", "pareto.png"))}
     tmp = paths["json"] + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"meta": meta, "rows": rows, "profile": profile_rows or [],
-                   "decoder_step": kernel_rows or [], "pruning": prune_rows or [],
+        json.dump({"meta": meta, "rows": [r.to_json() for r in rows], "goals": goals,
+                   "decoder_step": kernel_rows or [],
                    "threads": threads}, f, indent=2)
     os.replace(tmp, paths["json"])
     extra = []
-    if profile_rows:
-        from .profile import markdown
-
-        extra = markdown(profile_rows, threads)
     if kernel_rows:
         from .kernels import markdown as kernel_markdown
 
         extra += [""] + kernel_markdown(kernel_rows, threads)
-    if prune_rows:
-        from .pruning import markdown as pruning_markdown
-
-        extra += [""] + pruning_markdown(prune_rows, threads)
-    from .kronecker import kron_rows, markdown as kron_markdown
-
-    krows = kron_rows(rows)
-    if krows:
-        extra += [""] + kron_markdown(krows)
-    # scripts/studies/train_speed.py / two_process.py --out OUT: their tables join the report
-    for name, title in (("train_speed", "Training speed"), ("two_process", "Two-process training")):
+    for name, title in STUDIES:
         path = os.path.join(out_dir, f"{name}.json")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
                 extra += ["", f"## {title}", ""] + json.load(f).get("markdown", [])
-    write_markdown(paths["md"], rows, meta, extra)
+    write_markdown(paths["md"], rows, meta, goals, extra)
     write_plot(paths["png"], rows, f"BLEU vs size ({meta['preset']})")
     return paths
-
-
-def retime(out_dir: str, data_bin: str) -> str:
-    """Redo the pruning section of a finished run (``OUT/results.json``) on this machine, now;
-    returns the report's path."""
-    import json
-    from types import SimpleNamespace
-
-    import torch
-
-    from .pruning import step_rows
-
-    path = os.path.join(out_dir, "results.json")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    trained = {}
-    for r in data["rows"]:
-        vdir = os.path.join(out_dir, "checkpoints", r["variant"])
-        compact = os.path.join(vdir, "model.compact.pt")
-        if r.get("dense"):
-            trained[r["variant"]] = SimpleNamespace(checkpoint=compact)
-        elif os.path.isfile(os.path.join(vdir, "train_result.json")):
-            with open(os.path.join(vdir, "train_result.json")) as f:
-                trained[r["variant"]] = SimpleNamespace(checkpoint=json.load(f)["checkpoint"])
-    data["pruning"] = step_rows(data["rows"], trained, data_bin,
-                                threads=torch.get_num_threads())
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return rewrite(out_dir)["md"]
 
 
 if __name__ == "__main__":
@@ -280,11 +253,6 @@ if __name__ == "__main__":
     import sys
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    args = sys.argv[1:]
-    again = "--retime-pruning" in args
-    args = [a for a in args if a != "--retime-pruning"]
-    if len(args) != 1 or not os.path.isfile(os.path.join(args[0], "results.json")):
-        sys.exit("usage: python -m fullyqt.bench.report DIR [--retime-pruning]  (DIR holds "
-                 "results.json; --retime-pruning redoes the pruning section's timings here)")
-    print(retime(args[0], os.path.join(args[0], "data", "bin")) if again
-          else rewrite(args[0])["md"])
+    if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], "results.json")):
+        sys.exit("usage: python -m fullyqt.bench.report DIR  (DIR holds results.json)")
+    print(rewrite(sys.argv[1])["md"])

@@ -17,7 +17,7 @@ from fullyqt.prune.macs import dims_of, sentence_macs, step_macs
 from fullyqt.prune.shapes import CompactShapes, LayerShape
 from fullyqt.bench.kernels import SIZES, size_args, add_size_args, checked_sizes, dictionary
 from fullyqt.bench.deploy import ct2_sentence_ms
-from fullyqt.bench.steps import timed_parts
+from pruning_report import timed_parts
 from fullyqt.eval.decode import USER_DIR
 
 

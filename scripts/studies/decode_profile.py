@@ -1,10 +1,22 @@
 """Where decoding time goes: the torch profiler over a few test batches of beam search, split
 into model matmul kernels, the model's other ops, Python/dispatch overhead inside the model, and
-beam search outside it."""
+beam search outside it; for the float model of a finished benchmark run, its 8-bit model in fake
+quantization and its integer export (a full-grid run's ``fullyqt8``, else the ``int8`` recipe's).
+
+    python scripts/studies/decode_profile.py runs/cpu-small      # on an idle machine
+
+Writes OUT/decode_profile.json (rows and rendered table) and rebuilds OUT/report.md.
+"""
+import json
+import os
 import time
 from typing import Dict, List, Optional
 
 import torch
+
+from fullyqt.bench.report import rewrite
+from finished_run import parse
+from train_speed import write_outputs
 
 MATMULS = {"aten::_int_mm": "int8", "aten::addmm": "float", "aten::mm": "float",
            "aten::bmm": "float", "aten::baddbmm": "float"}
@@ -94,8 +106,7 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
     body = [f"| {r['model']} | {r['int8_matmul']:.0%} | {r['float_matmul']:.0%} | "
             f"{r['other_ops']:.0%} | {r['python_in_model']:.0%} | {r['outside_model']:.0%} |"
             for r in rows]
-    lines = ["## Where decode time goes", "",
-             f"torch profiler, {threads} threads, beam 5, batch 32, the first test batches; "
+    lines = [f"torch profiler, {threads} threads, beam 5, batch 32, the first test batches; "
              "shares of the profiled wall time (profiling itself adds overhead).", ""]
     lines += head + body
     base = next((r for r in rows if "float" in r["model"]), None)
@@ -106,3 +117,47 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
                       "float through fairseq-generate at this size; CTranslate2 rows run beam "
                       "search in C++."]
     return lines
+
+
+def eight_bit_models(out: str) -> Dict[str, str]:
+    """The run's 8-bit fake-quant checkpoint and integer export: ``fullyqt8`` (or
+    ``fullyqt8-finetune``) of a full-grid run, else the int8 recipe's."""
+    for name in ("fullyqt8", "fullyqt8-finetune"):
+        done = os.path.join(out, "checkpoints", name, "train_result.json")
+        export = os.path.join(out, "checkpoints", name, "model.int8.pt")
+        if os.path.isfile(done) and os.path.isfile(export):
+            with open(done, encoding="utf-8") as f:
+                return {name: json.load(f)["checkpoint"], f"{name} int8 export": export}
+    recipe = os.path.join(out, "recipes", "int8")
+    stages = sorted(os.listdir(os.path.join(recipe, "stages"))) if os.path.isdir(
+        os.path.join(recipe, "stages")) else []
+    last = os.path.join(recipe, "stages", stages[-1], "checkpoint_last.pt") if stages else ""
+    if os.path.isfile(last) and os.path.isfile(os.path.join(recipe, "model.int8.pt")):
+        return {"int8 recipe": last, "int8 recipe export": os.path.join(recipe, "model.int8.pt")}
+    return {}
+
+
+def main(argv=None):
+    p, a, data = parse("decode_profile.py", __doc__, argv)
+    float_ckpt = os.path.join(a.out, "checkpoints", "float", "train_result.json")
+    eight = eight_bit_models(a.out)
+    if not (os.path.isfile(float_ckpt) and eight):
+        p.error(f"{a.out}: not a finished benchmark run with a float model and an 8-bit one "
+                "and its integer export")
+    with open(float_ckpt, encoding="utf-8") as f:
+        models = {"fairseq float": json.load(f)["checkpoint"]}
+    max_len = data["meta"].get("hypotheses cut at (target tokens)")
+    torch.set_num_threads(a.threads)
+    fake, export = eight
+    models[f"{fake} fake-quant (float matmuls)"] = eight[fake]
+    models[export] = eight[export]
+    rows = profile(models, os.path.join(a.out, "data", "bin"), max_len=max_len,
+                   overrides={f"{fake} fake-quant (float matmuls)": {"quant_kernels": "fake"}})
+    write_outputs(a.out, "decode_profile", "Where decode time goes",
+                  {"kind": "decode_profile", "rows": rows, "threads": a.threads},
+                  markdown(rows, a.threads))
+    print(rewrite(a.out)["md"])
+
+
+if __name__ == "__main__":
+    main()
