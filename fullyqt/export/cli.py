@@ -221,8 +221,8 @@ def main(argv=None):
     p.add_argument("--vmap", action="store_true",
                    help="ctranslate2: include a vocabulary map built from the training data "
                         "(translate with use_vmap=True to score only likely target tokens)")
-    p.add_argument("--vmap-per-token", default="20", metavar="K",
-                   help="candidates kept per source token (default 20)")
+    p.add_argument("--vmap-per-token", default="10", metavar="K",
+                   help="candidates kept per source token (default 10)")
     p.add_argument("--vmap-frequent", default="100", metavar="N",
                    help="most frequent target tokens always kept (default 100)")
     a = p.parse_args(argv)

@@ -19,7 +19,7 @@ from ..errors import UserError, parse_number
 
 @dataclass
 class VmapSize:
-    per_token: int = 20  # best candidates per source token
+    per_token: int = 10  # best candidates per source token (docs/results/2026-12-07-vmap-size.md)
     frequent: int = 100  # most frequent target tokens, always candidates
     iterations: int = 5  # EM passes of IBM model 1
     sentences: int = 100_000  # training pairs read (the first ones), bounding time and memory
