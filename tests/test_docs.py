@@ -1,5 +1,7 @@
 """The user-facing documents: the options reference is what the code registers, every link
 resolves, and the README stays short."""
+import glob
+import json
 import os
 import re
 import subprocess
@@ -59,3 +61,21 @@ def test_every_figure_the_readme_quotes_is_generated_from_a_run():
 def test_the_readme_stays_short():
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         assert len(f.read().splitlines()) <= 350
+
+
+def test_the_readme_results_regenerate_from_the_main_job_kept_in_docs():
+    """Each generated README block is, line for line, what its section makes of the newest
+    main-job results file kept in docs/results/ (the run the README describes)."""
+    from fullyqt.bench.readme import SECTIONS, markers
+
+    runs = sorted(glob.glob(os.path.join(REPO, "docs", "results", "*-main-job.json")))
+    assert runs, "no main-job results file in docs/results/"
+    with open(runs[-1], encoding="utf-8") as f:
+        data = json.load(f)
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for name, block in SECTIONS.items():
+        begin, end = markers(name)
+        held = readme.split(begin)[1].split(end)[0].strip("\n").splitlines()
+        assert held == block(data), name
+    assert data["meta"]["commit"] in readme
