@@ -88,18 +88,24 @@ def recipes_block(data: dict) -> List[str]:
                      f"{_num(r.tokens_per_second, '.0f')}{engine} |")
     lines += ["", "Goals, as each recipe's report measured them (its own decoding of the float "
               "model in CTranslate2 int8 is the speed reference):", ""]
-    seen = set()
-    for r in recipes:
-        if r.recipe in seen or not r.goals:
-            continue
-        seen.add(r.recipe)
+    for recipe, goals in recipe_goals(recipes).items():
         parts = []
-        for goal, g in r.goals.items():
+        for goal, g in goals.items():
             bound, value, met = (g["bound"], g["reached"], g["met"]) if isinstance(g, dict) else g
             parts.append(f"{GOALS.get(goal, goal)} {bound:g}: {value:.3f}, "
                          f"{'met' if met else '**missed**'}")
-        lines.append(f"- `{r.recipe}`: " + "; ".join(parts))
+        lines.append(f"- `{recipe}`: " + "; ".join(parts))
     return lines
+
+
+def recipe_goals(rows: List[Row]) -> dict:
+    """Each recipe's goals as its report judged them (the first of its rows that has them), in
+    the rows' order."""
+    found = {}
+    for r in rows:
+        if r.kind == "recipe" and r.goals and r.recipe not in found:
+            found[r.recipe] = r.goals
+    return found
 
 
 def headline_block(data: dict) -> List[str]:
@@ -108,11 +114,7 @@ def headline_block(data: dict) -> List[str]:
     from ..compress.recipe import GOALS
 
     meta = data["meta"]
-    rows = [Row.from_json(r) for r in data["rows"] if r.get("kind") == "recipe"]
-    reached = {}
-    for r in rows:
-        if r.goals and r.recipe not in reached:
-            reached[r.recipe] = r.goals
+    reached = recipe_goals([Row.from_json(r) for r in data["rows"]])
     if not reached:
         raise ValueError("the run has no recipe rows (a preset without recipes, or --no-recipes)")
     parts = [f"`{recipe}` " + ", ".join(f"{GOALS[k].split(' (')[0]} {_reached(k, g['reached'])}"
