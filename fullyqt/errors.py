@@ -131,6 +131,52 @@ def unreadable_checkpoint(error: BaseException, tb):
     return f"{line}; a run killed while it was written: start over, or use another checkpoint"
 
 
+def _resume_frame(tb):
+    """The frame of fairseq's ``Trainer.load_checkpoint`` where ``tb`` was raised, or None."""
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "load_checkpoint" and "filename" in frame.f_locals and \
+                hasattr(frame.f_locals.get("self"), "cfg"):
+            found = frame
+        tb = tb.tb_next
+    return found
+
+
+def _option(args, name):
+    try:
+        return getattr(args, name, None)
+    except Exception:  # an omegaconf config without the key
+        return None
+
+
+def optimizer_mismatch(error: BaseException, tb):
+    """One line for a resumed run whose saved optimizer state does not fit the model the options
+    build now (a run restarted in its folder with other --kron-* / --prune-* options, another
+    criterion or optimizer): the file and the options that differ, then and now; None for any
+    other error."""
+    text = str(error)
+    if not (isinstance(error, ValueError) and "doesn't match the size of optimizer's group" in
+            text or isinstance(error, AssertionError) and "please reset the optimizer" in text):
+        return None
+    frame = _resume_frame(tb)
+    if frame is None:
+        return None
+    from .feature import plugin_options
+
+    path, state = frame.f_locals["filename"], frame.f_locals.get("state") or {}
+    cfg = state.get("cfg")
+    then = state.get("args") or (cfg.get("model") if hasattr(cfg, "get") else None)
+    now = frame.f_locals["self"].cfg.model
+    differ = [f"--{name.replace('_', '-')} {_option(then, name)} then, {_option(now, name)} now"
+              for name in plugin_options()
+              if then is not None and _option(then, name) != _option(now, name)]
+    what = "; ".join(differ) if differ else text.split(";")[0].split(".")[0]
+    return (f"{path}: its optimizer state does not fit the model these options build ({what});"
+            f" resume with the options it was trained with, or start in a new --save-dir "
+            f"(--finetune-from-model {path} starts from its weights)")
+
+
 def install_excepthook():
     """Print an uncaught ``UserError`` (or fairseq's wrapping of one, see ``one_line``) as
     ``PROG: error: MESSAGE``; every other exception goes to the hook that was there before."""
@@ -141,7 +187,7 @@ def install_excepthook():
     def hook(kind, value, tb):
         line = one_line(value)
         if line is None:
-            line = unreadable_checkpoint(value, tb)
+            line = unreadable_checkpoint(value, tb) or optimizer_mismatch(value, tb)
         if line is not None:
             prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "fullyqt"
             sys.stderr.write(f"{prog}: error: {line}\n")

@@ -288,14 +288,22 @@ def test_decoder_density_needs_topk(toy_data):
         build_model(toy_data[1], *PRUNE, "--prune-decoder-density", "0.3")
 
 
-def test_attentions_and_ffns_with_nothing_left_are_named(toy_data):
+def test_attentions_and_ffns_cut_to_the_floor_are_named(toy_data):
     model, _ = _masked_model(toy_data[1], "post-norm")
-    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn"]
+    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn (no head)"]
     layer = model.decoder.layers[0]
     with torch.no_grad():
         _set_scores(layer.fc1.source.scores, -10.0)  # the units' fc2 columns follow fc1 rows
         _set_scores(layer.fc2.source.scores, -10.0)
     assert not units_alive(layer).any()
-    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn", "decoder.layers.0 FFN"]
+    assert cut_to_the_floor(model) == ["encoder.layers.0.self_attn (no head)",
+                                       "decoder.layers.0 FFN (0 units)"]
+    layer = model.decoder.layers[1]  # one unit left, as top-k's floor leaves a layer
+    scores = layer.fc1.source.scores  # row blocks: one score per unit, fc1 and fc2 share it
+    _set_scores(scores, -10.0)
+    with torch.no_grad():
+        scores.raw[3, 0] = 5.0 / scores.scale
+    assert units_alive(layer).nonzero().flatten().tolist() == [3]
+    assert cut_to_the_floor(model)[2:] == ["decoder.layers.1 FFN (1 unit)"]
     dense, _, _ = build_model(toy_data[1], *PRUNE)
     assert cut_to_the_floor(dense) == []

@@ -70,3 +70,13 @@ def test_a_study_of_a_folder_without_its_models_is_one_line(tmp_path):
         assert message in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pareto.png", "report.md",
                                                           "results.json"]
+
+
+def test_fault_survey_names_an_unknown_case(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(STUDIES, "fault_survey.py"), "--out",
+                           str(tmp_path / "s"), "--cases", "1,99"], capture_output=True,
+                          text=True)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--cases: unknown 99; allowed: 1, 2, 3a, 3b, 3c, 4a" in line and line.endswith(", 9")
+    assert not (tmp_path / "s").exists()

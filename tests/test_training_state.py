@@ -160,3 +160,21 @@ def test_a_cut_short_checkpoint_is_named_with_the_one_to_resume_from(toy_data, t
                "--cpu", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"{last}: cut short" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_run_restarted_with_other_options_names_them_in_one_line(toy_data, tmp_path):
+    """A float run's folder rerun with --kron-layers: the saved optimizer state cannot fit."""
+    train(toy_data[1], tmp_path, *TINY, "--no-quant", "--max-update", "2",
+          "--disable-validation")
+    last = tmp_path / "checkpoint_last.pt"
+    proc = cli("fairseq-train", toy_data[1], "--save-dir", tmp_path, *TRAIN, *TINY,
+               "--no-quant", "--kron-layers", "ffn", "--kron-factor", "4", "--user-dir",
+               USER_DIR, "--max-update", "4", "--disable-validation", check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert line.startswith(f"fairseq-train: error: {last}: its optimizer state does not fit "
+                           "the model these options build (--kron-layers None then, ffn now; "
+                           "--kron-factor None then, 4.0 now)"), line
+    assert line.endswith(f"(--finetune-from-model {last} starts from its weights)")
+    assert torch.load(last, weights_only=False)["optimizer_history"][-1]["num_updates"] == 2

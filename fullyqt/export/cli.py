@@ -238,6 +238,10 @@ def main(argv=None):
         p.exit(2, f"{p.prog}: error: {e}\n")
     except RuntimeError as e:  # torch's writer on a full disk: nothing was left behind
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "inline_container" in first:  # torch's zip writer could not write what it wrote
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(a.out))).free
+            first = (f"the file could not be written whole: is the disk full? ({free:,} bytes "
+                     f"free there; torch said: {first})")
         p.exit(2, f"{p.prog}: error: writing {a.out}: {first}\n")
     except OSError as e:  # e.g. the disk filled up while writing: nothing was left behind
         p.exit(2, f"{p.prog}: error: writing {a.out}: {e.strerror or e}\n")

@@ -62,8 +62,8 @@ class Pruning(Feature):
                         describe(model))
             floor = cut_to_the_floor(model)
             if floor:
-                logger.warning("prune: nothing survives in %s (compaction keeps one dead head "
-                               "or unit there); a higher density keeps more", ", ".join(floor))
+                logger.warning("prune: cut to the floor: %s; a higher density keeps more",
+                               ", ".join(floor))
 
     def upgrade_state(self, model, cfg, state_dict, prefix):
         if model.pruner is None and any(k.endswith(".source.scores.raw") for k in state_dict):
@@ -112,8 +112,9 @@ def write_compact(checkpoint, state, args, out, data):
                        "run? its log shows the density reached)", checkpoint)
     floor = cut_to_the_floor(model)
     if floor:
-        logger.warning("fullyqt-export: --format compact: nothing survived in %s; each keeps "
-                       "one head or unit whose output is zero", ", ".join(floor))
+        logger.warning("fullyqt-export: --format compact: cut to the floor: %s (where nothing "
+                       "survived, one head or unit whose output is zero is kept)",
+                       ", ".join(floor))
     saved = {k: v for k, v in state.items() if k == "extra_state"}
     saved.update(with_model_args(state, prune_method=None,
                                  prune_compact_shapes=shapes.to_json()))

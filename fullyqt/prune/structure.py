@@ -69,15 +69,18 @@ def matrices(model) -> Iterator[Tuple[str, str, object]]:
 
 
 def cut_to_the_floor(model) -> List[str]:
-    """The attentions and FFNs where no head or unit survives (compaction keeps one, dead)."""
+    """The attentions where no head survives and the FFNs left with one unit or none (top-k
+    keeps one block per matrix; compaction keeps one unit, dead if none survived), each named
+    with what is left."""
     out = []
     for stack in ("encoder", "decoder"):
         for i, layer in enumerate(getattr(model, stack).layers):
             for kind, attn in attentions(layer):
                 if not bool(heads_alive(attn).any()):
-                    out.append(f"{stack}.layers.{i}.{MODULE[kind]}")
-            if not bool(units_alive(layer).any()):
-                out.append(f"{stack}.layers.{i} FFN")
+                    out.append(f"{stack}.layers.{i}.{MODULE[kind]} (no head)")
+            units = int(units_alive(layer).sum())
+            if units <= 1:
+                out.append(f"{stack}.layers.{i} FFN ({units} unit{'' if units == 1 else 's'})")
     return out
 
 
