@@ -42,14 +42,23 @@ def parse_layer_map(option: str, value: str) -> Tuple[Optional[List[int]], Optio
     return maps[0], maps[1]
 
 
+def pick_layers(stack: str, given: Optional[List[int]], student_layers: int,
+                teacher_layers: int, option: str = "--kd-layer-map", student: str = "student",
+                teacher: str = "teacher") -> List[int]:
+    """The teacher layer (1-based) of each student layer of one stack: ``given``, checked, or
+    evenly spaced; ``student`` and ``teacher`` are what the error line calls the two models."""
+    layers = given if given is not None else evenly_spaced(student_layers, teacher_layers)
+    if len(layers) != student_layers:
+        raise UserError(f"{option}: the {stack} map has {len(layers)} entries for a "
+                        f"{student} with {student_layers} {stack} layers; give one per layer")
+    if max(layers) > teacher_layers:
+        raise UserError(f"{option}: {stack} {teacher} layer {max(layers)} does not exist; "
+                        f"the {teacher} has {teacher_layers} {stack} layers")
+    return layers
+
+
 def resolve(stack: str, given: Optional[List[int]], student_layers: int,
             teacher_layers: int) -> List[Tuple[int, int]]:
     """(student state, teacher state) pairs of one stack, embedding output included."""
-    layers = given if given is not None else evenly_spaced(student_layers, teacher_layers)
-    if len(layers) != student_layers:
-        raise UserError(f"--kd-layer-map: the {stack} map has {len(layers)} entries for a "
-                        f"student with {student_layers} {stack} layers; give one per layer")
-    if max(layers) > teacher_layers:
-        raise UserError(f"--kd-layer-map: {stack} teacher layer {max(layers)} does not exist; "
-                        f"the teacher has {teacher_layers} {stack} layers")
+    layers = pick_layers(stack, given, student_layers, teacher_layers)
     return [(0, 0)] + [(i + 1, t) for i, t in enumerate(layers)]
