@@ -81,6 +81,12 @@ def test_unknown_variant_is_one_line_before_any_data_is_prepared(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "python -m fullyqt.bench: error: --variants: nosuch: not a variant (allowed: float, ")
     assert not out.exists()  # the built-in corpus was not prepared first
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench", "--out", str(out),
+                           "--variants", ""], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "python -m fullyqt.bench: error: --variants '': names no variant; give a comma list of "
+        "the preset's variants, or leave the option out to run the main job")
+    assert not out.exists()
 
 
 def test_bad_kernel_size_in_a_preset_is_named(tmp_path):

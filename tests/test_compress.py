@@ -74,7 +74,7 @@ def test_int8_recipe_ships_files_that_load_and_a_report(int8_run, toy_data):
     assert translator.translate_batch([["w1", "w2", "w3"]])[0].hypotheses[0]
 
 
-@pytest.mark.parametrize("name", ["int4", "fast", "smallest"])
+@pytest.mark.parametrize("name", ["int4", "fast", "shallow", "smallest"])
 def test_recipe_end_to_end(name, toy_data, teacher, tmp_path):
     recipe = recipes.load(name)
     out = tmp_path / name
@@ -150,7 +150,7 @@ def test_refusals_in_one_line_with_nothing_written(toy_data, teacher, trained_8b
     _refused([text, data, "--recipe", "int8"], out, "not a PyTorch checkpoint")
     _refused([trained_8bit, data, "--recipe", "int8"], out, "already quantized (8 bits)")
     _refused([teacher, data, "--recipe", "nosuch"], out,
-             "--recipe 'nosuch': allowed: fast, int4, int8, smallest")
+             "--recipe 'nosuch': allowed: fast, int4, int8, shallow, smallest")
     _refused([teacher, data, "--recipe", "int8", "--updates", "0"], out,
              "--updates: got 0; allowed: an integer >= 1")
     other = tmp_path / "other-dict"

@@ -175,3 +175,5 @@ def test_a_missing_data_directory_is_one_error_line(tmp_path):
     with pytest.raises(SystemExit, match=f"--data {tmp_path}/none: no such directory"):
         main([CKPT, "--data", f"{tmp_path}/none"])
     main([CKPT, "--data", FIXTURE])  # the dictionaries are there
+    with pytest.raises(SystemExit, match=f"{tmp_path}: a directory, not a checkpoint file"):
+        main([str(tmp_path)])

@@ -15,20 +15,20 @@ def _layers(state, stack, i):
 
 
 @pytest.fixture(scope="module")
-def teacher(toy_data, tmp_path_factory):
+def deep(toy_data, tmp_path_factory):
     """A 2-3 layer model's state saved as a checkpoint (not trained: only the layout counts)."""
     model, _, args = build_model(toy_data[1], "--quant-bits", "8", arch_args=SIX)
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
             p.add_(i)  # every tensor tells its origin
-    path = tmp_path_factory.mktemp("depth") / "teacher.pt"
+    path = tmp_path_factory.mktemp("depth") / "deep.pt"
     torch.save({"args": args, "model": model.state_dict(), "extra_state": {},
                 "optimizer_history": [{"num_updates": 0}], "last_optimizer_state": None}, path)
     return path, model.state_dict()
 
 
-def _student(toy_data, teacher, *flags):
-    return build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model", teacher[0],
+def _student(toy_data, deep, *flags):
+    return build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model", deep[0],
                        *flags)[0]
 
 
@@ -36,48 +36,48 @@ def _student(toy_data, teacher, *flags):
     (["--encoder-layers", "2", "--decoder-layers", "1", "--init-layer-map", "auto"],
      [1, 2], [3]),  # evenly spaced: ends on the top layer
     (["--encoder-layers", "3", "--decoder-layers", "1", "--init-layer-map", "auto:1"],
-     [1, 1, 2], [1]),  # a deeper encoder repeats layers
+     [1, 2, 2], [1]),  # a deeper encoder repeats layers
     (["--encoder-layers", "2", "--decoder-layers", "2", "--init-layer-map", "2,1:3,2"],
      [1, 2], [3, 2]),  # a stack whose count agrees is loaded as it is, whatever the map says
 ])
-def test_each_layer_starts_from_the_one_the_map_picks(toy_data, teacher, flags, encoder,
+def test_each_layer_starts_from_the_one_the_map_picks(toy_data, deep, flags, encoder,
                                                        decoder):
-    student = _student(toy_data, teacher, *flags)
-    student.load_state_dict(dict(teacher[1]))  # strict: every key of the student is filled
+    student = _student(toy_data, deep, *flags)
+    student.load_state_dict(dict(deep[1]))  # strict: every key of the student is filled
     got = student.state_dict()
     for stack, picks in (("encoder", encoder), ("decoder", decoder)):
         assert len(getattr(student, stack).layers) == len(picks)
         for i, pick in enumerate(picks):
-            mine, theirs = _layers(got, stack, i), _layers(teacher[1], stack, pick - 1)
+            mine, theirs = _layers(got, stack, i), _layers(deep[1], stack, pick - 1)
             assert mine.keys() == theirs.keys()
             assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     key = "encoder.embed_tokens.weight"
-    assert torch.equal(got[key], teacher[1][key])
+    assert torch.equal(got[key], deep[1][key])
 
 
-def test_a_student_of_its_own_depth_loads_its_own_checkpoint(toy_data, teacher):
-    student = _student(toy_data, teacher, "--decoder-layers", "1", "--init-layer-map", "auto")
-    student.load_state_dict(dict(teacher[1]))
+def test_a_student_of_its_own_depth_loads_its_own_checkpoint(toy_data, deep):
+    student = _student(toy_data, deep, "--decoder-layers", "1", "--init-layer-map", "auto")
+    student.load_state_dict(dict(deep[1]))
     own = {k: v.clone() for k, v in student.state_dict().items()}
-    again = _student(toy_data, teacher, "--decoder-layers", "1", "--init-layer-map", "auto")
+    again = _student(toy_data, deep, "--decoder-layers", "1", "--init-layer-map", "auto")
     again.load_state_dict(own)  # a resume: the layers keep their numbers
     assert all(torch.equal(again.state_dict()[k], v) for k, v in own.items())
     assert saved_layers(own, "", "decoder") == 1
 
 
-def test_bad_maps_are_one_line(toy_data, teacher):
-    student = _student(toy_data, teacher, "--decoder-layers", "1", "--init-layer-map", "auto:1,2")
+def test_bad_maps_are_one_line(toy_data, deep):
+    student = _student(toy_data, deep, "--decoder-layers", "1", "--init-layer-map", "auto:1,2")
     with pytest.raises(UserError, match="the decoder map has 2 entries for a model with 1"):
-        student.load_state_dict(dict(teacher[1]))
-    student = _student(toy_data, teacher, "--decoder-layers", "1", "--init-layer-map", "auto:4")
+        student.load_state_dict(dict(deep[1]))
+    student = _student(toy_data, deep, "--decoder-layers", "1", "--init-layer-map", "auto:4")
     with pytest.raises(UserError, match="decoder checkpoint layer 4 does not exist; the checkpoint has 3"):
-        student.load_state_dict(dict(teacher[1]))
+        student.load_state_dict(dict(deep[1]))
     with pytest.raises(UserError, match="--init-layer-map applies to --finetune-from-model"):
         build_model(toy_data[1], "--init-layer-map", "auto")
-    without = build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model", teacher[0],
+    without = build_model(toy_data[1], "--quant-bits", "8", "--finetune-from-model", deep[0],
                           "--decoder-layers", "1")[0]
     with pytest.raises(RuntimeError, match="Unexpected key"):
-        without.load_state_dict(dict(teacher[1]))  # other depths stay refused without the option
+        without.load_state_dict(dict(deep[1]))  # other depths stay refused without the option
 
 
 @pytest.mark.slow

@@ -129,6 +129,8 @@ def test_layer_map_even_spacing_and_explicit_maps():
     assert evenly_spaced(3, 6) == [2, 4, 6]
     assert evenly_spaced(1, 6) == [6]
     assert evenly_spaced(4, 6) == [2, 3, 4, 6]  # round half to even: 1.5 -> 2, 4.5 -> 4
+    assert evenly_spaced(6, 3) == [1, 1, 2, 2, 3, 3]  # deeper: each teacher layer twice
+    assert evenly_spaced(3, 2) == [1, 2, 2]
     assert resolve("encoder", None, 2, 4) == [(0, 0), (1, 2), (2, 4)]
     assert parse_layer_map("--kd-layer-map", "2,4,6") == ([2, 4, 6], [2, 4, 6])
     assert parse_layer_map("--kd-layer-map", "1,1:auto") == ([1, 1], None)

@@ -4,9 +4,9 @@
     fullyqt-compress FLOAT_CKPT DATA_BIN --recipe fast --out DIR -- --max-tokens 8192 --fp16
     fullyqt-compress FLOAT_CKPT DATA_BIN --recipe smallest --out DIR --dry-run
 
-Recipes: int8, int4 (smaller), fast (faster), smallest (see configs/recipes/).  Arguments after
-`--` go to every fairseq-train stage unchanged.  A rerun with the same arguments continues
-where the last one stopped.
+Recipes: int8, int4 (smaller), fast and shallow (faster), smallest (see configs/recipes/).
+Arguments after `--` go to every fairseq-train stage unchanged.  A rerun with the same arguments
+continues where the last one stopped.
 """
 import argparse
 import datetime

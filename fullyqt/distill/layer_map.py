@@ -3,6 +3,7 @@
 States are numbered as fairseq returns them: 0 is the embedding output, 1..N the outputs of the
 N layers.  The embedding output always pairs with the teacher's embedding output.
 """
+import math
 from typing import List, Optional, Tuple
 
 from ..errors import UserError
@@ -12,8 +13,10 @@ STACKS = ("encoder", "decoder")
 
 def evenly_spaced(student_layers: int, teacher_layers: int) -> List[int]:
     """Teacher layer for student layers 1..S: round(i·T/S), the identity when depths agree, and
-    always ending on the teacher's last layer."""
-    return [round(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
+    always ending on the teacher's last layer; a deeper student (S > T) takes ceil(i·T/S), each
+    teacher layer for as many student layers, never the embedding output."""
+    at = [i * teacher_layers / student_layers for i in range(1, student_layers + 1)]
+    return [math.ceil(x) if student_layers > teacher_layers else round(x) for x in at]
 
 
 def parse_layer_map(option: str, value: str) -> Tuple[Optional[List[int]], Optional[List[int]]]:

@@ -245,7 +245,7 @@ def c3b(s):
     return p, ok
 
 
-@case("3c", "a save that failed (full disk) left fairseq's checkpoint_1_2.pt.tmp; rerun")
+@case("3c", "a save that failed (full disk) left fairseq's checkpoint_1_8.pt.tmp; rerun")
 def c3c(s):
     d = s.fresh("stale-tmp")
     save = os.path.join(d, "run")
