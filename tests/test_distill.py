@@ -153,8 +153,8 @@ def test_hidden_pairs_follow_the_layer_map(toy_data, teacher):
     assert criterion._pairs == {"encoder": [(0, 0), (1, 1)],
                                 "decoder": [(0, 0), (1, 2), (2, 2), (3, 1)]}
     _, _, criterion = distill_setup(toy_data[1], teacher, "--kd-hidden-weight", "1")
-    assert criterion._pairs == {"encoder": [(0, 0), (1, 2)],
-                                "decoder": [(0, 0), (1, 1), (2, 1), (3, 2)]}
+    assert criterion._pairs == {"encoder": [(0, 0), (1, 2)],  # deeper: ceil(i * 2 / 3)
+                                "decoder": [(0, 0), (1, 1), (2, 2), (3, 2)]}
 
 
 # ----- errors -----
