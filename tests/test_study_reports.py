@@ -80,3 +80,16 @@ def test_fault_survey_names_an_unknown_case(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--cases: unknown 99; allowed: 1, 2, 3a, 3b, 3c, 4a" in line and line.endswith(", 9")
     assert not (tmp_path / "s").exists()
+
+
+def test_equal_work_names_a_model_that_is_not_a_ctranslate2_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.bin").write_bytes(b"")
+    for arg, says in ((f"a={tmp_path}/none", "expected NAME=DIR or NAME+vmap=DIR"),
+                      (f"a+vmap={tmp_path}/m", f"{tmp_path}/m has no vmap.txt")):
+        proc = subprocess.run([sys.executable, os.path.join(STUDIES, "equal_work.py"),
+                               str(tmp_path), arg, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert says in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
