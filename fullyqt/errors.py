@@ -88,16 +88,22 @@ def one_line(error: BaseException):
     return None
 
 
-def _checkpoint_in(tb):
-    """The path fairseq's ``load_checkpoint_to_cpu`` was reading where ``tb`` was raised."""
-    path = None
+def _frame(tb, function: str, fits):
+    """The innermost frame of ``function`` on the traceback ``tb`` whose locals ``fits``
+    accepts, or None."""
+    found = None
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code.co_name == "load_checkpoint_to_cpu" and isinstance(
-                frame.f_locals.get("path"), str):
-            path = frame.f_locals["path"]
+        if frame.f_code.co_name == function and fits(frame.f_locals):
+            found = frame
         tb = tb.tb_next
-    return path
+    return found
+
+
+def _checkpoint_in(tb):
+    """The path fairseq's ``load_checkpoint_to_cpu`` was reading where ``tb`` was raised."""
+    frame = _frame(tb, "load_checkpoint_to_cpu", lambda v: isinstance(v.get("path"), str))
+    return None if frame is None else frame.f_locals["path"]
 
 
 def complete_checkpoints(folder: str):
@@ -131,18 +137,6 @@ def unreadable_checkpoint(error: BaseException, tb):
     return f"{line}; a run killed while it was written: start over, or use another checkpoint"
 
 
-def _resume_frame(tb):
-    """The frame of fairseq's ``Trainer.load_checkpoint`` where ``tb`` was raised, or None."""
-    found = None
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == "load_checkpoint" and "filename" in frame.f_locals and \
-                hasattr(frame.f_locals.get("self"), "cfg"):
-            found = frame
-        tb = tb.tb_next
-    return found
-
-
 def _option(args, name):
     try:
         return getattr(args, name, None)
@@ -159,7 +153,8 @@ def optimizer_mismatch(error: BaseException, tb):
     if not (isinstance(error, ValueError) and "doesn't match the size of optimizer's group" in
             text or isinstance(error, AssertionError) and "please reset the optimizer" in text):
         return None
-    frame = _resume_frame(tb)
+    frame = _frame(tb, "load_checkpoint",  # fairseq's Trainer.load_checkpoint
+                   lambda v: "filename" in v and hasattr(v.get("self"), "cfg"))
     if frame is None:
         return None
     from .feature import plugin_options

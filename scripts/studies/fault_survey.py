@@ -38,6 +38,7 @@ TRAIN = ["--optimizer", "adam", "--lr", "3e-3", "--lr-scheduler", "inverse_sqrt"
          "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--no-progress-bar",
          "--cpu", "--seed", "1", "--no-epoch-checkpoints", "--disable-validation"]
 KRON = ["--kron-layers", "ffn", "--kron-factor", "4"]
+RESUME_Q8 = [*TINY, "--quant-bits", "8", "--max-update", "8", "--save-interval-updates", "2"]
 PRUNE = ["--prune-method", "topk", "--prune-density", "0.5", "--prune-attn-block", "head",
          "--prune-warmup-updates", "2", "--prune-cooldown-updates", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
@@ -54,22 +55,16 @@ class Outcome:
     notes: List[str] = field(default_factory=list)
 
 
-def run(name, *args, env=None, timeout=600):
+def run(name, *args, env=None, timeout=600, **options):
+    """Run a console script of this environment (or an absolute path); the CompletedProcess with
+    ``last`` (its last line) and ``traceback`` added.  ``options`` go to ``subprocess.run``."""
     exe = name if os.path.isabs(name) else os.path.join(BIN, name)
     proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env or ENV,
-                          timeout=timeout)
+                          timeout=timeout, **options)
     lines = [ln for ln in proc.stderr.strip().splitlines() if "tensorboardX" not in ln]
     proc.last = lines[-1] if lines else (proc.stdout.strip().splitlines() or [""])[-1]
     proc.traceback = "Traceback" in proc.stderr
     return proc
-
-
-def train(root, data, save, *extra, user_dir=True):
-    args = [data, "--save-dir", save, *TRAIN, *extra]
-    proc = run("fairseq-train", *args, *(["--user-dir", USER_DIR] if user_dir else []))
-    if proc.returncode:
-        raise SystemExit(f"setup training failed:\n{proc.stderr[-3000:]}")
-    return os.path.join(save, "checkpoint_last.pt")
 
 
 def with_data(checkpoint, data, out):
@@ -124,7 +119,9 @@ class Survey:
         save = os.path.join(folder, name)
         last = os.path.join(save, "checkpoint_last.pt")
         if not os.path.isfile(last):
-            train(self.root, self.data, save, *extra, user_dir=user_dir)
+            proc = self.train_from(save, *extra, user_dir=user_dir)
+            if proc.returncode:
+                raise SystemExit(f"setup training failed:\n{proc.stderr[-3000:]}")
         return last
 
     def fresh(self, name="case"):
@@ -134,9 +131,16 @@ class Survey:
         os.makedirs(path)
         return path
 
-    def train_from(self, save, *extra, **kw):
-        return run("fairseq-train", self.data, "--save-dir", save, *TRAIN, "--user-dir",
-                   USER_DIR, *extra, **kw)
+    def train_from(self, save, *extra, data=None, user_dir=True):
+        """fairseq-train on the survey's data (or ``data``) into ``save``."""
+        return run("fairseq-train", data or self.data, "--save-dir", save, *TRAIN, *extra,
+                   *(["--user-dir", USER_DIR] if user_dir else []))
+
+    def copy_run(self, name, checkpoint):
+        """A fresh case folder holding a copy of ``checkpoint``'s run folder; its path."""
+        save = os.path.join(self.fresh(name), "run")
+        shutil.copytree(os.path.dirname(checkpoint), save)
+        return save
 
 
 def logged(proc, needle):
@@ -214,15 +218,11 @@ def c2(s):
 
 
 def _cut_last(s, name, keep):
-    d = s.fresh(name)
-    save = os.path.join(d, "run")
-    shutil.copytree(os.path.dirname(s.q8), save)
+    save = s.copy_run(name, s.q8)
     last = os.path.join(save, "checkpoint_last.pt")
     data = open(last, "rb").read()
     open(last, "wb").write(data[:keep(len(data))])
-    p = s.train_from(save, *TINY, "--quant-bits", "8", "--max-update", "8",
-                     "--save-interval-updates", "2")
-    return p, save, last
+    return s.train_from(save, *RESUME_Q8), save, last
 
 
 @case("3a", "fairseq-train rerun after a kill left checkpoint_last.pt empty")
@@ -238,8 +238,7 @@ def c3b(s):
     if ok:  # do what the line says: the run resumes from the newest complete checkpoint
         source, target = p.last.split("`cp ")[1].split("`")[0].split()
         shutil.copyfile(source, target)
-        again = s.train_from(save, *TINY, "--quant-bits", "8", "--max-update", "8",
-                             "--save-interval-updates", "2")
+        again = s.train_from(save, *RESUME_Q8)
         state = torch.load(last, map_location="cpu", weights_only=False)
         ok = again.returncode == 0 and state["optimizer_history"][-1]["num_updates"] == 8
     return p, ok
@@ -247,12 +246,9 @@ def c3b(s):
 
 @case("3c", "a save that failed (full disk) left fairseq's checkpoint_1_8.pt.tmp; rerun")
 def c3c(s):
-    d = s.fresh("stale-tmp")
-    save = os.path.join(d, "run")
-    shutil.copytree(os.path.dirname(s.q8), save)
+    save = s.copy_run("stale-tmp", s.q8)
     open(os.path.join(save, "checkpoint_1_8.pt.tmp"), "wb").write(b"half" * 1000)
-    p = s.train_from(save, *TINY, "--quant-bits", "8", "--max-update", "8",
-                     "--save-interval-updates", "2")
+    p = s.train_from(save, *RESUME_Q8)
     left = [n for n in os.listdir(save) if n.endswith(".tmp")]
     p.last = (f"left behind: {', '.join(left)}" if left else
               "checkpoint_1_8.pt.tmp replaced by the rerun's own save of checkpoint_1_8.pt")
@@ -300,17 +296,14 @@ def c4e(s):
 
 @case("4f", "--finetune-from-model of a model trained on another dictionary")
 def c4f(s):
-    d = s.fresh("other-dict")
-    p = run("fairseq-train", s.other, "--save-dir", d, *TRAIN, "--user-dir", USER_DIR, *TINY,
-            "--quant-bits", "8", "--finetune-from-model", s.q8, "--max-update", "1")
+    p = s.train_from(s.fresh("other-dict"), *TINY, "--quant-bits", "8", "--finetune-from-model",
+                     s.q8, "--max-update", "1", data=s.other)
     return p, refused(p, s.q8)
 
 
 def _restart(s, name, *extra):
-    d = s.fresh(name)
-    save = os.path.join(d, "run")
-    shutil.copytree(os.path.dirname(s.float), save)
-    return s.train_from(save, *TINY, "--no-quant", "--max-update", "6", *extra)
+    return s.train_from(s.copy_run(name, s.float), *TINY, "--no-quant", "--max-update", "6",
+                        *extra)
 
 
 @case("4g", "restarting a float run's directory with --kron-layers")
@@ -325,26 +318,25 @@ def c4h(s):
     return p, refused(p, "checkpoint_last.pt")
 
 
-def _contradiction(s, name, *flags):
+def _contradiction(s, name, needle, *flags):
     d = s.fresh(name)
     p = s.train_from(d, *TINY, *flags, "--max-update", "1")
-    return p, refused(p, flags[-2] if flags[-1].isdigit() or "." in flags[-1] else flags[-1]) \
-        and not os.listdir(d)
+    return p, refused(p, needle) and not os.listdir(d)
 
 
 @case("5a", "--no-quant --quant-kernels int8")
 def c5a(s):
-    return _contradiction(s, "noquant-int8", "--no-quant", "--quant-kernels", "int8")
+    return _contradiction(s, "noquant-int8", "int8", "--no-quant", "--quant-kernels", "int8")
 
 
 @case("5b", "--no-quant --quant-saved-codes")
 def c5b(s):
-    return _contradiction(s, "noquant-codes", "--no-quant", "--quant-saved-codes")
+    return _contradiction(s, "noquant-codes", "--quant-saved-codes", "--no-quant", "--quant-saved-codes")
 
 
 @case("5c", "--prune-density without --prune-method")
 def c5c(s):
-    return _contradiction(s, "density-alone", "--quant-bits", "8", "--prune-density", "0.5")
+    return _contradiction(s, "density-alone", "--prune-density", "--quant-bits", "8", "--prune-density", "0.5")
 
 
 @case("5d", "--kron-factor 1000000 (far from any factor the shapes allow)")
@@ -479,12 +471,8 @@ def c7h(s):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    proc = subprocess.run([os.path.join(BIN, "fullyqt-export"), s.q8, "--format", "int8",
-                           "--out", out], capture_output=True, text=True, env=ENV,
-                          preexec_fn=limit)
-    lines = [ln for ln in proc.stderr.strip().splitlines() if "tensorboardX" not in ln]
-    proc.last, proc.traceback = (lines or [""])[-1], "Traceback" in proc.stderr
-    return proc, refused(proc, out) and not os.listdir(d)
+    p = run("fullyqt-export", s.q8, "--format", "int8", "--out", out, preexec_fn=limit)
+    return p, refused(p, out) and not os.listdir(d)
 
 
 @case("7i", "python -m fullyqt.eval.bleu on a UTF-16 file")
