@@ -199,11 +199,20 @@ def test_fake64_reference_accumulates_linears_in_double(toy_data, trained_8bit):
     assert y.dtype == torch.float32 and torch.equal(y, ref)
 
 
-@pytest.fixture(params=["int8", "float32"])
+def engines_here():
+    """The engines of int8 products this machine can run (int16 needs its AVX2 kernel)."""
+    from fullyqt.quant import fused, int_engine
+
+    return [e for e in int_engine.ENGINES if e != "int16" or fused.int16_products()]
+
+
+@pytest.fixture(params=["int8", "float32", "int16"])
 def engine(request, monkeypatch):
     """Each engine of int8 products in turn, whichever this processor would choose."""
     from fullyqt.quant import int_engine
 
+    if request.param not in engines_here():
+        pytest.skip("the int16 kernel needs AVX2 and a C compiler")
     monkeypatch.setattr(int_engine, "cpu_engine", lambda: request.param)
     return request.param
 
@@ -231,14 +240,41 @@ def test_integer_linear_gives_the_same_bits_on_either_engine(monkeypatch):
     lin = calibrated_linear(8, 8, "row")
     x = torch.randn(7, 5, 48) * 3
     outs = {}
-    for name in int_engine.ENGINES:
+    for name in engines_here():
         monkeypatch.setattr(int_engine, "cpu_engine", lambda name=name: name)
         lin.drop_caches()  # its integer form is made again, for this engine
         native = Int8Linear(lin)
-        assert (native.form.weight_f is None) == (name == "int8")
+        assert (native.form.weight_f is None) == (name != "float32")
+        assert (native.form.weight_p is None) == (name != "int16")
         with torch.no_grad():
             outs[name] = native(x)
-    assert torch.equal(outs["int8"], outs["float32"])
+    for name in outs:
+        assert torch.equal(outs[name], outs["int8"]), name
+
+
+@pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (5, 3, 17), (9, 48, 24), (3, 2500, 40)])
+def test_int16_layer_kernel_equals_an_integer_reference(rows, k, n):
+    """The one-call int16 layer (codes, exact sums, affine) against its parts computed in
+    int64 and float64 here: odd k, a partial last panel and tile, sums beyond 2^24."""
+    from fullyqt.quant import fused
+
+    if not fused.int16_products():
+        pytest.skip("the int16 kernel needs AVX2 and a C compiler")
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    x = torch.randn(rows, k, generator=g) * 4
+    x[0] = 1e6  # clamped to the top code
+    w = torch.randint(-128, 128, (k, n), dtype=torch.int8, generator=g)
+    w[:, 0] = -128  # with row 0: the longest sum's largest magnitude
+    alpha, beta, c = (torch.rand(n, generator=g) - 0.5 for _ in range(3))
+    affine = (10.0, 0.25, -128.0, 127.0)
+    y = fused.int_linear(x.contiguous(), affine, fused.pack_int16(w), alpha, beta, c)
+    codes = (x * affine[0] - affine[1]).round().clamp(affine[2], affine[3]).long()
+    sums = codes @ w.long()
+    if k == 2500:
+        assert sums.abs().max() >= 2**24
+    ref = (codes.sum(1, keepdim=True).double() * beta.double()
+           + (sums.float().double() * alpha.double() + c.double()))
+    assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
 
 
 def test_a_bad_engine_setting_is_refused_in_one_line(monkeypatch):
@@ -248,7 +284,8 @@ def test_a_bad_engine_setting_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv(int_engine.ENV, "int4")
     int_engine.cpu_engine.cache_clear()
     try:
-        with pytest.raises(UserError, match="FULLYQT_INT_MATMUL: got 'int4'; allowed: int8, float32"):
+        with pytest.raises(UserError,
+                           match="FULLYQT_INT_MATMUL: got 'int4'; allowed: int8, float32, int16"):
             int_engine.cpu_engine()
         monkeypatch.setenv(int_engine.ENV, "float32")
         int_engine.cpu_engine.cache_clear()

@@ -2,7 +2,8 @@
 quantization with its straight-through mask, an activation quantizer's whole training step
 (range, running update, fake quantization), the backward mask, the quantized layer norm's
 backward and evaluation, the quantized softmax of exact evaluation, padding-masked ranges,
-integer codes, and the integer matmul's affine over its sums.
+integer codes, the integer matmul's affine over its sums, and exact int16 products of codes
+(the whole integer linear layer in one call).
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 # Compiled together into one library; grid.h holds the arithmetic they share.
 SOURCES = [os.path.join(KERNELS, name) for name in (
-    "fake_quantize.c", "integer_affine.c", "layer_norm.c", "softmax.c", "grid.h")]
+    "fake_quantize.c", "integer_affine.c", "int16_gemm.c", "layer_norm.c", "softmax.c",
+    "grid.h")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
 _state = {"lib": None, "tried": False, "off": False}
@@ -51,6 +53,11 @@ SIGNATURES = {
     # integer_affine.c
     "fullyqt_centred_codes": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _f32, _int], None),
     "fullyqt_int_affine": ([_p, _int, _p, _p, _p, _p, _i64, _i64, _int], None),
+    # int16_gemm.c
+    "fullyqt_int16_vectorized": ([], _int),
+    "fullyqt_int16_gemm": ([_p, _i64, _i64, _p, _i64, _p, _int], None),
+    "fullyqt_int_linear": ([_p, _i64, _i64, _f32, _f32, _f32, _f32, _p, _i64, _p, _p, _p, _p,
+                            _int], _int),
     # layer_norm.c
     "fullyqt_layer_norm_backward": ([_p] * 9 + [_i64, _i64, _p, _p, _int], None),
     "fullyqt_layer_norm_numerator": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int], None),
@@ -234,6 +241,55 @@ def centred_codes(x: torch.Tensor, affine):
                                    x.shape[1], scale_inv, shift, cmin, cmax,
                                    torch.get_num_threads())
     return codes, sums.float()
+
+
+PANEL = 16  # columns of a panel of packed int16 weight codes (NR in int16_gemm.c)
+TILE_ROWS = 4  # input rows of a tile (MR there)
+
+
+def int16_products() -> bool:
+    """Whether ``int16_gemm.c`` was built with its vector instructions (AVX2) here: without
+    them it runs, exactly, but slower than a float32 matmul."""
+    lib = kernel()
+    return lib is not None and bool(lib.fullyqt_int16_vectorized())
+
+
+def pack_int16(w: torch.Tensor) -> torch.Tensor:
+    """The (k, n) integer codes ``w`` in ``int16_gemm.c``'s panels: (panels, k / 2, PANEL, 2)
+    int16, an odd k and the last panel's missing columns zero."""
+    k, n = w.shape
+    kp, cols = k + k % 2, -(-n // PANEL) * PANEL
+    padded = torch.zeros(kp, cols, dtype=torch.int16, device=w.device)
+    padded[:k, :n] = w
+    return padded.view(kp // 2, 2, cols // PANEL, PANEL).permute(2, 0, 3, 1).contiguous()
+
+
+def int16_gemm(a: torch.Tensor, packed: torch.Tensor, n: int) -> torch.Tensor:
+    """int32 ``a @ w`` of integer codes ``a`` (rows x k, any dtype) and ``w`` packed by
+    ``pack_int16``, exact; only where ``int16_products()``."""
+    rows, k = a.shape
+    codes = torch.zeros(-(-rows // TILE_ROWS) * TILE_ROWS, packed.shape[1] * 2,
+                        dtype=torch.int16)
+    codes[:rows, :k] = a
+    out = torch.empty(rows, n, dtype=torch.int32)
+    kernel().fullyqt_int16_gemm(codes.data_ptr(), rows, codes.shape[1], packed.data_ptr(), n,
+                                out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def int_linear(x: torch.Tensor, affine, packed: torch.Tensor, alpha: torch.Tensor,
+               beta: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``IntegerMatmul``'s output for contiguous CPU float32 rows ``x`` in one call: the
+    centred codes (``affine`` from ``Grid.centred_code_affine``), the exact sums with the
+    packed weight codes, the affine of ``alpha``, ``beta``, ``c``; only where
+    ``int16_products()``."""
+    rows, k = x.shape
+    y = torch.empty(rows, alpha.numel())
+    if kernel().fullyqt_int_linear(x.data_ptr(), rows, k, *affine, packed.data_ptr(),
+                                   alpha.numel(), alpha.data_ptr(), beta.data_ptr(),
+                                   c.data_ptr(), y.data_ptr(), torch.get_num_threads()):
+        raise MemoryError(f"int16_gemm.c: no memory for the codes of {rows} x {k} inputs")
+    return y
 
 
 def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):

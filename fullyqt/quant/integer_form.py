@@ -33,8 +33,11 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def exact_sums(a: torch.Tensor, b: torch.Tensor, b_float: Optional[torch.Tensor] = None):
     """``a @ b`` as ``int_matmul`` computes it, left as the engine gives it: int32, or float32
     holding exact integers; ``b_float`` is ``b`` as float32 where the caller keeps it."""
-    if a.shape[0] and int_engine.engine(a.device) == "float32":
+    name = int_engine.engine(a.device) if a.shape[0] else "int8"
+    if name == "float32":
         return int_engine.float_products(a.float(), b.float() if b_float is None else b_float)
+    if name == "int16":
+        return fused.int16_gemm(a, fused.pack_int16(b), b.shape[1])
     return int8_products(a, b)
 
 
@@ -77,9 +80,13 @@ class IntegerMatmul(nn.Module):
         c = k * x0 * w0 + x0 * s_w * b.double().sum(1) + bias
         # the int8 codes, stored (in, out) so that _int_mm reads them without a copy
         self.register_buffer("weight_t", row_major(b.to(torch.int8).t()), persistent=False)
-        # the same codes as float32 where those products are the faster (int_engine.py)
-        self.register_buffer("weight_f", self.weight_t.float() if int_engine.engine(
-            self.weight_t.device) == "float32" else None, persistent=False)
+        # the same codes as float32, or packed as int16, where those products are the faster
+        # (int_engine.py)
+        engine = int_engine.engine(self.weight_t.device)
+        self.register_buffer("weight_f", self.weight_t.float() if engine == "float32" else None,
+                             persistent=False)
+        self.register_buffer("weight_p", fused.pack_int16(self.weight_t) if engine == "int16"
+                             else None, persistent=False)
         self.register_buffer("alpha", (s_x * s_w).float(), persistent=False)
         self.register_buffer("beta", (s_x * w0).float(), persistent=False)
         self.register_buffer("c", c.float(), persistent=False)
@@ -87,6 +94,10 @@ class IntegerMatmul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
+        if self.weight_p is not None and rows.device.type == "cpu" and rows.is_contiguous():
+            y = fused.int_linear(rows, self.input_affine, self.weight_p, self.alpha, self.beta,
+                                 self.c)  # codes, sums and affine in one call
+            return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)
         got = fused.centred_codes(rows, self.input_affine)  # int8 codes in one pass, on CPU
         if got is None:
             a = centred_codes(rows, self.input_affine)

@@ -24,4 +24,12 @@ static inline float on_grid(float v, float lo, float hi, float step) {
     return code_of(v, lo, hi, step) * step + lo;
 }
 
+/* The centred integer code clamp(round(x * scale_inv - shift), cmin, cmax) of one value: what
+ * an integer matmul multiplies (Grid.centred_code_affine gives the four numbers). */
+static inline float centred_code(float x, float scale_inv, float shift, float cmin, float cmax) {
+    float v = nearbyintf(x * scale_inv - shift);
+    v = v < cmin ? cmin : v;
+    return v > cmax ? cmax : v;
+}
+
 #endif

@@ -14,10 +14,7 @@ void fullyqt_centred_codes(const float *x, int8_t *codes, int32_t *sums, int64_t
         int8_t *cr = codes + r * cols;
         int32_t total = 0;
         for (int64_t i = 0; i < cols; ++i) {
-            float v = nearbyintf(xr[i] * scale_inv - shift);
-            v = v < cmin ? cmin : v;
-            v = v > cmax ? cmax : v;
-            cr[i] = (int8_t)v;
+            cr[i] = (int8_t)centred_code(xr[i], scale_inv, shift, cmin, cmax);
             total += cr[i];
         }
         sums[r] = total;
