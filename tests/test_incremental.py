@@ -163,3 +163,35 @@ def test_exact_softmax_kernel_keeps_the_chain_on_nan_and_masked_rows():
     torch.testing.assert_close(codes, want_codes, rtol=0, atol=0, equal_nan=True)
     assert probs[1, 0, 4].isnan().all() and (probs[0, 1, 2] == 0).all()
     assert not probs[1, 0, 3].isnan().any()
+
+
+def test_the_decoder_reorders_every_module_that_keeps_decoding_state(toy_data):
+    """Beam search's reorder walks ``stateful_modules`` only: they must be every module of the
+    decoder (the decoder's own no-op aside) that fairseq's full walk would ask, and the state
+    they leave must be the one fairseq's walk leaves."""
+    from fairseq.models import FairseqIncrementalDecoder
+
+    model, task, _ = build_model(toy_data[1], "--quant-bits", "8")
+    decoder = model.decoder
+    walked = {id(m) for m in decoder.modules() if hasattr(m, "reorder_incremental_state")}
+    assert walked - {id(decoder)} == {id(m) for m in decoder.stateful_modules()}
+    batch = sample_batch(task, n=4)
+    model = calibrated(model, batch)
+    net = batch["net_input"]
+    ours = {}
+    with torch.no_grad():
+        enc = model.encoder(net["src_tokens"], net["src_lengths"])
+        decoder(net["prev_output_tokens"][:, :2], encoder_out=enc, incremental_state=ours)
+    theirs, before = ({k: dict(v) for k, v in ours.items()} for _ in range(2))
+    order = torch.tensor([2, 0, 3, 1])
+    decoder.reorder_incremental_state_scripting(ours, order)
+    FairseqIncrementalDecoder.reorder_incremental_state_scripting(decoder, theirs, order)
+    moved = 0
+    for key, buffers in theirs.items():
+        for name, t in buffers.items():
+            if t is None:
+                assert ours[key][name] is None
+                continue
+            assert torch.equal(ours[key][name], t), (key, name)
+            moved += name == "prev_key" and not torch.equal(t, before[key][name])
+    assert moved  # the self-attention keys did move

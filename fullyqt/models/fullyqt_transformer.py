@@ -258,6 +258,22 @@ class FullyQTDecoder(TransformerDecoderBase):
                 proj.feed_from(proj.input_quant or q)
                 q = None  # a projection's output is float
 
+    def stateful_modules(self):
+        """The modules that keep decoding state: the layers' attentions (``reorder_incremental_
+        state`` of the decoder itself is fairseq's no-op)."""
+        for layer in self.layers:
+            for attn in (layer.self_attn, layer.encoder_attn):
+                if attn is not None:
+                    yield attn
+
+    def reorder_incremental_state_scripting(self, incremental_state, new_order):
+        """Reorders what ``stateful_modules`` keep.  fairseq's version asks every module of the
+        tree (hundreds of quantizers here) whether it keeps state, at every decoding step."""
+        for module in self.stateful_modules():
+            result = module.reorder_incremental_state(incremental_state, new_order)
+            if result is not None:
+                incremental_state = result
+
     def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None,
                          full_context_alignment=False, alignment_layer=None,
                          alignment_heads=None):

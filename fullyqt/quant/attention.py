@@ -142,8 +142,8 @@ class QuantMultiheadAttention(MultiheadAttention):
         assert k is not None and v is not None
 
         if codes:
-            scores = codes_matmul(q, self.q_quant.grid, k.transpose(-1, -2),
-                                  self.k_quant.grid).to(q_in.dtype)
+            scores = codes_matmul(q, self.q_quant.frozen_numbers(), k.transpose(-1, -2),
+                                  self.k_quant.frozen_numbers()).to(q_in.dtype)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
         if attn_mask is not None:
@@ -155,8 +155,8 @@ class QuantMultiheadAttention(MultiheadAttention):
 
         if codes:
             probs, p_codes = self._exact_softmax(scores, need_weights)
-            out = codes_matmul(p_codes, self.softmax_output_quant.grid, v,
-                               self.v_quant.grid).to(q_in.dtype)
+            out = codes_matmul(p_codes, self.softmax_output_quant.frozen_numbers(), v,
+                               self.v_quant.frozen_numbers()).to(q_in.dtype)
         else:
             probs = self._quantized_softmax(scores, q_valid)
             out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
@@ -186,13 +186,14 @@ class QuantMultiheadAttention(MultiheadAttention):
         watch a softmax quantizer; else the chain and the codes of its output."""
         quantizers = (self.softmax_numerator_quant, self.softmax_denominator_quant,
                       self.softmax_output_quant)
-        int32_sums = scores.shape[-1] * quantizers[0].grid.top < 1 << 31
+        numbers = quantizers[0].frozen_numbers()
+        int32_sums = scores.shape[-1] * numbers.top < 1 << 31
         if not (fused.applies(scores) and scores.is_contiguous() and int32_sums) or any(
                 q.hooked for q in quantizers):
             probs = self._quantized_softmax(scores, None, codes=True)
             return probs, self.softmax_output_quant.grid.codes(probs.float())
         num, den, out = quantizers
-        lo, step = num.grid.lo_step()  # code_sum's total: float(sum of codes) * step + n * lo
+        lo, step = numbers.lo_step()  # code_sum's total: float(sum of codes) * step + n * lo
         grids = [*num.frozen_range(), *(den.frozen_range() if den.has_range else (0.0,) * 3),
                  *out.frozen_range()]
         return fused.softmax_codes(_exp(scores).contiguous(), grids, step,

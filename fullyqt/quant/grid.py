@@ -81,6 +81,10 @@ class Grid(NamedTuple):
         """(lo, hi, step) of a one-bucket grid as Python floats, for ``fake_quantize_frozen``."""
         return self.lo.item(), self.hi.item(), self.step().item()
 
+    def numbers(self) -> "GridNumbers":
+        """A one-bucket grid's numbers as Python floats, read from its tensors once."""
+        return GridNumbers(*self.scalars(), self.lo_step(), self.top)
+
     def lo_step(self) -> Tuple[float, float]:
         """(lo, step) of a one-bucket grid as Python floats, the step taken in float64."""
         lo = self.lo.double()
@@ -93,6 +97,19 @@ class Grid(NamedTuple):
         s = Grid(lo, self.hi.double(), self.bits).step()
         return (float(1.0 / s), float(lo / s + self.offset), float(-self.offset),
                 float(self.top - self.offset))
+
+
+class GridNumbers(NamedTuple):
+    """A one-bucket grid's (lo, hi, step) (float32 values), ``lo_step()`` and ``top``: what
+    exact products and frozen quantization read at every call, without touching a tensor."""
+    lo: float
+    hi: float
+    step: float
+    lo_step64: Tuple[float, float]
+    top: int
+
+    def lo_step(self) -> Tuple[float, float]:
+        return self.lo_step64
 
 
 def symmetric_grid(lo: torch.Tensor, hi: torch.Tensor, bits: int) -> Grid:

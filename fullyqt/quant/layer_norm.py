@@ -9,10 +9,12 @@ from . import fused
 from .config import QuantConfig
 from .grid import fake_quantize_frozen
 from .layout import as_rows, from_rows
+from .mode_caches import DropCachesOnModeSwitch
 from .padding import PaddingContext, valid_mask
+from .weight_source import tensor_version
 
 
-class QuantLayerNorm(nn.LayerNorm):
+class QuantLayerNorm(DropCachesOnModeSwitch, nn.LayerNorm):
     """y = Q(Q(Q(x - mean) / Q(sqrt(var + eps))) * Q(gain) + bias); the bias stays float.
 
     The variance is taken from the quantized numerator, so the integer path and this one see the
@@ -39,6 +41,18 @@ class QuantLayerNorm(nn.LayerNorm):
         self.pad = pad
         self.time_major = time_major
         self.unquantized = qcfg.weight_bits is None and qcfg.act_bits is None
+        self._gain = None
+
+    def drop_caches(self):
+        self._gain = None
+
+    def _frozen_gain(self) -> torch.Tensor:
+        """The quantized gain of evaluation, made again only when the weight changes (and at
+        every call while hooks watch its quantizer)."""
+        key = (tensor_version(self.weight), self.gain_quant.enabled)
+        if self._gain is None or self._gain[0] != key or self.gain_quant.hooked:
+            self._gain = (key, self.gain_quant(self.weight.float()).contiguous())
+        return self._gain[1]
 
     def quantized_parameters(self):
         return {"weight": (self.weight, self.gain_quant)}
@@ -89,8 +103,8 @@ class QuantLayerNorm(nn.LayerNorm):
         num = fused.layer_norm_numerator(rows, rows.mean(-1, keepdim=True), grids[0])
         den = fake_quantize_frozen((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(),
                                    *grids[1])
-        out = fused.layer_norm_output(num, den, self.gain_quant(self.weight.float()),
-                                      self.bias.float(), grids[2], grids[3])
+        out = fused.layer_norm_output(num, den, self._frozen_gain(), self.bias.float(),
+                                      grids[2], grids[3])
         return from_rows(out, x, perm)
 
 

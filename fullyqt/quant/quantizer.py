@@ -13,7 +13,7 @@ from torch import nn
 from . import fused, saved_codes
 from .grid import BUCKETS as WEIGHT_BUCKETS
 from .fake_quant import fake_quantize, pass_inside_backward, quantize_values, save_mask
-from .grid import Grid, fake_quantize_frozen
+from .grid import Grid, GridNumbers, fake_quantize_frozen
 from .mode_caches import DropCachesOnModeSwitch
 from .observers import OBSERVERS, batch_min_max, mse_clip
 
@@ -173,9 +173,13 @@ class ActivationQuantizer(Quantizer):
 
     def frozen_range(self):
         """(lo, hi, step) as Python floats, recomputed only when the buffers change."""
+        return self.frozen_numbers()[:3]
+
+    def frozen_numbers(self) -> GridNumbers:
+        """The grid's numbers (``Grid.numbers``), recomputed only when the buffers change."""
         key = (self.lo._version, self.hi._version, self.lo.data_ptr(), self.hi.data_ptr())
         if self._frozen is None or self._frozen[0] != key:
-            self._frozen = (key, self.grid.scalars())
+            self._frozen = (key, self.grid.numbers())
         return self._frozen[1]
 
     def _one_pass(self, x: torch.Tensor, valid: Optional[torch.Tensor]):
