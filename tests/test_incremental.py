@@ -195,3 +195,29 @@ def test_the_decoder_reorders_every_module_that_keeps_decoding_state(toy_data):
             assert torch.equal(ours[key][name], t), (key, name)
             moved += name == "prev_key" and not torch.equal(t, before[key][name])
     assert moved  # the self-attention keys did move
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_attention_kernels_give_the_bits_of_the_torch_ops(toy_data, monkeypatch, bits):
+    """``kernels/attention.c`` (Q·Kᵀ with its masks and row max, P·V, from codes) against
+    ``codes_matmul`` and the torch ops: encoder (padded keys), decoder in full (future mask)
+    and one position at a time."""
+    from fullyqt.quant.attention import QuantMultiheadAttention
+
+    model, task, _ = build_model(toy_data[1], "--quant-bits", bits)
+    batch = sample_batch(task, n=8)
+    model = calibrated(model, batch)
+    assert batch["net_input"]["src_tokens"].eq(task.source_dictionary.pad()).any()
+    ran, fused_products = [], QuantMultiheadAttention._fused_products
+
+    def watched(self, *args, **kwargs):
+        out = fused_products(self, *args, **kwargs)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(QuantMultiheadAttention, "_fused_products", watched)
+    kernels = decode_both_ways(model, task, batch)
+    assert ran and all(ran)
+    monkeypatch.setattr(QuantMultiheadAttention, "_fused_products", lambda *a, **k: None)
+    torch_ops = decode_both_ways(model, task, batch)
+    assert torch.equal(kernels[0], torch_ops[0]) and torch.equal(kernels[1], torch_ops[1])

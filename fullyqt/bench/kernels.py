@@ -48,7 +48,7 @@ def dictionary(vocab: int):
 def _models(size: dict, user_dir: str):
     from fairseq.tasks.translation import TranslationTask
 
-    from ..quant.native import to_native_int8
+    from ..quant.inference import prepare_for_inference
 
     d = dictionary(size["vocab"])
     models = {}
@@ -63,7 +63,7 @@ def _models(size: dict, user_dir: str):
             fq(src, torch.full((8,), 20), src)
     fq.eval()
     native = copy.deepcopy(fq)
-    to_native_int8(native)
+    prepare_for_inference(native, "int8")  # as an integer export loads: exact attention too
     models["int8 kernels"] = native
     return {k: m.eval() for k, m in models.items()}, d
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import fused
 from .config import QuantConfig
-from .integer_form import codes_matmul, code_sum
+from .integer_form import FLOAT32_INTEGERS, codes_matmul, code_sum, product_terms
 from .linear import LAYER_KERNELS, QuantLinear
 from .padding import PaddingContext, valid_mask
 
@@ -141,25 +141,30 @@ class QuantMultiheadAttention(MultiheadAttention):
             self._set_input_buffer(incremental_state, saved)
         assert k is not None and v is not None
 
-        if codes:
-            scores = codes_matmul(q, self.q_quant.frozen_numbers(), k.transpose(-1, -2),
-                                  self.k_quant.frozen_numbers()).to(q_in.dtype)
+        fast = self._fused_products(q, k, v, attn_mask, key_padding_mask, need_weights) if (
+            codes and not before_softmax) else None
+        if fast is not None:
+            probs, out = fast
         else:
-            scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
-        if attn_mask is not None:
-            scores = scores + attn_mask.to(scores.dtype)
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :], float("-inf"))
-        if before_softmax:
-            return scores, self.v_quant.grid.dequantize(v).to(q_in.dtype) if codes else v
-
-        if codes:
-            probs, p_codes = self._exact_softmax(scores, need_weights)
-            out = codes_matmul(p_codes, self.softmax_output_quant.frozen_numbers(), v,
-                               self.v_quant.frozen_numbers()).to(q_in.dtype)
-        else:
-            probs = self._quantized_softmax(scores, q_valid)
-            out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
+            if codes:
+                scores = codes_matmul(q, self.q_quant.frozen_numbers(), k.transpose(-1, -2),
+                                      self.k_quant.frozen_numbers()).to(q_in.dtype)
+            else:
+                scores = torch.matmul(q, k.transpose(-1, -2))  # (batch, heads, tgt, src)
+            if attn_mask is not None:
+                scores = scores + attn_mask.to(scores.dtype)
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask.bool()[:, None, None, :],
+                                            float("-inf"))
+            if before_softmax:
+                return scores, self.v_quant.grid.dequantize(v).to(q_in.dtype) if codes else v
+            if codes:
+                probs, p_codes = self._exact_softmax(scores, need_weights)
+                out = codes_matmul(p_codes, self.softmax_output_quant.frozen_numbers(), v,
+                                   self.v_quant.frozen_numbers()).to(q_in.dtype)
+            else:
+                probs = self._quantized_softmax(scores, q_valid)
+                out = torch.matmul(probs, v)  # (batch, heads, tgt, head_dim)
         out = self.out_proj(self.attn_output_quant(self._merge_heads(out, query), q_valid))
 
         weights = None
@@ -180,24 +185,57 @@ class QuantMultiheadAttention(MultiheadAttention):
         den = self.softmax_denominator_quant(total, valid)
         return self.softmax_output_quant(self.dropout_module(num / den.clamp_min(1e-6)), valid)
 
-    def _exact_softmax(self, scores: Tensor, want_probs: bool):
-        """(probabilities, or None where not wanted; their codes) in exact evaluation: on CPU
-        float32 one kernel pass after torch's exp (the chain's values bit for bit), unless hooks
-        watch a softmax quantizer; else the chain and the codes of its output."""
+    def _fused_products(self, q, k, v, attn_mask, key_padding_mask, want_probs: bool):
+        """(probabilities or None, P·V) of exact evaluation on CPU float32 by the C kernels
+        (``kernels/attention.c``): Q·Kᵀ with its masks and row max in one pass, torch's exp,
+        the softmax kernel, P·V in one pass; the bits of ``codes_matmul`` and the torch ops,
+        which run where the kernels do not apply (None)."""
+        gq, gk = self.q_quant.frozen_numbers(), self.k_quant.frozen_numbers()
+        gp, gv = self.softmax_output_quant.frozen_numbers(), self.v_quant.frozen_numbers()
+        (bsz, _, tgt, dim), src = q.shape, k.shape[2]
+        if not (fused.applies(q) and all(t.dtype == torch.float32 and t.is_contiguous()
+                                         for t in (q, k, v))
+                and dim * gq.top * gk.top <= FLOAT32_INTEGERS  # sums exact in float32
+                and src * gp.top * gv.top <= FLOAT32_INTEGERS
+                and (attn_mask is None or tuple(attn_mask.shape) == (tgt, src))
+                and (key_padding_mask is None or tuple(key_padding_mask.shape) == (bsz, src))
+                and self._softmax_kernel_applies(src)):
+            return None
+        values, value_flags = product_terms(gp, gv, src)
+        if value_flags & 2:  # a probability grid that does not start at 0
+            return None
+        mask = None if attn_mask is None else attn_mask.to(torch.float32).contiguous()
+        pad = None if key_padding_mask is None else key_padding_mask.bool().contiguous()
+        shifted = fused.attention_scores(q, k, *product_terms(gq, gk, dim), mask, pad)
+        probs, p_codes = self._exact_softmax(shifted, want_probs, exp=torch.exp(shifted))
+        return probs, fused.attention_values(p_codes, v, values, value_flags)
+
+    def _softmax_kernel_applies(self, src: int) -> bool:
+        """Whether ``_exact_softmax`` runs its kernel on rows of ``src`` keys: int32 sums of the
+        numerator's codes, no hooks watching a softmax quantizer."""
         quantizers = (self.softmax_numerator_quant, self.softmax_denominator_quant,
                       self.softmax_output_quant)
-        numbers = quantizers[0].frozen_numbers()
-        int32_sums = scores.shape[-1] * numbers.top < 1 << 31
-        if not (fused.applies(scores) and scores.is_contiguous() and int32_sums) or any(
-                q.hooked for q in quantizers):
+        return src * quantizers[0].frozen_numbers().top < 1 << 31 and not any(
+            q.hooked for q in quantizers)
+
+    def _exact_softmax(self, scores: Tensor, want_probs: bool, exp: Optional[Tensor] = None):
+        """(probabilities, or None where not wanted; their codes) in exact evaluation: on CPU
+        float32 one kernel pass after torch's exp (the chain's values bit for bit; ``exp``:
+        ``_exp(scores)`` where the caller has it), unless hooks watch a softmax quantizer; else
+        the chain and the codes of its output."""
+        quantizers = (self.softmax_numerator_quant, self.softmax_denominator_quant,
+                      self.softmax_output_quant)
+        if not (fused.applies(scores) and scores.is_contiguous()
+                and self._softmax_kernel_applies(scores.shape[-1])):
             probs = self._quantized_softmax(scores, None, codes=True)
             return probs, self.softmax_output_quant.grid.codes(probs.float())
         num, den, out = quantizers
-        lo, step = numbers.lo_step()  # code_sum's total: float(sum of codes) * step + n * lo
+        lo, step = num.frozen_numbers().lo_step()  # the sum: float(sum of codes) * step + n * lo
         grids = [*num.frozen_range(), *(den.frozen_range() if den.has_range else (0.0,) * 3),
                  *out.frozen_range()]
-        return fused.softmax_codes(_exp(scores).contiguous(), grids, step,
-                                   scores.shape[-1] * lo, den.has_range, want_probs)
+        e = _exp(scores) if exp is None else exp
+        return fused.softmax_codes(e.contiguous(), grids, step, scores.shape[-1] * lo,
+                                   den.has_range, want_probs)
 
 
 def _exp(scores: Tensor) -> Tensor:

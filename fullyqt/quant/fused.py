@@ -2,8 +2,8 @@
 quantization with its straight-through mask, an activation quantizer's whole training step
 (range, running update, fake quantization), the backward mask, the quantized layer norm's
 backward and evaluation, the quantized softmax of exact evaluation, padding-masked ranges,
-integer codes, the integer matmul's affine over its sums, and exact int16 products of codes
-(the whole integer linear layer in one call).
+integer codes, the integer matmul's affine over its sums, exact int16 products of codes (the
+whole integer linear layer in one call), and exact attention's two products of codes.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 # Compiled together into one library; grid.h holds the arithmetic they share.
 SOURCES = [os.path.join(KERNELS, name) for name in (
-    "fake_quantize.c", "integer_affine.c", "int16_gemm.c", "layer_norm.c", "softmax.c",
-    "grid.h")]
+    "attention.c", "fake_quantize.c", "integer_affine.c", "int16_gemm.c", "layer_norm.c",
+    "softmax.c", "grid.h")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
 _state = {"lib": None, "tried": False, "off": False}
@@ -40,6 +40,10 @@ _state = {"lib": None, "tried": False, "off": False}
 _p, _i64, _f32, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 # Every exported function: (argument types, return type), in the order of the C prototypes.
 SIGNATURES = {
+    # attention.c
+    "fullyqt_attention_scores": ([_p, _p, _i64, _i64, _i64, _i64, _i64, _p, _int, _p, _p, _p,
+                                  _int], None),
+    "fullyqt_attention_values": ([_p, _p, _i64, _i64, _i64, _i64, _p, _int, _p, _int], None),
     # fake_quantize.c
     "fullyqt_fake_quantize": ([_p, _p, _p, _p, _i64, _i64, _p, _p, _p, _int, _int], _int),
     "fullyqt_fake_quantize_one": ([_p, _p, _i64, _f32, _f32, _f32, _int], None),
@@ -65,7 +69,6 @@ SIGNATURES = {
     # softmax.c
     "fullyqt_softmax_codes": ([_p, _i64, _i64, _p, _f32, _f32, _int, _p, _p, _int], None),
 }
-_ONE = torch.zeros(())  # a one-value float32 range
 
 
 def _processor() -> str:
@@ -142,8 +145,9 @@ def applies(x: torch.Tensor, lo: Optional[torch.Tensor] = None) -> bool:
     """Whether the kernel takes ``x`` with range ``lo`` (None: one range given as numbers): CPU
     float32; one range over a tensor laid out densely in any order of its dims, or one range per
     row of a contiguous matrix."""
-    if lo is None:
-        lo = _ONE
+    if lo is None:  # the common case, taken at every call of evaluation: checked the shortest way
+        return (x.dtype == torch.float32 and x.device.type == "cpu"
+                and memory_order(x) is not None and kernel() is not None)
     if not (x.device.type == "cpu" and x.dtype == torch.float32 and lo.dtype == torch.float32
             and lo.device.type == "cpu"):
         return False
@@ -290,6 +294,31 @@ def int_linear(x: torch.Tensor, affine, packed: torch.Tensor, alpha: torch.Tenso
                                    c.data_ptr(), y.data_ptr(), torch.get_num_threads()):
         raise MemoryError(f"int16_gemm.c: no memory for the codes of {rows} x {k} inputs")
     return y
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, terms: torch.Tensor, flags: int,
+                     mask: Optional[torch.Tensor], key_pad: Optional[torch.Tensor]):
+    """Exact attention's Q·Kᵀ from contiguous float32 codes ``q`` (batch, heads, t, d) and ``k``
+    (batch, heads, s, d) (``terms``/``flags``: ``codes_matmul``'s float32 terms), plus ``mask``
+    (t, s), -inf where ``key_pad`` (batch, s) is set, minus each row's max (0 where it is not
+    finite): ``exp`` of it is the softmax numerator; only where ``applies(q)``."""
+    b, heads, t, d = q.shape
+    out = torch.empty(b, heads, t, k.shape[2])
+    kernel().fullyqt_attention_scores(
+        q.data_ptr(), k.data_ptr(), b * heads, heads, t, k.shape[2], d, terms.data_ptr(), flags,
+        _ptr(mask), _ptr(key_pad), out.data_ptr(), torch.get_num_threads())
+    return out
+
+
+def attention_values(p: torch.Tensor, v: torch.Tensor, terms: torch.Tensor, flags: int):
+    """Exact attention's P·V from contiguous float32 codes ``p`` (batch, heads, t, s) and ``v``
+    (batch, heads, s, d); only where ``applies(p)``."""
+    b, heads, t, s = p.shape
+    out = torch.empty(b, heads, t, v.shape[3])
+    kernel().fullyqt_attention_values(p.data_ptr(), v.data_ptr(), b * heads, t, s, v.shape[3],
+                                      terms.data_ptr(), flags, out.data_ptr(),
+                                      torch.get_num_threads())
+    return out
 
 
 def row_layout(x: torch.Tensor, valid: Optional[torch.Tensor]):

@@ -12,13 +12,14 @@ model evaluates its linears this way (``--quant-kernels exact``) and the integer
 ``Int8Linear`` layers do too (``--quant-kernels int8``): the same float32 result bit for bit, so
 the model that validation scored is the model that ships.
 """
-from typing import Optional
+import functools
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import fused, int_engine
-from .grid import Grid, centred_codes
+from .grid import Grid, GridNumbers, centred_codes
 
 MAX_BITS = 8  # codes centred into int8
 FLOAT32_INTEGERS = float(1 << 24)  # float32 holds every integer up to this one exactly
@@ -149,6 +150,17 @@ def codes_matmul(c: torch.Tensor, x_grid: Grid, d: torch.Tensor, y_grid: Grid) -
     if lo_x and lo_y:
         out.add_(k * lo_x * lo_y)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def product_terms(x_grid: GridNumbers, y_grid: GridNumbers, k: int) -> Tuple[torch.Tensor, int]:
+    """``codes_matmul``'s float32 terms for the C kernels (``kernels/attention.c``): (scale, row
+    code sum's factor, column code sum's factor, constant), and flags (1: a row term, 2: a
+    column term; the constant where both)."""
+    (lo_x, s_x), (lo_y, s_y) = x_grid.lo_step(), y_grid.lo_step()
+    terms = torch.tensor([s_x * s_y, s_x * lo_y, s_y * lo_x, k * lo_x * lo_y],
+                         dtype=torch.float32)
+    return terms, int(bool(lo_y)) | 2 * int(bool(lo_x))
 
 
 def code_sum(x: torch.Tensor, grid: Grid, dim: int = -1) -> torch.Tensor:

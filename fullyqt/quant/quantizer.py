@@ -177,7 +177,8 @@ class ActivationQuantizer(Quantizer):
 
     def frozen_numbers(self) -> GridNumbers:
         """The grid's numbers (``Grid.numbers``), recomputed only when the buffers change."""
-        key = (self.lo._version, self.hi._version, self.lo.data_ptr(), self.hi.data_ptr())
+        lo, hi = self._buffers["lo"], self._buffers["hi"]  # not nn.Module's slow __getattr__
+        key = (lo._version, hi._version, lo.data_ptr(), hi.data_ptr())
         if self._frozen is None or self._frozen[0] != key:
             self._frozen = (key, self.grid.numbers())
         return self._frozen[1]
