@@ -63,7 +63,9 @@ def test_a_study_of_a_folder_without_its_models_is_one_line(tmp_path):
     for script, message in (("kronecker_report.py", "the run has no Kronecker-factorized variant"),
                             ("pruning_report.py", "the run has no compact (pruned) variant"),
                             ("decode_profile.py", "not a finished benchmark run with a float "
-                                                  "model and an 8-bit one")):
+                                                  "model and an 8-bit one"),
+                            ("integer_decoding.py", "missing (float); run the main job to the "
+                                                    "end first")):
         proc = subprocess.run([sys.executable, os.path.join(STUDIES, script), str(tmp_path)],
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
