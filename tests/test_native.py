@@ -252,6 +252,26 @@ def test_integer_linear_gives_the_same_bits_on_either_engine(monkeypatch):
         assert torch.equal(outs[name], outs["int8"]), name
 
 
+def test_the_int16_engine_takes_empty_inputs_and_its_kernels_switched_off(monkeypatch):
+    """An empty batch, and the C kernels switched off for a while (the training-speed study
+    times the torch ops so): the int16 engine's layer then runs float32 products of the codes
+    and torch's affine (whose vector tail may round a last bit otherwise than the kernel)."""
+    from fullyqt.quant import fused, int_engine
+
+    if "int16" not in engines_here():
+        pytest.skip("the int16 kernel needs AVX2 and a C compiler")
+    monkeypatch.setattr(int_engine, "cpu_engine", lambda: "int16")
+    native = Int8Linear(calibrated_linear(8, 8, "row"))
+    x = torch.randn(7, 5, 48) * 3
+    with torch.no_grad():
+        on = native(x)
+        assert native(x[:0]).shape == (0, 5, 24)
+        with fused.switched_off():
+            assert int_engine.engine(x.device) == "float32"
+            off = native(x)
+    torch.testing.assert_close(on, off, rtol=0, atol=1e-6 * on.abs().max().item())
+
+
 @pytest.mark.parametrize("rows,k,n", [(1, 1, 1), (5, 3, 17), (9, 48, 24), (3, 2500, 40)])
 def test_int16_layer_kernel_equals_an_integer_reference(rows, k, n):
     """The one-call int16 layer (codes, exact sums, affine) against its parts computed in

@@ -65,10 +65,12 @@ def cpu_engine() -> str:
 def engine(device: torch.device) -> str:
     """The engine for products on ``device``: ``torch._int_mm`` on a GPU, and on a CPU also
     where float32 matmuls may round (``torch.set_float32_matmul_precision`` below highest) and
-    they were the choice."""
+    they were the choice (or int16's, with the C kernels switched off: ``fused.switched_off``)."""
     if device.type != "cpu":
         return "int8"
     choice = cpu_engine()
+    if choice == "int16" and fused.kernel() is None:  # the kernels switched off for a while
+        choice = "float32"
     if choice == "float32" and torch.get_float32_matmul_precision() != "highest":
         return "int8"
     return choice

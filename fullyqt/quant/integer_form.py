@@ -95,7 +95,8 @@ class IntegerMatmul(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
-        if self.weight_p is not None and rows.device.type == "cpu" and rows.is_contiguous():
+        if (self.weight_p is not None and rows.is_contiguous() and self.alpha.dtype == torch.float32
+                and int_engine.engine(rows.device) == "int16"):
             y = fused.int_linear(rows, self.input_affine, self.weight_p, self.alpha, self.beta,
                                  self.c)  # codes, sums and affine in one call
             return y.view(*x.shape[:-1], y.shape[-1]).to(x.dtype)

@@ -146,6 +146,8 @@ int fullyqt_int_linear(const float *x, int64_t rows, int64_t k, float scale_inv,
                        float cmin, float cmax, const int16_t *packed, int64_t n,
                        const float *alpha, const float *beta, const float *c, float *y,
                        int threads) {
+    if (rows == 0)
+        return 0;
     int64_t kp = k + (k & 1), padded = (rows + MR - 1) / MR * MR;
     size_t code_bytes = ((size_t)(padded * kp) * sizeof(int16_t) + 63) / 64 * 64;
     char *memory = scratch(code_bytes + (size_t)padded * sizeof(float));
