@@ -9,7 +9,8 @@ Attention dropout runs before the softmax output quantizer: P·V multiplies quan
 training too (the returned weights are those P).  In exact evaluation (``--quant-kernels exact``
 or ``int8``) Q·Kᵀ, P·V and the softmax sum are computed from integer codes
 (``integer_form.codes_matmul``), so incremental decoding gives the full pass's bits; the
-incremental state then keeps the keys' and values' codes, each computed once.
+incremental state then keeps the keys' and values' codes, each computed once.  On CPU float32
+the two products and the masks run in C (``kernels/attention.c``), the same bits.
 
 ``heads`` (a compacted model) keeps the head size of ``num_heads`` heads but holds only
 ``heads`` of them: projections of ``heads * head_dim`` rows (Q, K, V) and columns (output).
