@@ -31,14 +31,17 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return exact_sums(a, b).to(torch.int32)
 
 
-def exact_sums(a: torch.Tensor, b: torch.Tensor, b_float: Optional[torch.Tensor] = None):
+def exact_sums(a: torch.Tensor, b: torch.Tensor, b_float: Optional[torch.Tensor] = None,
+               b_packed: Optional[torch.Tensor] = None):
     """``a @ b`` as ``int_matmul`` computes it, left as the engine gives it: int32, or float32
-    holding exact integers; ``b_float`` is ``b`` as float32 where the caller keeps it."""
+    holding exact integers; ``b_float`` is ``b`` as float32, ``b_packed`` as ``pack_int16``
+    lays it out, where the caller keeps them."""
     name = int_engine.engine(a.device) if a.shape[0] else "int8"
     if name == "float32":
         return int_engine.float_products(a.float(), b.float() if b_float is None else b_float)
     if name == "int16":
-        return fused.int16_gemm(a, fused.pack_int16(b), b.shape[1])
+        return fused.int16_gemm(a, fused.pack_int16(b) if b_packed is None else b_packed,
+                                b.shape[1])
     return int8_products(a, b)
 
 
@@ -105,7 +108,7 @@ class IntegerMatmul(nn.Module):
             a = centred_codes(rows, self.input_affine)
             got = a, a.sum(1)
         a, code_sums = got
-        sums = exact_sums(a, self.weight_t, self.weight_f)
+        sums = exact_sums(a, self.weight_t, self.weight_f, self.weight_p)
         # the affine written over the sums where they lie: no second full-size tensor (the
         # 8k-vocabulary output projection's is the model's largest; allocating it costs more
         # than the conversion).  Each element is read before its own 4 bytes are written.

@@ -15,7 +15,7 @@ import time
 import torch
 
 from fullyqt.eval.decode import cpu_name, source_commit, translate
-from fullyqt.quant import fused, int_engine
+from fullyqt.quant import int_engine
 from finished_run import parse
 from train_speed import positive_int, write_outputs
 
@@ -112,7 +112,7 @@ def main(argv=None):
             p.error(f"{path}: missing ({name}); run the main job to the end first")
     data = os.path.join(run, "data", "bin")
     meta = {"machine": cpu_name(), "threads": a.threads, "rounds": a.rounds,
-            "engine": int_engine.cpu_engine() if fused.kernel() is not None else "float32",
+            "engine": int_engine.engine(torch.device("cpu")),
             "commit": source_commit()}
     layers = layer_rows(a.threads)
     speeds = generate_rounds(run, data, models, a.rounds, a.threads)
