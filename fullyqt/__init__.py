@@ -1,8 +1,9 @@
 """fullyqt: a fairseq plugin (``--user-dir``) for fully quantized Transformers."""
-from . import errors, serialization
+from . import errors, prefetch, serialization
 
 serialization.allow_fairseq_checkpoints()
 errors.install_excepthook()
+prefetch.stop_at_exit()
 
 from . import models  # noqa: E402,F401  (registers fullyqt_transformer and its archs)
 # The model's features, each registering itself (``feature.py``).

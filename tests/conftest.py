@@ -55,6 +55,8 @@ def train(data, save_dir, *extra, user_dir=True):
     args = [data, "--save-dir", save_dir, *TRAIN, *extra]
     if user_dir:
         args += ["--user-dir", USER_DIR]
+    else:  # stock fairseq may abort at exit inside its prefetch thread (fullyqt/prefetch.py)
+        args += ["--data-buffer-size", "0"]
     return cli("fairseq-train", *args)
 
 
