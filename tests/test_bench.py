@@ -246,6 +246,38 @@ def test_kernel_timing_cli_names_a_bad_size():
     assert "--sizes: got 'huge'; allowed: tiny, cpu-small, base, big" in proc.stderr
 
 
+@pytest.mark.slow
+def test_kernel_timing_cli_names_a_bad_length():
+    proc = subprocess.run([sys.executable, "-m", "fullyqt.bench.kernels", "--sizes", "tiny",
+                           "--length", "-3"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--length: got -3; allowed: an integer >= 0" in proc.stderr
+
+
+def test_end_to_end_search_gives_every_model_hypotheses_of_the_asked_length():
+    """Random weights would stop hypotheses anywhere: the timed search makes every one exactly
+    ``length`` tokens, then EOS, so every model does the same work; the table reports it."""
+    from fullyqt.bench import kernels
+
+    models, d = kernels._models(kernels.SIZES["tiny"], USER_DIR)
+    for model in models.values():
+        hyps, seconds = kernels.fixed_length_search(model, d, batch=3, beam=2, src_len=5,
+                                                    length=4)
+        assert len(hyps) == 3 and seconds > 0
+        for sentence in hyps:
+            assert len(sentence) == 2  # the beam's hypotheses, all finished at the cap
+            for h in sentence:
+                assert h["tokens"].tolist()[4:] == [d.eos()] and d.eos() not in h["tokens"][:4]
+    row = {"size": "tiny", **kernels.SIZES["tiny"], "params": 1, "rounds": 1, "length": 4,
+           **{f"{k} ms": 2.0 for k in models}, "float tok/s": 300.0,
+           "fake-quant tok/s": 200.0, "int8 kernels tok/s": 450.0}
+    text = "\n".join(kernels.markdown([row], 2))
+    assert "every hypothesis made 4 tokens long" in text
+    assert "| tiny | 300 | 200 | 450 | 1.50x | 2.25x |" in text
+    row = {k: v for k, v in row.items() if "tok/s" not in k}
+    assert "Beam search end to end" not in "\n".join(kernels.markdown([row], 2))
+
+
 def test_report_writer(tmp_path):
     rows = [row("float"), row("fullyqt8", bits=8, bleu=29.5, model_bytes=1100,
                               tokens_per_second=80.0, sec_per_update=1.3)]

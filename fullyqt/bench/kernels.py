@@ -1,6 +1,7 @@
 """Model time per beam-search decoding step at the paper's sizes: stock float, fake-quant and
 int8 kernels, on randomly initialised models with calibrated ranges (speed does not depend on
-the weights' values).  Shows where integer kernels pay off once matmuls dominate.
+the weights' values), and beam search end to end on them.  Shows where integer kernels pay off
+once matmuls dominate.
 
     python -m fullyqt.bench.kernels --sizes cpu-small,base,big --threads 2
 """
@@ -85,21 +86,51 @@ def step_ms(model, dictionary, batch: int, beam: int, src_len: int, steps: int) 
         return (time.perf_counter() - start) / steps * 1e3
 
 
+def fixed_length_search(model, dictionary, batch: int, beam: int, src_len: int, length: int):
+    """(hypotheses, seconds) of fairseq's beam search (``SequenceGenerator``: the encoder,
+    every step, the search itself) translating ``batch`` random sentences; every hypothesis is
+    made exactly ``length`` tokens long (then EOS), so random weights give every model the
+    same work."""
+    from fairseq.sequence_generator import SequenceGenerator
+
+    search = SequenceGenerator([model], dictionary, beam_size=beam, max_len_a=0,
+                               max_len_b=length, min_len=length)
+    src = torch.randint(dictionary.nspecial, len(dictionary), (batch, src_len))
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.full((batch,), src_len)}}
+    with torch.no_grad():
+        start = time.perf_counter()
+        hyps = search.generate([model], sample)
+        return hyps, time.perf_counter() - start
+
+
+def generate_tok_s(model, dictionary, batch: int, beam: int, src_len: int,
+                   length: int) -> float:
+    """Target tokens/s (EOS included) of ``fixed_length_search``."""
+    hyps, seconds = fixed_length_search(model, dictionary, batch, beam, src_len, length)
+    return sum(h[0]["tokens"].numel() for h in hyps) / seconds
+
+
 def measure(sizes: List[str], *, batch: int = 32, beam: int = 5, src_len: int = 30,
-            steps: int = 8, rounds: int = 3, user_dir: str = None) -> List[dict]:
-    """Each size's models timed in turn, ``rounds`` times round-robin, the best time of each:
-    a machine's slow spell then costs every model alike instead of the one it hits."""
+            steps: int = 8, length: int = 0, rounds: int = 3,
+            user_dir: str = None) -> List[dict]:
+    """Each size's models timed in turn, ``rounds`` times round-robin, the best time of each
+    (a machine's slow spell then costs every model alike instead of the one it hits): one
+    decoder step, and beam search end to end for ``length`` target tokens (0: not run)."""
     user_dir = user_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     rows = []
     for name in sizes:
         models, d = _models(SIZES[name], user_dir)
         ms = {k: float("inf") for k in models}
+        tok_s = {k: 0.0 for k in models}
         for _ in range(rounds):
             for k, m in models.items():
                 ms[k] = min(ms[k], step_ms(m, d, batch, beam, src_len, steps))
+                if length:
+                    tok_s[k] = max(tok_s[k], generate_tok_s(m, d, batch, beam, src_len, length))
         params = sum(p.numel() for p in models["float"].parameters())
         rows.append({"size": name, **SIZES[name], "params": params, "rounds": rounds,
-                     **{f"{k} ms": v for k, v in ms.items()}})
+                     "length": length, **{f"{k} ms": v for k, v in ms.items()},
+                     **({f"{k} tok/s": v for k, v in tok_s.items()} if length else {})})
     return rows
 
 
@@ -122,6 +153,19 @@ def markdown(rows: List[dict], threads: int) -> List[str]:
         lines.append(f"| {r['size']} | {r['layers']} | {r['dim']} | {r['vocab']} | "
                      f"{r['params'] / 1e6:.1f}M | "
                      f"{f:.1f} | {q:.1f} | {n:.1f} | {f / n:.2f}x | {q / n:.2f}x |")
+    searched = [r for r in rows if "float tok/s" in r]
+    if searched:
+        lines += ["", "## Beam search end to end by size", "",
+                  "fairseq's `SequenceGenerator` (the encoder, every decoder step, the search) "
+                  "translating 32 random sentences of 30 tokens, beam 5, every hypothesis made "
+                  f"{searched[0]['length']} tokens long (the same work for every model); target "
+                  "tokens/s, the best of the same rounds.", "",
+                  "| size | float tok/s | fake-quant tok/s | int8 kernels tok/s | "
+                  "int8 vs float | int8 vs fake-quant |", "|---|---|---|---|---|---|"]
+        for r in searched:
+            f, q, n = r["float tok/s"], r["fake-quant tok/s"], r["int8 kernels tok/s"]
+            lines.append(f"| {r['size']} | {f:.0f} | {q:.0f} | {n:.0f} | {n / f:.2f}x | "
+                         f"{n / q:.2f}x |")
     return lines
 
 
@@ -147,8 +191,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fullyqt.bench.kernels",
                                 description=__doc__.split("\n\n")[0])
     add_size_args(p)
+    p.add_argument("--length", type=int, default=20,
+                   help="also time beam search end to end, every hypothesis this many target "
+                        "tokens long (0: the decoder step only)")
     a = p.parse_args(argv)
-    print("\n".join(markdown(measure(checked_sizes(p, a)), a.threads)))
+    sizes = checked_sizes(p, a)
+    if a.length < 0:
+        p.exit(2, f"{p.prog}: error: --length: got {a.length}; allowed: an integer >= 0\n")
+    print("\n".join(markdown(measure(sizes, length=a.length), a.threads)))
 
 
 if __name__ == "__main__":
