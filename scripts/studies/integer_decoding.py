@@ -80,11 +80,15 @@ def markdown(layers, speeds, meta) -> list:
              f"`{meta['engine']}` (`fullyqt/quant/int_engine.py`); code {meta['commit']}.", "",
              "## One linear layer", "",
              "Microseconds, the best of 7 rounds: float32 `nn.Linear` against the integer layer "
-             "(the input's codes, the exact sums, the affine; what `Int8Linear` runs).", "",
-             "| rows x in x out | float us | integer us | integer vs float |", "|---|---|---|---|"]
+             "(the input's codes, the exact sums, the affine; what `Int8Linear` runs), and the "
+             "multiply-adds per second each reached (G: 10^9; all threads together).", "",
+             "| rows x in x out | float us | integer us | integer vs float | float G/s | "
+             "integer G/s |", "|---|---|---|---|---|---|"]
     for r in layers:
+        macs = r["rows"] * r["in"] * r["out"] / 1e3  # per microsecond, in G/s
         lines.append(f"| {r['rows']} x {r['in']} x {r['out']} | {r['float us']:.0f} | "
-                     f"{r['integer us']:.0f} | {r['float us'] / r['integer us']:.2f}x |")
+                     f"{r['integer us']:.0f} | {r['float us'] / r['integer us']:.2f}x | "
+                     f"{macs / r['float us']:.0f} | {macs / r['integer us']:.0f} |")
     names = list(speeds)
     lines += ["", "## fairseq-generate", "",
               f"The test split, beam 5, batches of 32; the models in turn for {meta['rounds']} "
