@@ -57,6 +57,7 @@ class Counted:
 
 
 def test_stopping_takes_the_thread_down_after_the_batch_in_hand():
+    prefetch.stop_threads()  # any an earlier test of this process left
     batches = Counted(1000)
     itr = iter(BufferedIterator(3, batches))
     assert int(next(itr)[0]) == 0
