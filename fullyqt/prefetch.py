@@ -11,8 +11,6 @@ import queue
 import threading
 import time
 
-_registered = False
-
 
 def stop_threads(timeout: float = 60.0) -> int:
     """Stop every live fairseq prefetch thread; returns how many were stopped."""
@@ -34,8 +32,5 @@ def stop_threads(timeout: float = 60.0) -> int:
 
 
 def stop_at_exit():
-    """Stop the prefetch threads when the interpreter exits (once per process)."""
-    global _registered
-    if not _registered:
-        atexit.register(stop_threads)
-        _registered = True
+    """Stop the prefetch threads when the interpreter exits (the plugin's import calls it)."""
+    atexit.register(stop_threads)
