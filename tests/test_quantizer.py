@@ -232,38 +232,65 @@ def test_layer_norm_kernel_backward_matches_the_autograd_chain():
 
 
 @pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
-def test_layer_norm_kernel_evaluation_equals_the_chain(monkeypatch):
-    """Evaluation on frozen ranges in two kernel passes gives the torch-op chain's values bit
-    for bit (contiguous rows and the time-major view of batch-major memory, clipped values
-    included), and hooks on a quantizer send the layer norm back to the chain."""
+@pytest.mark.parametrize("dim", [128, 5, 100, 1000])
+def test_layer_norm_kernel_evaluation_equals_the_chain(monkeypatch, dim):
+    """Evaluation on frozen ranges in one kernel pass gives the torch-op chain's values bit for
+    bit (contiguous rows and the time-major view of batch-major memory, clipped values
+    included; rows shorter than a vector, and of no whole number of them), so does the two-pass
+    path taken where torch's summation order is unknown, and hooks on a quantizer send the layer
+    norm back to the chain."""
     from fullyqt.quant.config import QuantConfig
     from fullyqt.quant.layer_norm import QuantLayerNorm
 
     torch.manual_seed(0)
-    ln = QuantLayerNorm(128, qcfg=QuantConfig(8, 8))
+    ln = QuantLayerNorm(dim, qcfg=QuantConfig(8, 8))
     with torch.no_grad():
         ln.weight.uniform_(0.5, 1.5)
         ln.bias.uniform_(-0.5, 0.5)
     for _ in range(3):
-        ln(torch.randn(200, 128))
+        ln(torch.randn(200, dim))
     ln.eval()
     runs = []
-    real = fused.layer_norm_output
-    monkeypatch.setattr(fused, "layer_norm_output", lambda *a: runs.append(1) or real(*a))
-    batch_major = torch.randn(7, 30, 128) * 3  # wider than the ranges: clipped
-    for x in (batch_major.reshape(-1, 128), batch_major, batch_major.transpose(0, 1)):
+    real = fused.layer_norm_evaluate
+    monkeypatch.setattr(fused, "layer_norm_evaluate", lambda *a: runs.append(1) or real(*a))
+    batch_major = torch.randn(7, 30, dim) * 3  # wider than the ranges: clipped
+    for x in (batch_major.reshape(-1, dim), batch_major, batch_major.transpose(0, 1)):
         with torch.no_grad():
             got = ln(x)
             with fused.switched_off():
                 want = ln(x)
+            with monkeypatch.context() as m:
+                m.setitem(fused._LANES, dim, 0)  # torch's order unknown: the two passes
+                two_pass = ln(x)
         assert torch.equal(got, want) and got.stride() == want.stride()
-    assert len(runs) == 3
+        assert torch.equal(two_pass, want)
+    assert len(runs) == 6
     seen = []
     handle = ln.quotient_quant.register_forward_hook(lambda q, i, out: seen.append(out))
     with torch.no_grad():
         ln(batch_major)
     handle.remove()
-    assert len(seen) == 1 and len(runs) == 3
+    assert len(seen) == 1 and len(runs) == 6
+
+
+@pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
+def test_row_means_follow_torchs_summation_order():
+    """The kernels' row means equal ``Tensor.mean``'s bits at the vector width the probe finds,
+    on rows of values of very different magnitudes (where any other order of the additions
+    rounds differently), long enough for torch's cascade to close several levels; a width in
+    another order does not, so the probe can tell."""
+    torch.manual_seed(1)
+    for cols in (3, 8, 128, 131, 512, 20000):
+        x = torch.randn(64, cols) * torch.randn(64, cols).mul(4).exp()
+        lanes = fused.sum_lanes(cols)
+        assert lanes > 0
+        mean, square_mean = fused.row_means(x, lanes)
+        assert torch.equal(mean, x.mean(-1)) and torch.equal(square_mean, x.pow(2).mean(-1))
+        exact = x.double().sum(-1) / cols
+        assert torch.allclose(mean.double(), exact, rtol=1e-5, atol=1e-6 * x.abs().max().item())
+    x = torch.randn(64, 512).mul(torch.randn(64, 512).mul(4).exp())
+    others = [w for w in (1, 4, 8, 16) if w != fused.sum_lanes(512)]
+    assert not any(torch.equal(fused.row_means(x, w)[0], x.mean(-1)) for w in others)
 
 
 @pytest.mark.parametrize("unsigned", [False, True])

@@ -1,9 +1,10 @@
 """One-pass CPU kernels (``kernels/*.c``, one file per job) for float32 tensors: fake
 quantization with its straight-through mask, an activation quantizer's whole training step
 (range, running update, fake quantization), the backward mask, the quantized layer norm's
-backward and evaluation, the quantized softmax of exact evaluation, padding-masked ranges,
-integer codes, the integer matmul's affine over its sums, exact int16 products of codes (the
-whole integer linear layer in one call), and exact attention's two products of codes.
+backward and evaluation (its row means summed in torch's order, ``row_sum.h``), the quantized
+softmax of exact evaluation, padding-masked ranges, integer codes, the integer matmul's affine
+over its sums, exact int16 products of codes (the whole integer linear layer in one call), and
+exact attention's two products of codes.
 
 Built on first use with the system C compiler for this processor (``-O3 -march=native``, no
 contracted multiply-adds, so the values equal the torch ops bit for bit) and cached under
@@ -32,7 +33,7 @@ KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 # Compiled together into one library; grid.h holds the arithmetic they share.
 SOURCES = [os.path.join(KERNELS, name) for name in (
     "attention.c", "fake_quantize.c", "integer_affine.c", "int16_gemm.c", "layer_norm.c",
-    "softmax.c", "grid.h")]
+    "softmax.c", "grid.h", "row_sum.h")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared",
          "-fPIC"]
 _state = {"lib": None, "tried": False, "off": False}
@@ -66,6 +67,8 @@ SIGNATURES = {
     "fullyqt_layer_norm_backward": ([_p] * 9 + [_i64, _i64, _p, _p, _int], None),
     "fullyqt_layer_norm_numerator": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int], None),
     "fullyqt_layer_norm_output": ([_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _int], None),
+    "fullyqt_layer_norm_evaluate": ([_p, _p, _p, _p, _i64, _i64, _p, _f32, _int, _int], None),
+    "fullyqt_row_means": ([_p, _i64, _i64, _int, _p, _p], None),
     # softmax.c
     "fullyqt_softmax_codes": ([_p, _i64, _i64, _p, _f32, _f32, _int, _p, _p, _int], None),
 }
@@ -432,6 +435,52 @@ def layer_norm_output(num: torch.Tensor, den: torch.Tensor, gain: torch.Tensor,
         num.data_ptr(), den.contiguous().data_ptr(), gain.contiguous().data_ptr(),
         bias.contiguous().data_ptr(), out.data_ptr(), rows, cols, grids.data_ptr(),
         grids[3:].data_ptr(), torch.get_num_threads())
+    return out
+
+
+def row_means(x: torch.Tensor, lanes: int):
+    """(mean, mean of squares) of each row of contiguous float32 ``x`` summed in torch's order
+    for vectors of ``lanes`` floats."""
+    rows, cols = x.shape
+    mean, square_mean = torch.empty(rows), torch.empty(rows)
+    kernel().fullyqt_row_means(x.data_ptr(), rows, cols, lanes, mean.data_ptr(),
+                               square_mean.data_ptr())
+    return mean, square_mean
+
+
+_LANES = {}  # row width -> the vector width whose summation order gives torch's means, or 0
+
+
+def sum_lanes(cols: int) -> int:
+    """The width of torch's float vectors as its row sums of ``cols`` values show it (the one
+    of 8, 16, 4 and 1 whose order gives ``Tensor.mean``'s bits on a probe of varied
+    magnitudes), or 0 where none does: the kernels' means then cannot stand in for torch's."""
+    if cols not in _LANES:
+        g = torch.Generator().manual_seed(cols)
+        probe = torch.randn(256, cols, generator=g) * torch.exp(
+            torch.randn(256, cols, generator=g) * 4)
+        want = (probe.mean(-1), probe.pow(2).mean(-1))
+        _LANES[cols] = next((lanes for lanes in (8, 16, 4, 1) if cols < 32768 and all(
+            torch.equal(a, b) for a, b in zip(row_means(probe, lanes), want))), 0)
+    return _LANES[cols]
+
+
+def layer_norm_evaluate(x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, grids,
+                        eps: float) -> Optional[torch.Tensor]:
+    """``QuantLayerNorm``'s frozen chain of contiguous float32 rows in one pass (``grids``: the
+    numerator's, denominator's, quotient's and output's (lo, hi, step)), or None where this
+    processor's torch sums rows in an order the kernel does not know."""
+    rows, cols = x.shape
+    lanes = _LANES.get(cols)
+    if lanes is None:
+        lanes = sum_lanes(cols)
+    if not lanes:
+        return None
+    numbers = (ctypes.c_float * 12)(*grids[0], *grids[1], *grids[2], *grids[3])
+    out = torch.empty_like(x)
+    kernel().fullyqt_layer_norm_evaluate(x.data_ptr(), gain.data_ptr(), bias.data_ptr(),
+                                         out.data_ptr(), rows, cols, numbers, eps, lanes,
+                                         torch.get_num_threads())
     return out
 
 

@@ -23,7 +23,8 @@ class QuantLayerNorm(DropCachesOnModeSwitch, nn.LayerNorm):
     without quantization (``--no-quant``) runs torch's fused layer norm instead of the chain.
     A training step on CPU float32 runs the same chain outside autograd and its backward as one
     kernel pass over the rows (``_QuantLayerNormTraining``); evaluation there, on frozen ranges,
-    runs it as two kernel passes and torch's two means (the same values).
+    runs it as one kernel pass whose two means are summed in torch's order (the same values),
+    or, where torch's order is not known, two kernel passes around torch's means.
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
@@ -100,6 +101,10 @@ class QuantLayerNorm(DropCachesOnModeSwitch, nn.LayerNorm):
     def _evaluate(self, x, grids):
         rows, perm = as_rows(x)
         rows = rows.contiguous()
+        out = fused.layer_norm_evaluate(rows, self._frozen_gain(), self.bias.float().contiguous(),
+                                        grids, self.eps)
+        if out is not None:
+            return from_rows(out, x, perm)
         num = fused.layer_norm_numerator(rows, rows.mean(-1, keepdim=True), grids[0])
         den = fake_quantize_frozen((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(),
                                    *grids[1])

@@ -1,6 +1,7 @@
 /* The quantized layer norm (layer_norm.py): its backward in training and its evaluation on
  * frozen ranges. */
 #include "grid.h"
+#include "row_sum.h"
 
 /* Backward of the quantized layer norm (layer_norm.py) over rows x cols, row by row:
  *   out = Qo(quot * gain + bias), quot = Qq(num / den), den = Qd(root) (straight through),
@@ -91,5 +92,39 @@ void fullyqt_layer_norm_output(const float *num, const float *den, const float *
             y = y + bias[j];
             yr[j] = on_grid(y, o[0], o[1], o[2]);
         }
+    }
+}
+
+/* The whole evaluation on frozen ranges in one pass over each row, torch's values bit for bit:
+ * num = Qn(x - mean(x)), den = Qd(sqrt(mean(num^2) + eps)), out = Qo(Qq(num / den) * gain +
+ * bias), the means in torch's summation order for vectors of `lanes` floats; g holds the four
+ * grids' (lo, hi, step) in that order. */
+void fullyqt_layer_norm_evaluate(const float *x, const float *gain, const float *bias,
+                                 float *out, int64_t rows, int64_t cols, const float *g,
+                                 float eps, int lanes, int threads) {
+    const float n = (float)cols;
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float *restrict xr = x + r * cols;
+        float *restrict yr = out + r * cols;
+        const float mean = torch_row_sum(xr, cols, lanes, 0) / n;
+        for (int64_t j = 0; j < cols; ++j)
+            yr[j] = on_grid(xr[j] - mean, g[0], g[1], g[2]);
+        const float den = on_grid(sqrtf(torch_row_sum(yr, cols, lanes, 1) / n + eps),
+                                  g[3], g[4], g[5]);
+        for (int64_t j = 0; j < cols; ++j) {
+            float y = on_grid(yr[j] / den, g[6], g[7], g[8]) * gain[j];
+            y = y + bias[j];
+            yr[j] = on_grid(y, g[9], g[10], g[11]);
+        }
+    }
+}
+
+/* Row means of x and of its squares in torch's summation order (the probe of `lanes`). */
+void fullyqt_row_means(const float *x, int64_t rows, int64_t cols, int lanes, float *mean,
+                       float *square_mean) {
+    for (int64_t r = 0; r < rows; ++r) {
+        mean[r] = torch_row_sum(x + r * cols, cols, lanes, 0) / (float)cols;
+        square_mean[r] = torch_row_sum(x + r * cols, cols, lanes, 1) / (float)cols;
     }
 }
