@@ -274,6 +274,51 @@ def test_layer_norm_kernel_evaluation_equals_the_chain(monkeypatch, dim):
 
 
 @pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
+def test_layer_norm_kernel_evaluation_takes_torchs_square_root():
+    """torch's square root (MKL's) is not always the correctly rounded one: a row whose two
+    roundings of its root lie across a boundary of the denominator's grid still gives the
+    chain's values, since the kernel path takes torch's root."""
+    from fullyqt.quant.config import QuantConfig
+    from fullyqt.quant.layer_norm import QuantLayerNorm
+
+    torch.manual_seed(0)
+    ln = QuantLayerNorm(128, qcfg=QuantConfig(8, 8))
+    ln(torch.randn(200, 128))
+    ln.eval()
+    x = torch.randn(400, 128)
+    with torch.no_grad(), fused.switched_off():
+        num = ln.numerator_quant(x - x.mean(-1, keepdim=True))
+        var = num.pow(2).mean(-1) + ln.eps
+    torch_root, rounded_root = var.sqrt(), var.double().sqrt().float()
+    apart = (torch_root != rounded_root).nonzero().flatten()
+    if len(apart) == 0:
+        pytest.skip("torch's square root is correctly rounded on these rows here")
+    i = apart[0].item()
+    pair = torch.stack([torch_root[i], rounded_root[i]])
+    step = 1e-3
+    for shift in range(64):  # slide the grid until a boundary falls between the two roots
+        lo = pair.min().item() - 100.5 * step + shift * 2e-8
+        with torch.no_grad():
+            ln.denominator_quant.lo.fill_(lo)
+            ln.denominator_quant.hi.fill_(lo + 255 * step)
+            with fused.switched_off():
+                den = ln.denominator_quant(pair)
+        if den[0] != den[1]:
+            break
+    assert den[0] != den[1]
+    with torch.no_grad():
+        grids = ln._frozen_grids(x[i:i + 1])[1:]
+        by_root = [fused.layer_norm_output(num[i:i + 1], root[i:i + 1, None], ln._frozen_gain(),
+                                           ln.bias.float(), grids)
+                   for root in (torch_root, rounded_root)]
+        assert not torch.equal(*by_root)  # the row tells the two roots apart
+        got = ln(x[i:i + 1])
+        with fused.switched_off():
+            want = ln(x[i:i + 1])
+    assert torch.equal(got, want)
+
+
+@pytest.mark.skipif(fused.kernel() is None, reason="no C compiler: the kernel does not build")
 def test_row_means_follow_torchs_summation_order():
     """The kernels' row means equal ``Tensor.mean``'s bits at the vector width the probe finds,
     on rows of values of very different magnitudes (where any other order of the additions

@@ -66,8 +66,9 @@ SIGNATURES = {
     # layer_norm.c
     "fullyqt_layer_norm_backward": ([_p] * 9 + [_i64, _i64, _p, _p, _int], None),
     "fullyqt_layer_norm_numerator": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _int], None),
-    "fullyqt_layer_norm_output": ([_p, _p, _p, _p, _p, _i64, _i64, _p, _p, _int], None),
-    "fullyqt_layer_norm_evaluate": ([_p, _p, _p, _p, _i64, _i64, _p, _f32, _int, _int], None),
+    "fullyqt_layer_norm_moments": ([_p, _p, _p, _i64, _i64, _f32, _f32, _f32, _f32, _int, _int],
+                                   None),
+    "fullyqt_layer_norm_output": ([_p, _p, _p, _p, _p, _i64, _i64, _p, _int], None),
     "fullyqt_row_means": ([_p, _i64, _i64, _int, _p, _p], None),
     # softmax.c
     "fullyqt_softmax_codes": ([_p, _i64, _i64, _p, _f32, _f32, _int, _p, _p, _int], None),
@@ -424,17 +425,18 @@ def layer_norm_numerator(x: torch.Tensor, mean: torch.Tensor, grid) -> torch.Ten
     return out
 
 
-def layer_norm_output(num: torch.Tensor, den: torch.Tensor, gain: torch.Tensor,
-                      bias: torch.Tensor, quotient_grid, output_grid) -> torch.Tensor:
-    """``QuantLayerNorm``'s frozen Q(Q(num / den) * gain + bias) of contiguous float32 rows
-    (``den`` one per row), in one pass; only where ``applies(num)``."""
+def layer_norm_output(num: torch.Tensor, root: torch.Tensor, gain: torch.Tensor,
+                      bias: torch.Tensor, grids) -> torch.Tensor:
+    """``QuantLayerNorm``'s frozen Q(Q(num / Q(root)) * gain + bias) of contiguous float32 rows
+    (``root`` one per row; ``grids``: the denominator's, quotient's and output's (lo, hi,
+    step)), in one pass; only where ``applies(num)``."""
     rows, cols = num.shape
-    grids = torch.tensor([*quotient_grid, *output_grid])
+    numbers = (ctypes.c_float * 9)(*grids[0], *grids[1], *grids[2])
     out = torch.empty_like(num)
     kernel().fullyqt_layer_norm_output(
-        num.data_ptr(), den.contiguous().data_ptr(), gain.contiguous().data_ptr(),
-        bias.contiguous().data_ptr(), out.data_ptr(), rows, cols, grids.data_ptr(),
-        grids[3:].data_ptr(), torch.get_num_threads())
+        num.data_ptr(), root.contiguous().data_ptr(), gain.contiguous().data_ptr(),
+        bias.contiguous().data_ptr(), out.data_ptr(), rows, cols, numbers,
+        torch.get_num_threads())
     return out
 
 
@@ -467,21 +469,20 @@ def sum_lanes(cols: int) -> int:
 
 def layer_norm_evaluate(x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, grids,
                         eps: float) -> Optional[torch.Tensor]:
-    """``QuantLayerNorm``'s frozen chain of contiguous float32 rows in one pass (``grids``: the
-    numerator's, denominator's, quotient's and output's (lo, hi, step)), or None where this
-    processor's torch sums rows in an order the kernel does not know."""
+    """``QuantLayerNorm``'s frozen chain of contiguous float32 rows (``grids``: the numerator's,
+    denominator's, quotient's and output's (lo, hi, step)) in two kernel passes around torch's
+    square root of one value per row, or None where this processor's torch sums rows in an
+    order the kernel does not know."""
     rows, cols = x.shape
     lanes = _LANES.get(cols)
     if lanes is None:
         lanes = sum_lanes(cols)
     if not lanes:
         return None
-    numbers = (ctypes.c_float * 12)(*grids[0], *grids[1], *grids[2], *grids[3])
-    out = torch.empty_like(x)
-    kernel().fullyqt_layer_norm_evaluate(x.data_ptr(), gain.data_ptr(), bias.data_ptr(),
-                                         out.data_ptr(), rows, cols, numbers, eps, lanes,
-                                         torch.get_num_threads())
-    return out
+    num, var = torch.empty_like(x), torch.empty(rows, 1)
+    kernel().fullyqt_layer_norm_moments(x.data_ptr(), num.data_ptr(), var.data_ptr(), rows, cols,
+                                        *grids[0], eps, lanes, torch.get_num_threads())
+    return layer_norm_output(num, var.sqrt_(), gain, bias, grids[1:])
 
 
 def softmax_codes(e: torch.Tensor, grids, sum_scale: float, sum_shift: float, den_on: bool,

@@ -7,7 +7,6 @@ from torch import nn
 
 from . import fused
 from .config import QuantConfig
-from .grid import fake_quantize_frozen
 from .layout import as_rows, from_rows
 from .mode_caches import DropCachesOnModeSwitch
 from .padding import PaddingContext, valid_mask
@@ -23,8 +22,9 @@ class QuantLayerNorm(DropCachesOnModeSwitch, nn.LayerNorm):
     without quantization (``--no-quant``) runs torch's fused layer norm instead of the chain.
     A training step on CPU float32 runs the same chain outside autograd and its backward as one
     kernel pass over the rows (``_QuantLayerNormTraining``); evaluation there, on frozen ranges,
-    runs it as one kernel pass whose two means are summed in torch's order (the same values),
-    or, where torch's order is not known, two kernel passes around torch's means.
+    runs it as two kernel passes around torch's square root of one value per row, the means
+    summed in the kernel in torch's order (the same values) or, where that order is not known,
+    by torch.
     """
 
     def __init__(self, dim, *, qcfg: QuantConfig, pad: Optional[PaddingContext] = None,
@@ -101,15 +101,12 @@ class QuantLayerNorm(DropCachesOnModeSwitch, nn.LayerNorm):
     def _evaluate(self, x, grids):
         rows, perm = as_rows(x)
         rows = rows.contiguous()
-        out = fused.layer_norm_evaluate(rows, self._frozen_gain(), self.bias.float().contiguous(),
-                                        grids, self.eps)
-        if out is not None:
-            return from_rows(out, x, perm)
-        num = fused.layer_norm_numerator(rows, rows.mean(-1, keepdim=True), grids[0])
-        den = fake_quantize_frozen((num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt(),
-                                   *grids[1])
-        out = fused.layer_norm_output(num, den, self._frozen_gain(), self.bias.float(),
-                                      grids[2], grids[3])
+        gain, bias = self._frozen_gain(), self.bias.float()
+        out = fused.layer_norm_evaluate(rows, gain, bias, grids, self.eps)
+        if out is None:
+            num = fused.layer_norm_numerator(rows, rows.mean(-1, keepdim=True), grids[0])
+            root = (num.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+            out = fused.layer_norm_output(num, root, gain, bias, grids[1:])
         return from_rows(out, x, perm)
 
 

@@ -63,7 +63,8 @@ void fullyqt_layer_norm_backward(const float *grad, const float *num, const floa
 }
 
 /* The quantized layer norm's evaluation (layer_norm.py, frozen ranges) over rows x cols, in
- * the torch ops' order and roundings.  First half: num = Qn(x - mean), mean one per row. */
+ * the torch ops' order and roundings.  The root of each row is torch's: its sqrt (MKL's) is not
+ * always the correctly rounded one.  First half, given the row means: num = Qn(x - mean). */
 void fullyqt_layer_norm_numerator(const float *x, const float *mean, float *num, int64_t rows,
                                   int64_t cols, float lo, float hi, float step, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
@@ -76,46 +77,38 @@ void fullyqt_layer_norm_numerator(const float *x, const float *mean, float *num,
     }
 }
 
-/* Second half: out = Qo(Qq(num / den) * gain + bias), den one per row; q and o hold each
- * grid's (lo, hi, step). */
-void fullyqt_layer_norm_output(const float *num, const float *den, const float *gain,
-                               const float *bias, float *out, int64_t rows, int64_t cols,
-                               const float *q, const float *o, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-        const float d = den[r];
-        const float *restrict nr = num + r * cols;
-        float *restrict yr = out + r * cols;
-        for (int64_t j = 0; j < cols; ++j) {
-            float quot = on_grid(nr[j] / d, q[0], q[1], q[2]);
-            float y = quot * gain[j];
-            y = y + bias[j];
-            yr[j] = on_grid(y, o[0], o[1], o[2]);
-        }
-    }
-}
-
-/* The whole evaluation on frozen ranges in one pass over each row, torch's values bit for bit:
- * num = Qn(x - mean(x)), den = Qd(sqrt(mean(num^2) + eps)), out = Qo(Qq(num / den) * gain +
- * bias), the means in torch's summation order for vectors of `lanes` floats; g holds the four
- * grids' (lo, hi, step) in that order. */
-void fullyqt_layer_norm_evaluate(const float *x, const float *gain, const float *bias,
-                                 float *out, int64_t rows, int64_t cols, const float *g,
-                                 float eps, int lanes, int threads) {
+/* The first half with the means summed here in torch's order for vectors of `lanes` floats
+ * (row_sum.h): num = Qn(x - mean(x)) and, one per row, var = mean(num^2) + eps. */
+void fullyqt_layer_norm_moments(const float *x, float *num, float *var, int64_t rows,
+                                int64_t cols, float lo, float hi, float step, float eps,
+                                int lanes, int threads) {
     const float n = (float)cols;
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
     for (int64_t r = 0; r < rows; ++r) {
         const float *restrict xr = x + r * cols;
-        float *restrict yr = out + r * cols;
+        float *restrict nr = num + r * cols;
         const float mean = torch_row_sum(xr, cols, lanes, 0) / n;
         for (int64_t j = 0; j < cols; ++j)
-            yr[j] = on_grid(xr[j] - mean, g[0], g[1], g[2]);
-        const float den = on_grid(sqrtf(torch_row_sum(yr, cols, lanes, 1) / n + eps),
-                                  g[3], g[4], g[5]);
+            nr[j] = on_grid(xr[j] - mean, lo, hi, step);
+        var[r] = torch_row_sum(nr, cols, lanes, 1) / n + eps;
+    }
+}
+
+/* Second half: out = Qo(Qq(num / Qd(root)) * gain + bias), root one per row; g holds the
+ * denominator's, the quotient's and the output's (lo, hi, step) in that order. */
+void fullyqt_layer_norm_output(const float *num, const float *root, const float *gain,
+                               const float *bias, float *out, int64_t rows, int64_t cols,
+                               const float *g, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float d = on_grid(root[r], g[0], g[1], g[2]);
+        const float *restrict nr = num + r * cols;
+        float *restrict yr = out + r * cols;
         for (int64_t j = 0; j < cols; ++j) {
-            float y = on_grid(yr[j] / den, g[6], g[7], g[8]) * gain[j];
+            float quot = on_grid(nr[j] / d, g[3], g[4], g[5]);
+            float y = quot * gain[j];
             y = y + bias[j];
-            yr[j] = on_grid(y, g[9], g[10], g[11]);
+            yr[j] = on_grid(y, g[6], g[7], g[8]);
         }
     }
 }
