@@ -65,16 +65,17 @@ void fullyqt_layer_norm_backward(const float *grad, const float *num, const floa
 /* The quantized layer norm's evaluation (layer_norm.py, frozen ranges) over rows x cols, in
  * the torch ops' order and roundings.  The root of each row is torch's: its sqrt (MKL's) is not
  * always the correctly rounded one.  First half, given the row means: num = Qn(x - mean). */
+static inline void numerator_row(const float *restrict xr, float mean, float *restrict nr,
+                                 int64_t cols, float lo, float hi, float step) {
+    for (int64_t j = 0; j < cols; ++j)
+        nr[j] = on_grid(xr[j] - mean, lo, hi, step);
+}
+
 void fullyqt_layer_norm_numerator(const float *x, const float *mean, float *num, int64_t rows,
                                   int64_t cols, float lo, float hi, float step, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static) if (rows * cols > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-        const float m = mean[r];
-        const float *restrict xr = x + r * cols;
-        float *restrict nr = num + r * cols;
-        for (int64_t j = 0; j < cols; ++j)
-            nr[j] = on_grid(xr[j] - m, lo, hi, step);
-    }
+    for (int64_t r = 0; r < rows; ++r)
+        numerator_row(x + r * cols, mean[r], num + r * cols, cols, lo, hi, step);
 }
 
 /* The first half with the means summed here in torch's order for vectors of `lanes` floats
@@ -87,9 +88,7 @@ void fullyqt_layer_norm_moments(const float *x, float *num, float *var, int64_t 
     for (int64_t r = 0; r < rows; ++r) {
         const float *restrict xr = x + r * cols;
         float *restrict nr = num + r * cols;
-        const float mean = torch_row_sum(xr, cols, lanes, 0) / n;
-        for (int64_t j = 0; j < cols; ++j)
-            nr[j] = on_grid(xr[j] - mean, lo, hi, step);
+        numerator_row(xr, torch_row_sum(xr, cols, lanes, 0) / n, nr, cols, lo, hi, step);
         var[r] = torch_row_sum(nr, cols, lanes, 1) / n + eps;
     }
 }
