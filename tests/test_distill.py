@@ -60,6 +60,28 @@ def test_soft_target_loss_matches_hand_computation_and_skips_padding():
     assert soft_target_loss(teacher, teacher, valid, 2.0).item() == pytest.approx(0, abs=1e-6)
 
 
+def test_soft_target_loss_and_gradient_match_autograd_in_float64():
+    """The loss's own backward against autograd through log-softmaxes in float64, at sizes and
+    temperatures of real runs, padding rows getting no gradient."""
+    torch.manual_seed(0)
+    student = (torch.randn(3, 7, 500) * 4).requires_grad_()
+    teacher = torch.randn(3, 7, 500) * 4
+    valid = torch.arange(7)[None, :] < torch.tensor([[7], [4], [1]])
+    for t in (1.0, 2.0, 0.5):
+        reference = student.detach().double().requires_grad_()
+        log_q = torch.log_softmax(reference / t, -1)
+        log_p = torch.log_softmax(teacher.double() / t, -1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        (kl[valid].sum() * t * t).backward()
+        student.grad = None
+        loss = soft_target_loss(student, teacher, valid, t)
+        loss.backward()
+        assert loss.item() == pytest.approx((kl[valid].sum() * t * t).item(), rel=1e-5), t
+        torch.testing.assert_close(student.grad.double(), reference.grad, rtol=1e-4,
+                                   atol=1e-6)
+        assert student.grad[~valid].abs().max() == 0
+
+
 def test_state_mse_averages_over_real_positions_only():
     s = torch.tensor([[[1.0, 3.0]], [[0.0, 0.0]], [[100.0, 100.0]]])  # time x batch x dim
     t = torch.tensor([[[0.0, 1.0]], [[2.0, 0.0]], [[0.0, 0.0]]])
