@@ -61,8 +61,8 @@ def test_soft_target_loss_matches_hand_computation_and_skips_padding():
 
 
 def test_soft_target_loss_and_gradient_match_autograd_in_float64():
-    """The loss's own backward against autograd through log-softmaxes in float64, at sizes and
-    temperatures of real runs, padding rows getting no gradient."""
+    """The loss's own backward against autograd through log-softmaxes in float64, at the
+    recipes' temperatures and one below 1, padding rows getting no gradient."""
     torch.manual_seed(0)
     student = (torch.randn(3, 7, 500) * 4).requires_grad_()
     teacher = torch.randn(3, 7, 500) * 4
